@@ -1,0 +1,1 @@
+"""kubetrain modular trainer: the data plane that every TrainingJob pod runs."""
