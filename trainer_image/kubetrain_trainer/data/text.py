@@ -1,0 +1,174 @@
+"""A plain text file as a language-modelling dataset.
+
+The corpus is tokenized once and split at token level into contiguous train,
+validation and test parts (in that order). The train part is cut into
+non-overlapping windows of ``seq_len + 1`` tokens (inputs plus the shifted
+targets). Each epoch visits every window once, in an order drawn from
+``(seed, epoch)``; the samples of one optimizer step are numbered globally, so
+the batch of any (step, micro, rank) is computed directly, with no iterator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from kubetrain_trainer.config.schema import DataConfig
+from kubetrain_trainer.data.base import Batch, DatasetAdapter, Split
+from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
+
+_CACHED_PERMUTATIONS = 4  # a step spans at most two epochs unless one epoch is under one step
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A 64-bit generator seed that is stable across processes and Python versions."""
+    digest = hashlib.sha256(f"kubetrain-data:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def read_corpus(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"data.path: {path} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"data.path: {path} is not UTF-8 text ({err})") from None
+    except OSError as err:
+        raise ValueError(f"data.path: cannot read {path}: {err}") from None
+    if not text:
+        raise ValueError(f"data.path: {path} is empty")
+    return text
+
+
+class TextFileDataset(DatasetAdapter):
+    """Batches from one UTF-8 text file (registry name ``text_file``)."""
+
+    def __init__(self, cfg: DataConfig, *, seed: int, tokenizer: Tokenizer | None = None) -> None:
+        self.cfg = cfg
+        self.seed = seed
+        self.seq_len = cfg.seq_len
+        self.batch_size = cfg.batch_size
+        text = read_corpus(Path(cfg.path))
+        self.tokenizer = (
+            tokenizer if tokenizer is not None else build_tokenizer(text, cfg.tokenizer)
+        )
+        tokens = torch.tensor(self.tokenizer.encode(text), dtype=torch.long)
+        if len(tokens) == 0:
+            raise ValueError(f"data.path: {cfg.path} encodes to no tokens")
+        if int(tokens.max()) >= self.tokenizer.vocab_size:
+            raise ValueError("data.tokenizer: produced ids outside its vocabulary")
+        self._splits = self._split(tokens)
+        self._train_windows = self._windows("train")
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _split(self, tokens: torch.Tensor) -> dict[Split, torch.Tensor]:
+        n = len(tokens)
+        fractions = self.cfg.splits
+        end_train = round(n * fractions.train)
+        end_val = min(n, round(n * (fractions.train + fractions.val)))
+        parts: dict[Split, torch.Tensor] = {
+            "train": tokens[:end_train],
+            "val": tokens[end_train:end_val],
+            "test": tokens[end_val:],
+        }
+        for split, part in parts.items():
+            wanted = getattr(fractions, split) > 0
+            if wanted and len(part) < self.seq_len + 1:
+                raise ValueError(
+                    f"data.seq_len ({self.seq_len}) needs at least {self.seq_len + 1} tokens in "
+                    f"every split, but the {split} split (data.splits.{split}="
+                    f"{getattr(fractions, split):g}) has {len(part)} of the corpus's {n}; "
+                    "lower data.seq_len, enlarge that split or use a larger corpus"
+                )
+        return parts
+
+    def _windows(self, split: Split) -> int:
+        """Non-overlapping windows of ``seq_len`` inputs (+1 shifted target) in ``split``."""
+        return max(0, (len(self._splits[split]) - 1) // self.seq_len)
+
+    def split_tokens(self, split: Split) -> int:
+        return len(self._splits[split])
+
+    def _global_batch(self, world_size: int, accumulation_steps: int) -> int:
+        return self.batch_size * world_size * accumulation_steps
+
+    def steps_per_epoch(self, world_size: int, accumulation_steps: int) -> int:
+        return max(1, self._train_windows // self._global_batch(world_size, accumulation_steps))
+
+    def epoch_at(self, step: int, *, world_size: int, accumulation_steps: int) -> float:
+        return step * self._global_batch(world_size, accumulation_steps) / self._train_windows
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        perm = self._perms.get(epoch)
+        if perm is None:
+            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            perm = torch.randperm(self._train_windows, generator=generator)
+            if len(self._perms) >= _CACHED_PERMUTATIONS:
+                del self._perms[min(self._perms)]
+            self._perms[epoch] = perm
+        return perm
+
+    def _gather(self, split: Split, windows: torch.Tensor, device: torch.device) -> Batch:
+        offsets = windows[:, None] * self.seq_len + torch.arange(self.seq_len + 1)[None, :]
+        chunk = self._splits[split][offsets]
+        return {
+            "input_ids": chunk[:, :-1].to(device, non_blocking=True),
+            "targets": chunk[:, 1:].to(device, non_blocking=True),
+        }
+
+    def train_batch(
+        self,
+        step: int,
+        micro: int,
+        *,
+        rank: int,
+        world_size: int,
+        accumulation_steps: int,
+        device: torch.device,
+    ) -> Batch:
+        if step < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        if not 0 <= micro < accumulation_steps:
+            raise ValueError(f"micro must be in [0, {accumulation_steps}), got {micro}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        # Rank r, micro m holds samples [(m*W + r)*B, +B) of the step, so one process with
+        # batch B*k holds exactly the samples of k micro-batches of B (accumulation k).
+        first = (
+            step * self._global_batch(world_size, accumulation_steps)
+            + (micro * world_size + rank) * self.batch_size
+        )
+        samples = torch.arange(first, first + self.batch_size)
+        epochs = samples // self._train_windows
+        positions = samples % self._train_windows
+        windows = torch.empty_like(samples)
+        # Usually one epoch; two when the micro-batch straddles an epoch boundary.
+        for epoch in range(first // self._train_windows, int(epochs[-1]) + 1):
+            mask = epochs == epoch
+            windows[mask] = self._permutation(epoch)[positions[mask]]
+        return self._gather("train", windows, device)
+
+    def eval_batches(
+        self,
+        split: Literal["val", "test"],
+        max_batches: int,
+        *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+    ) -> Iterator[Batch]:
+        """Windows in corpus order, batch k going to rank ``k % world_size``; the last batch
+        of the split may be smaller than ``batch_size``, and a rank may get none."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        total = self._windows(split)
+        for j in range(max_batches):
+            start = (j * world_size + rank) * self.batch_size
+            if start >= total:
+                return
+            windows = torch.arange(start, min(start + self.batch_size, total))
+            yield self._gather(split, windows, device)
