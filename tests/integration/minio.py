@@ -1,0 +1,72 @@
+"""A real MinIO server on loopback for trainer tests that need S3 but no cluster.
+
+The test module owns the pytest fixtures; this module only starts and stops the
+server (reusing the harness's MinioServer) and gives the environment a trainer
+process would see.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from tests.harness.services import MinioServer
+
+__all__ = ["minio_binary", "new_bucket", "running_minio", "s3_env"]
+
+
+def minio_binary() -> Path:
+    """The minio binary: the harness's lookup (testbin cache, then PATH), else PATH."""
+    try:
+        from tests.harness.binaries import MissingBinary, binary  # noqa: PLC0415
+    except ImportError:
+        pass
+    else:
+        try:
+            return binary("minio")
+        except MissingBinary:
+            pass
+    found = shutil.which("minio")
+    if found is None:
+        # Raise, never skip: a test that cannot reach S3 must not look like a pass.
+        raise FileNotFoundError("minio not found: run `make testbin` or put minio on PATH")
+    return Path(found)
+
+
+@contextmanager
+def running_minio(workdir: Path) -> Iterator[MinioServer]:
+    """`minio server` on 127.0.0.1 (free port, data in `workdir`), stopped on exit."""
+    server = MinioServer(
+        binary=minio_binary(),
+        data_dir=workdir / "data",
+        log_path=workdir / "minio.log",
+        host="127.0.0.1",
+        secret_key=secrets.token_hex(16),
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def s3_env(server: MinioServer) -> dict[str, str]:
+    """Environment for boto3's default credential chain, as a trainer pod gets it."""
+    return {
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        # Never fall through to the instance-metadata endpoint (off-host traffic).
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+    }
+
+
+def new_bucket(server: MinioServer) -> str:
+    """A fresh, empty bucket (one per test keeps tests independent)."""
+    name = f"kubetrain-{secrets.token_hex(4)}"
+    server.create_bucket(name)
+    return name

@@ -1,0 +1,322 @@
+"""Checkpoints through S3Storage against a real MinIO server: save, list, load, verify,
+rotate; corruption is detected and an interrupted save is never resumed from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from tests.harness.services import MinioServer
+from tests.integration.minio import new_bucket, running_minio, s3_env
+from torch import nn
+
+from kubetrain_trainer.checkpoint import (
+    CheckpointManager,
+    CorruptCheckpoint,
+    S3Storage,
+    step_dir,
+)
+from kubetrain_trainer.checkpoint.state import read_state, write_state
+from kubetrain_trainer.config.schema import CheckpointConfig, S3Config
+
+pytestmark = pytest.mark.integration
+
+_MIB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
+    with running_minio(tmp_path_factory.mktemp("minio")) as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(minio: MinioServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    for key, value in s3_env(minio).items():
+        monkeypatch.setenv(key, value)
+    return new_bucket(minio)
+
+
+def _objects(minio: MinioServer, bucket: str) -> list[str]:
+    pages = minio.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sorted(item["Key"] for page in pages for item in page.get("Contents", []))
+
+
+def _step_dirs(minio: MinioServer, bucket: str, prefix: str) -> list[str]:
+    return sorted({key[len(prefix) + 1 :].split("/")[0] for key in _objects(minio, bucket)})
+
+
+def test_s3_storage_operations(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
+    storage = S3Storage(
+        bucket,
+        "runs/a",
+        endpoint=minio.endpoint,
+        multipart_threshold=5 * _MIB,
+        multipart_chunksize=5 * _MIB,
+    )
+    storage.put_bytes("step-1/a.json", b"{}")
+    storage.put_bytes("step-10/a.json", b"[]")
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(11 * _MIB + 3))
+    storage.put_file("step-10/big.bin", big)
+
+    head = minio.client().head_object(Bucket=bucket, Key="runs/a/step-10/big.bin")
+    assert head["ETag"].strip('"').endswith("-3")  # uploaded in three parts
+    back = tmp_path / "back" / "big.bin"
+    storage.get_file("step-10/big.bin", back)
+    assert back.read_bytes() == big.read_bytes()
+
+    assert storage.get_bytes("step-1/a.json") == b"{}"
+    assert storage.exists("step-10/a.json") and not storage.exists("step-10/nope")
+    assert storage.list_keys() == ["step-1/a.json", "step-10/a.json", "step-10/big.bin"]
+    assert storage.list_keys("step-1") == ["step-1/a.json"]
+    assert storage.list_dirs() == ["step-1", "step-10"]
+    with pytest.raises(FileNotFoundError):
+        storage.get_bytes("step-1/missing")
+    with pytest.raises(FileNotFoundError):
+        storage.get_file("step-1/missing", tmp_path / "missing")
+
+    storage.delete_prefix("step-1")
+    assert _objects(minio, bucket) == ["runs/a/step-10/a.json", "runs/a/step-10/big.bin"]
+
+
+def _model() -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    loss = model(torch.randn(16, 8)).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return float(loss.item())
+
+
+def _save(
+    manager: CheckpointManager,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stage_root: Path,
+    *,
+    step: int,
+    val_loss: float,
+) -> None:
+    stage = stage_root / step_dir(step)
+    write_state(stage, model, optimizer, {"step": step}, rank=0)
+    manager.save(step, stage, {"val_loss": val_loss}, epoch=step // 20)
+
+
+def test_save_list_load_rotate(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
+    cfg = CheckpointConfig(
+        uri=f"s3://{bucket}/jobs/demo",
+        keep_last=2,
+        keep_best=1,
+        s3=S3Config(endpoint=minio.endpoint),
+    )
+    manager = CheckpointManager.from_config(cfg)
+    torch.manual_seed(0)
+    model, optimizer = _model()
+    losses = {10: 3.0, 20: 1.0, 30: 2.0, 40: 2.5, 50: 2.2}
+    saved: dict[int, dict[str, torch.Tensor]] = {}
+    for step, val_loss in losses.items():
+        _train_step(model, optimizer)
+        _save(manager, model, optimizer, tmp_path / "stage", step=step, val_loss=val_loss)
+        saved[step] = {k: v.clone() for k, v in model.state_dict().items()}
+        if step == 30:
+            assert manager.mark_good(30)
+
+    # last two (40, 50) + best (20) + newest good (30)
+    assert [info.step for info in manager.list()] == [20, 30, 40, 50]
+    assert _step_dirs(minio, bucket, "jobs/demo") == [step_dir(s) for s in (20, 30, 40, 50)]
+    latest = manager.latest()
+    assert latest is not None and latest.uri == f"s3://{bucket}/jobs/demo/step-00000050"
+    assert latest.epoch == 2 and latest.metric("val_loss") == 2.2
+    good = manager.latest(good_only=True)
+    assert good is not None and good.step == 30
+
+    # A fresh process resumes from the newest one, verified.
+    torch.manual_seed(1)
+    fresh, fresh_optimizer = _model()
+    reader = CheckpointManager.from_config(cfg)
+    loaded = reader.load_latest(tmp_path / "local")
+    assert loaded is not None and loaded.info.step == 50
+    extra = read_state(loaded.path, fresh, fresh_optimizer, rank=0)
+    assert extra == {"step": 50}
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, saved[50][key]), key
+
+    # Rollback target named by URI (KUBETRAIN_RESUME_FROM).
+    target = reader.resolve(f"s3://{bucket}/jobs/demo/step-00000030")
+    read_state(reader.load(target, tmp_path / "local"), fresh, fresh_optimizer, rank=0)
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, saved[30][key]), key
+
+
+def test_corrupted_object_is_detected(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
+    manager = CheckpointManager(f"s3://{bucket}/c", S3Config(endpoint=minio.endpoint), keep_last=5)
+    model, optimizer = _model()
+    for step in (10, 20):
+        _train_step(model, optimizer)
+        _save(manager, model, optimizer, tmp_path / "stage", step=step, val_loss=1.0)
+
+    client = minio.client()
+    key = "c/step-00000020/dcp/__0_0.distcp"
+    data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+
+    newest = manager.latest()
+    assert newest is not None and newest.step == 20 and newest.committed
+    with pytest.raises(CorruptCheckpoint, match="sha256"):
+        manager.load(newest, tmp_path / "local")
+    loaded = manager.load_latest(tmp_path / "local")
+    assert loaded is not None and loaded.info.step == 10
+
+    client.delete_object(Bucket=bucket, Key="c/step-00000010/trainer_state.pt")
+    with pytest.raises(CorruptCheckpoint, match="missing"):
+        manager.load(loaded.info, tmp_path / "local")
+    assert manager.load_latest(tmp_path / "local") is None
+
+
+class _Killed(BaseException):
+    """The process dying (not an error the trainer could handle)."""
+
+
+class _CrashBeforeCommit(S3Storage):
+    """The real S3 storage in a process that dies just before writing a manifest."""
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        if key.endswith("/manifest.json"):
+            raise _Killed
+        super().put_bytes(key, data)
+
+
+def test_interrupted_save_is_not_resumed_from(
+    minio: MinioServer, bucket: str, tmp_path: Path
+) -> None:
+    uri = f"s3://{bucket}/i"
+    s3 = S3Config(endpoint=minio.endpoint)
+    manager = CheckpointManager(uri, s3)
+    model, optimizer = _model()
+    _train_step(model, optimizer)
+    _save(manager, model, optimizer, tmp_path / "stage", step=10, val_loss=1.0)
+    committed_weights = {k: v.clone() for k, v in model.state_dict().items()}
+
+    _train_step(model, optimizer)
+    crashing = CheckpointManager(uri, storage=_CrashBeforeCommit(bucket, "i", minio.endpoint))
+    with pytest.raises(_Killed):
+        _save(crashing, model, optimizer, tmp_path / "stage", step=20, val_loss=1.0)
+    assert any(k.startswith("i/step-00000020/") for k in _objects(minio, bucket))
+
+    restarted = CheckpointManager(uri, s3)
+    assert [info.step for info in restarted.list(include_uncommitted=True)] == [10, 20]
+    loaded = restarted.load_latest(tmp_path / "local")
+    assert loaded is not None and loaded.info.step == 10
+    fresh, fresh_optimizer = _model()
+    assert read_state(loaded.path, fresh, fresh_optimizer, rank=0) == {"step": 10}
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, committed_weights[key]), key
+
+    # The next commit cleans up the torn leftover (older than it).
+    _save(restarted, model, optimizer, tmp_path / "stage", step=30, val_loss=1.0)
+    assert _step_dirs(minio, bucket, "i") == [step_dir(10), step_dir(30)]
+
+
+# One torchrun worker: DDP on gloo, save through MinIO, then resume from it.
+_DDP_WORKER = """
+import json, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+from torch import nn
+from kubetrain_trainer.checkpoint import CheckpointManager
+from kubetrain_trainer.checkpoint.state import read_state, write_state
+
+def all_gather_object(obj):
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+root, uri = Path(sys.argv[1]), sys.argv[2]
+torch.manual_seed(rank)
+model = nn.parallel.DistributedDataParallel(nn.Linear(4, 2))
+optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+for _ in range(2):
+    model(torch.randn(3, 4)).pow(2).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad()
+manager = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
+                            all_gather_object=all_gather_object)
+stage = root / f"stage-rank{rank}"
+write_state(stage, model, optimizer, {"step": 10}, rank)
+info = manager.save(10, stage, {"val_loss": 0.5})
+weights = model.module.weight.detach().clone()
+exp_avg = optimizer.state_dict()["state"][0]["exp_avg"].clone()
+next_random = torch.rand(3)
+with torch.no_grad():
+    model.module.weight.zero_()
+torch.manual_seed(1000)
+loaded = manager.load_latest(root / f"local-rank{rank}")
+extra = read_state(loaded.path, model, optimizer, rank)
+print(json.dumps({
+    "rank": rank,
+    "files": sorted(info.manifest.files),
+    "loaded_step": loaded.info.step,
+    "extra": extra,
+    "weights": torch.equal(model.module.weight, weights),
+    "exp_avg": torch.equal(optimizer.state_dict()["state"][0]["exp_avg"], exp_avg),
+    "rng": torch.equal(torch.rand(3), next_random),
+}), flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_two_ddp_ranks_save_and_resume_through_minio(
+    minio: MinioServer, bucket: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    repo = Path(__file__).resolve().parents[2]
+    env = {
+        **os.environ,
+        **s3_env(minio),
+        "AWS_ENDPOINT_URL": minio.endpoint,  # as the operator would set it
+        "PYTHONPATH": str(repo / "trainer_image"),
+        "GLOO_SOCKET_IFNAME": "lo",  # rank-to-rank traffic stays on loopback
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", str(script), str(tmp_path), f"s3://{bucket}/ddp"]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    results = sorted(
+        (json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"rank"')),
+        key=lambda r: r["rank"],
+    )
+    assert [r["rank"] for r in results] == [0, 1]
+    expected_files = [
+        "dcp/.metadata",
+        "dcp/__0_0.distcp",
+        "dcp/__1_0.distcp",
+        "rng-rank0.pt",
+        "rng-rank1.pt",
+        "trainer_state.pt",
+    ]
+    for result in results:
+        assert result["files"] == expected_files
+        assert result["loaded_step"] == 10 and result["extra"] == {"step": 10}
+        assert result["weights"] and result["exp_avg"] and result["rng"], result
+    assert _objects(minio, bucket) == sorted(
+        [f"ddp/step-00000010/{name}" for name in [*expected_files, "manifest.json"]]
+    )

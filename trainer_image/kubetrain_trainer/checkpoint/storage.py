@@ -1,0 +1,354 @@
+"""Where checkpoint bytes live: a local directory or an S3 prefix, behind one small interface.
+
+Keys are relative, '/'-separated paths under the storage root ("step-00000120/manifest.json").
+The checkpoint protocol (manifest written last) lives in manager.py; this module only moves
+bytes and never decides what a checkpoint is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+if TYPE_CHECKING:
+    from kubetrain_trainer.config.schema import S3Config
+
+__all__ = ["LocalStorage", "S3Storage", "Storage", "open_storage"]
+
+# Temp names never collide with checkpoint files and are skipped by listings.
+_TMP_PREFIX = ".tmp-"
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
+def _dir_prefix(prefix: str) -> str:
+    # "step-00000120" must not match "step-000001200/...": always end with "/".
+    prefix = prefix.strip("/")
+    return f"{prefix}/" if prefix else ""
+
+
+class Storage(ABC):
+    """A flat key space with just what checkpoints need."""
+
+    @property
+    @abstractmethod
+    def root_uri(self) -> str:
+        """The URI of the storage root, e.g. s3://bucket/prefix or file:///abs/path."""
+
+    def uri(self, key: str = "") -> str:
+        """The URI of `key` (or of the root)."""
+        key = key.strip("/")
+        return f"{self.root_uri}/{key}" if key else self.root_uri
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path) -> None:
+        """Store the local file `path` under `key` (replacing it)."""
+
+    @abstractmethod
+    def get_file(self, key: str, path: Path) -> None:
+        """Fetch `key` into the local file `path`; FileNotFoundError if it does not exist."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes) -> None:
+        """Store `data` under `key` (replacing it)."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """The content of `key`; FileNotFoundError if it does not exist."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object/file `key` exists."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str = "") -> list[str]:
+        """All keys under the directory-like `prefix`, recursively, sorted."""
+
+    @abstractmethod
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """Names of the immediate sub-directories (common prefixes) of `prefix`, sorted."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete one key; a missing key is not an error."""
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None:
+        """Delete everything under the directory-like `prefix`."""
+
+
+class LocalStorage(Storage):
+    """A directory on a local or mounted filesystem."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).absolute()
+
+    def __repr__(self) -> str:
+        return f"LocalStorage({str(self.root)!r})"
+
+    @property
+    def root_uri(self) -> str:
+        return self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def _replace_into(self, target: Path, write: Any) -> None:
+        # Write a temp sibling, fsync, then rename: readers never see a partial file.
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
+        try:
+            with tmp.open("wb") as out:
+                write(out)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_file(self, key: str, path: Path) -> None:
+        with Path(path).open("rb") as src:
+            self._replace_into(self._path(key), lambda out: shutil.copyfileobj(src, out))
+
+    def get_file(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise FileNotFoundError(self.uri(key))
+        with source.open("rb") as src:
+            self._replace_into(Path(path), lambda out: shutil.copyfileobj(src, out))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._replace_into(self._path(key), lambda out: out.write(data))
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise FileNotFoundError(self.uri(key)) from None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def _dir(self, prefix: str) -> Path:
+        prefix = _dir_prefix(prefix)
+        return self._path(prefix.rstrip("/")) if prefix else self.root
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        base = self._dir(prefix)
+        if not base.is_dir():
+            return []
+        keys = []
+        for dirpath, _, filenames in os.walk(base):
+            for name in filenames:
+                if not name.startswith(_TMP_PREFIX):
+                    keys.append((Path(dirpath) / name).relative_to(self.root).as_posix())
+        return sorted(keys)
+
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        base = self._dir(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if p.is_dir())
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not _dir_prefix(prefix):
+            raise ValueError("refusing to delete the whole storage root")
+        shutil.rmtree(self._dir(prefix), ignore_errors=True)
+
+
+# Transient S3 errors (throttling, 5xx, dropped connections) are retried by botocore's
+# "standard" mode with exponential backoff and jitter.
+_S3_MAX_ATTEMPTS = 8
+_S3_CONNECT_TIMEOUT_S = 10
+_S3_READ_TIMEOUT_S = 120
+# Files above this go up and down in parallel parts through boto3's transfer manager.
+_MULTIPART_THRESHOLD = 64 * 1024 * 1024
+_MULTIPART_CHUNKSIZE = 64 * 1024 * 1024
+_MAX_CONCURRENCY = 8
+_DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
+
+
+class S3Storage(Storage):
+    """A prefix in an S3 bucket (AWS or S3-compatible, e.g. MinIO).
+
+    Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY,
+    a profile, an instance role); `endpoint` None means $AWS_ENDPOINT_URL_S3,
+    $AWS_ENDPOINT_URL or AWS itself.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint: str | None = None,
+        region: str | None = None,
+        *,
+        multipart_threshold: int = _MULTIPART_THRESHOLD,
+        multipart_chunksize: int = _MULTIPART_CHUNKSIZE,
+        max_attempts: int = _S3_MAX_ATTEMPTS,
+    ) -> None:
+        # boto3 is imported here so that local-only runs never pay for it.
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        # boto3 reads these too; resolved here so path-style addressing follows them.
+        self.endpoint = (
+            endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        )
+        config = Config(
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            connect_timeout=_S3_CONNECT_TIMEOUT_S,
+            read_timeout=_S3_READ_TIMEOUT_S,
+            # Custom endpoints (MinIO, in-cluster services) rarely have wildcard DNS.
+            s3={"addressing_style": "path" if self.endpoint else "auto"},
+        )
+        # region None: boto3 takes AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.
+        self.client: Any = boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name=region, config=config
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=_MAX_CONCURRENCY,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.root_uri!r}, endpoint={self.endpoint!r})"
+
+    @property
+    def root_uri(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+
+    def _key(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _full_prefix(self, prefix: str) -> str:
+        prefix = _dir_prefix(prefix)
+        return f"{self.prefix}/{prefix}" if self.prefix else prefix
+
+    @staticmethod
+    def _is_missing(error: Exception) -> bool:
+        code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
+        return code in ("404", "NoSuchKey", "NotFound")
+
+    def put_file(self, key: str, path: Path) -> None:
+        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+
+    def get_file(self, key: str, path: Path) -> None:
+        from botocore.exceptions import ClientError
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
+            tmp.replace(path)
+        except ClientError as error:
+            if self._is_missing(error):
+                raise FileNotFoundError(self.uri(key)) from None
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def get_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if self._is_missing(error):
+                raise FileNotFoundError(self.uri(key)) from None
+            raise
+        body: bytes = response["Body"].read()
+        return body
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if self._is_missing(error):
+                return False
+            raise
+        return True
+
+    def _strip(self, full_key: str) -> str:
+        return full_key[len(self.prefix) + 1 :] if self.prefix else full_key
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        keys: list[str] = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full_prefix(prefix)):
+            keys.extend(self._strip(item["Key"]) for item in page.get("Contents", []))
+        return sorted(keys)
+
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._full_prefix(prefix)
+        names: list[str] = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=full, Delimiter="/"):
+            for common in page.get("CommonPrefixes", []):
+                names.append(common["Prefix"][len(full) :].rstrip("/"))
+        return sorted(names)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        if not _dir_prefix(prefix):
+            raise ValueError("refusing to delete the whole storage root")
+        keys = [self._key(k) for k in self.list_keys(prefix)]
+        for start in range(0, len(keys), _DELETE_BATCH):
+            batch = keys[start : start + _DELETE_BATCH]
+            response = self.client.delete_objects(
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+            errors = response.get("Errors", [])
+            if errors:
+                raise OSError(
+                    f"deleting {self.uri(prefix)} failed for {len(errors)} keys: {errors[0]}"
+                )
+
+
+def open_storage(uri: str, s3: S3Config | None = None) -> Storage:
+    """Storage for `uri`: s3://bucket/prefix, file:///abs/path or a plain local path."""
+    if uri.startswith("s3://"):
+        parsed = urlparse(uri)
+        if not parsed.netloc:
+            raise ValueError(f"checkpoint URI {uri!r} names no bucket")
+        return S3Storage(
+            parsed.netloc,
+            parsed.path.strip("/"),
+            endpoint=s3.endpoint if s3 is not None else None,
+            region=s3.region if s3 is not None else None,
+        )
+    if uri.startswith("file://"):
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file URI {uri!r} must be file:///absolute/path")
+        return LocalStorage(Path(unquote(parsed.path)))
+    if "://" in uri:
+        raise ValueError(f"unsupported checkpoint URI scheme in {uri!r} (s3:// or file://)")
+    return LocalStorage(Path(uri))
