@@ -1,0 +1,274 @@
+"""The local cluster runs real pods: processes, volumes, service-account tokens, RBAC, names."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.harness.cluster import Cluster, Kubectl
+from tests.harness.services import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.integration]
+
+# Serves the value of $TOKEN on port 8080 and says so on stdout.
+_HTTP_SERVER = """
+import http.server, os
+token = os.environ["TOKEN"]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = token.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+print("serving", token, flush=True)
+http.server.HTTPServer(("0.0.0.0", 8080), Handler).serve_forever()
+"""
+
+# Reads its mounted ConfigMap and token, then asks the API server (as its own
+# service account) for pods (granted) and secrets (not granted).
+_API_PROBE = """
+import json, os, ssl, urllib.error, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+token = open(f"{sa}/token").read()
+namespace = open(f"{sa}/namespace").read()
+ctx = ssl.create_default_context(cafile=f"{sa}/ca.crt")
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+base = f"https://{host}:{port}"
+def status(path):
+    req = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + token})
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=10) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+print(json.dumps({
+    "greeting": open("/etc/kubetrain-test/greeting").read(),
+    "token": token,
+    "namespace": namespace,
+    "pods": status(f"/api/v1/namespaces/{namespace}/pods"),
+    "secrets": status(f"/api/v1/namespaces/{namespace}/secrets"),
+}), flush=True)
+"""
+
+# Serves its own name on port 9000 and fetches the peer's by <peer>.<subdomain>.
+_PEER = """
+import http.server, json, os, threading, time, urllib.request
+me, peer = os.environ["ME"], os.environ["PEER"]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = me.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = http.server.HTTPServer(("0.0.0.0", 9000), Handler)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+deadline, error = time.time() + 90, ""
+while time.time() < deadline:
+    try:
+        with urllib.request.urlopen(f"http://{peer}:9000/", timeout=2) as resp:
+            print(json.dumps({"me": me, "peer": peer, "answer": resp.read().decode()}), flush=True)
+            break
+    except OSError as err:
+        error = repr(err)
+        time.sleep(0.5)
+else:
+    print(json.dumps({"me": me, "peer": peer, "error": error}), flush=True)
+time.sleep(3600)
+"""
+
+
+def _apply(kubectl: Kubectl, namespace: str, *objects: dict[str, Any]) -> None:
+    manifest = json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)})
+    kubectl("apply", "-n", namespace, "-f", "-", input_text=manifest)
+
+
+def _container(name: str, script: str, **extra: Any) -> dict[str, Any]:
+    # The image is ignored by the process kubelet; the command runs with the project's Python.
+    return {
+        "name": name,
+        "image": "kubetrain/test:none",
+        "command": ["python", "-c", script],
+        **extra,
+    }
+
+
+def _log_line(cluster: Cluster, namespace: str, pod: str, container: str) -> dict[str, Any]:
+    """Wait for the first JSON line in the container's log file and decode it."""
+    found: dict[str, Any] = {}
+
+    def logged() -> bool:
+        path: Path = cluster.pod_log_path(namespace, pod, container)
+        if not path.exists():
+            return False
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                found.update(json.loads(line))
+                return True
+        return False
+
+    wait_until(logged, timeout=120, what=f"a JSON line in the log of {namespace}/{pod}")
+    return found
+
+
+def test_deployment_pod_runs_a_real_process(
+    cluster: Cluster, namespace: str, kubectl: Kubectl
+) -> None:
+    token = secrets.token_hex(8)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "containers": [
+                        _container("server", _HTTP_SERVER, env=[{"name": "TOKEN", "value": token}])
+                    ]
+                },
+            },
+        },
+    }
+    _apply(kubectl, namespace, deployment)
+
+    names: list[str] = []
+
+    def pod_created() -> bool:
+        out = kubectl("get", "pods", "-n", namespace, "-l", "app=web", "-o", "json").stdout
+        names[:] = [p["metadata"]["name"] for p in json.loads(out)["items"]]
+        return len(names) == 1
+
+    wait_until(pod_created, timeout=60, what="the Deployment's pod")
+    pod = cluster.wait_for_pod(namespace, names[0])
+    pod_ip = pod["status"]["podIP"]
+    assert pod_ip != cluster.api_host
+
+    answers: list[str] = []
+
+    def serves() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{pod_ip}:8080/", timeout=2) as resp:
+                answers.append(resp.read().decode())
+                return True
+        except OSError:
+            return False
+
+    wait_until(serves, timeout=60, what=f"the pod to serve HTTP on {pod_ip}:8080")
+    assert answers[-1] == token
+    log = cluster.pod_log_path(namespace, names[0], "server").read_text()
+    assert f"serving {token}" in log
+
+
+def test_pod_reads_configmap_and_token_and_rbac_applies(
+    cluster: Cluster, namespace: str, kubectl: Kubectl
+) -> None:
+    greeting = f"hello-{secrets.token_hex(4)}"
+    _apply(
+        kubectl,
+        namespace,
+        {
+            "kind": "ConfigMap",
+            "apiVersion": "v1",
+            "metadata": {"name": "settings"},
+            "data": {"greeting": greeting},
+        },
+        {"kind": "ServiceAccount", "apiVersion": "v1", "metadata": {"name": "reader"}},
+        {
+            "kind": "Role",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+        },
+        {
+            "kind": "RoleBinding",
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "metadata": {"name": "reader-reads-pods"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "Role",
+                "name": "pod-reader",
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": namespace}],
+        },
+        {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"name": "probe"},
+            "spec": {
+                "serviceAccountName": "reader",
+                "restartPolicy": "Never",
+                "volumes": [{"name": "settings", "configMap": {"name": "settings"}}],
+                "containers": [
+                    _container(
+                        "probe",
+                        _API_PROBE,
+                        volumeMounts=[{"name": "settings", "mountPath": "/etc/kubetrain-test"}],
+                    )
+                ],
+            },
+        },
+    )
+    cluster.wait_for_pod(namespace, "probe", phases=("Succeeded",), timeout=120)
+    result = _log_line(cluster, namespace, "probe", "probe")
+
+    assert result["greeting"] == greeting
+    assert result["namespace"] == namespace
+    assert result["pods"] == 200, "the RoleBinding grants listing pods"
+    assert result["secrets"] == 403, "nothing grants reading secrets"
+    payload = result["token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["sub"] == f"system:serviceaccount:{namespace}:reader"
+
+
+def test_pods_on_the_same_port_reach_each_other_by_hostname_and_subdomain(
+    cluster: Cluster, namespace: str, kubectl: Kubectl
+) -> None:
+    def peer_pod(name: str, peer: str) -> dict[str, Any]:
+        return {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "metadata": {"name": name, "labels": {"app": "peers"}},
+            "spec": {
+                "hostname": name,
+                "subdomain": "peers",
+                "restartPolicy": "Never",
+                "containers": [
+                    _container(
+                        "peer",
+                        _PEER,
+                        env=[
+                            {"name": "ME", "value": name},
+                            {"name": "PEER", "value": f"{peer}.peers"},
+                        ],
+                    )
+                ],
+            },
+        }
+
+    headless = {
+        "kind": "Service",
+        "apiVersion": "v1",
+        "metadata": {"name": "peers"},
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"app": "peers"},
+            "ports": [{"name": "http", "port": 9000}],
+        },
+    }
+    _apply(kubectl, namespace, headless, peer_pod("peer-a", "peer-b"), peer_pod("peer-b", "peer-a"))
+
+    pods = {name: cluster.wait_for_pod(namespace, name) for name in ("peer-a", "peer-b")}
+    assert pods["peer-a"]["status"]["podIP"] != pods["peer-b"]["status"]["podIP"]
+    a = _log_line(cluster, namespace, "peer-a", "peer")
+    b = _log_line(cluster, namespace, "peer-b", "peer")
+    assert a.get("answer") == "peer-b", a
+    assert b.get("answer") == "peer-a", b
