@@ -1,0 +1,1 @@
+"""kubetrain control plane: the TrainingJob API, pure recovery policy and the kopf operator."""

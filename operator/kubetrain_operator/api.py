@@ -1,0 +1,351 @@
+"""The TrainingJob API (kubetrain.io/v1alpha1) as pydantic models: one source of truth.
+
+`spec.trainer` embeds the trainer's own TrainingConfig (snake_case) so that one
+config file runs the same under `kubetrain train`, `kubetrain run` and the
+operator. Kubernetes-native parts (resources, env, pod template pieces) are
+kept as free-form objects here and validated by the API server's own types.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kubetrain_trainer.config import TrainingConfig
+
+GROUP = "kubetrain.io"
+VERSION = "v1alpha1"
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+
+DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+K8sObject = dict[str, Any]
+LabelValue = Annotated[str, Field(max_length=63)]
+AnnotationValue = Annotated[str, Field(max_length=4096)]
+
+# Kubernetes-native parts keep their dict form in Python; in the CRD they get the
+# shape the API server needs (structural, bounded) and core/v1 validates the rest
+# when the pods are created.
+FREE_FORM: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+_QUANTITY: dict[str, Any] = {
+    "anyOf": [{"type": "integer"}, {"type": "string"}],
+    "x-kubernetes-int-or-string": True,
+    "pattern": (  # resource.Quantity, as core/v1 publishes it
+        r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+        r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    ),
+}
+_QUANTITIES: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": 32,
+    "additionalProperties": _QUANTITY,
+}
+RESOURCES_SCHEMA: dict[str, Any] = {
+    "properties": {
+        "limits": {**_QUANTITIES, "description": "Maximum compute resources per worker."},
+        "requests": {**_QUANTITIES, "description": "Compute resources reserved per worker."},
+    },
+    "additionalProperties": False,
+}
+ENV_VAR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string", "maxLength": 256, "description": "Variable name."},
+        "value": {"type": "string", "maxLength": 32768, "description": "Literal value."},
+        "valueFrom": {
+            "type": "object",
+            "description": "core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef, ...",
+            **FREE_FORM,
+        },
+    },
+}
+
+
+class ApiModel(BaseModel):
+    """camelCase Kubernetes-style section; unknown fields are errors."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
+
+
+class S3Settings(ApiModel):
+    """S3 connection for s3:// checkpoint URIs (MinIO or AWS)."""
+
+    endpoint: str | None = Field(None, max_length=2048, pattern=r"^https?://")
+    """S3 endpoint URL (e.g. http://minio.minio:9000); empty means AWS."""
+    region: str | None = Field(None, max_length=64)
+    """S3 region."""
+    credentialsSecretName: str | None = Field(None, max_length=253, pattern=DNS1123)
+    """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, injected as env."""
+
+
+class CheckpointSpec(ApiModel):
+    """Job-level checkpoint settings; they override spec.trainer.checkpoint."""
+
+    uri: str | None = Field(
+        None, max_length=2048, pattern=r"^(s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?|file:///.*)$"
+    )
+    """Where checkpoints go: s3://bucket/prefix or file:///path (a volume shared by all workers)."""
+    intervalSteps: int | None = Field(None, ge=1, le=1_000_000_000)
+    """Overrides spec.trainer.checkpoint.interval_steps."""
+    keepLast: int | None = Field(None, ge=1, le=10_000)
+    """Overrides spec.trainer.checkpoint.keep_last."""
+    s3: S3Settings = S3Settings()
+
+
+class NaNPolicy(ApiModel):
+    """Tier-2 NaN recovery: roll the gang back to an older good checkpoint."""
+
+    action: Literal["Rollback", "Fail"] = "Rollback"
+    """What the operator does when the trainer exits with the NaN exit code."""
+    maxRollbacks: int = Field(3, ge=0, le=100)
+    """Rollbacks to older checkpoints before the job fails with NaNRollbackBudgetExhausted."""
+    skipBatches: int = Field(0, ge=0, le=1_000_000)
+    """Extra batches skipped after the ones that produced NaN, on each rollback."""
+    lrScalePercent: int = Field(100, ge=1, le=100)
+    """Scale the learning rate to this percentage after a rollback."""
+
+
+class FaultToleranceSpec(ApiModel):
+    """Gang restarts and rollbacks, with a budget per cause."""
+
+    maxRestarts: int = Field(3, ge=0, le=1000)
+    """Gang restarts allowed for infrastructure failures and crashes."""
+    nan: NaNPolicy = NaNPolicy()
+    nodeFailureTolerationSeconds: int = Field(30, ge=0, le=3600)
+    """Workers tolerate a NotReady/unreachable node this long before eviction."""
+    progressDeadlineSeconds: int | None = Field(None, ge=10, le=86400)
+    """No step progress for this long counts as a hang and restarts the gang."""
+
+
+class RunPolicy(ApiModel):
+    """Job lifecycle: suspension, deadlines, clean-up."""
+
+    suspend: bool = False
+    """Delete the pods but keep checkpoints; training continues from them when unsuspended."""
+    activeDeadlineSeconds: int | None = Field(None, ge=1, le=31_536_000)
+    """Fail the job when it has been active longer than this."""
+    ttlSecondsAfterFinished: int | None = Field(None, ge=0, le=31_536_000)
+    """Delete the finished job after this many seconds."""
+    cleanPodPolicy: Literal["All", "Running", "None"] = "Running"
+    """Which pods to delete when the job finishes."""
+
+
+class TemplateMetadata(ApiModel):
+    """Labels and annotations added to every worker pod."""
+
+    labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
+    """Labels added to every worker pod."""
+    annotations: dict[str, AnnotationValue] = Field(default_factory=dict, max_length=64)
+    """Annotations added to every worker pod."""
+
+
+class PodTemplateOverrides(ApiModel):
+    """Pieces of the worker pod template that the user controls."""
+
+    metadata: TemplateMetadata = TemplateMetadata()
+    spec: K8sObject = Field(default_factory=dict, json_schema_extra=FREE_FORM)
+    """Pod spec fields merged into every worker: nodeSelector, tolerations, affinity,
+    priorityClassName, schedulerName, serviceAccountName, volumes, securityContext, ..."""
+
+
+class MonitoringSpec(ApiModel):
+    """Where rank 0 serves its metrics and progress."""
+
+    port: int = Field(9090, ge=1024, le=65535)
+    """Port of rank 0's /metrics and /progress endpoints."""
+
+
+class TrainingJobSpec(ApiModel):
+    """Desired state of a TrainingJob: a gang of torchrun workers running the trainer."""
+
+    image: str | None = Field(None, max_length=1024)
+    """Trainer image; default from the operator's settings."""
+    numNodes: int = Field(1, ge=1, le=1024)
+    """Pods in the gang (torchrun --nnodes)."""
+    numProcPerNode: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
+    """torchrun --nproc-per-node; auto = GPUs requested per pod, else 1."""
+    resources: K8sObject = Field(default_factory=dict, json_schema_extra=RESOURCES_SCHEMA)
+    """core/v1 ResourceRequirements for each worker (nvidia.com/gpu allowed)."""
+    env: list[K8sObject] = Field(
+        default_factory=list, max_length=128, json_schema_extra={"items": ENV_VAR_SCHEMA}
+    )
+    """Extra core/v1 EnvVar entries for the trainer container."""
+    trainer: TrainingConfig
+    """The trainer's config: the same document `kubetrain train --config` reads."""
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    faultTolerance: FaultToleranceSpec = FaultToleranceSpec()
+    runPolicy: RunPolicy = RunPolicy()
+    template: PodTemplateOverrides = PodTemplateOverrides()
+    monitoring: MonitoringSpec = MonitoringSpec()
+
+    def gpus_per_node(self) -> int:
+        for part in ("limits", "requests"):
+            value = (self.resources.get(part) or {}).get("nvidia.com/gpu")
+            if value is not None:
+                return int(value)
+        return 0
+
+    def procs_per_node(self) -> int:
+        if self.numProcPerNode == "auto":
+            return max(1, self.gpus_per_node())
+        return self.numProcPerNode
+
+    @model_validator(mode="after")
+    def _procs_fit_gpus(self) -> Self:
+        gpus = self.gpus_per_node()
+        if gpus and self.numProcPerNode != "auto" and self.numProcPerNode > gpus:
+            raise ValueError(
+                f"numProcPerNode ({self.numProcPerNode}) exceeds the nvidia.com/gpu requested "
+                f"per node ({gpus}); use numProcPerNode: auto or request more GPUs"
+            )
+        return self
+
+
+ConditionType = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+JobState = Literal[
+    "Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
+]
+Timestamp = Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})]
+Reason = Annotated[str, Field(max_length=128)]
+Message = Annotated[str, Field(max_length=4096)]
+
+
+class Condition(ApiModel):
+    """One observation of the job's state (Kubernetes API conventions)."""
+
+    type: ConditionType
+    """Condition type: Created, Running, Restarting, Succeeded, Failed or Suspended."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: Reason = ""
+    """Machine-readable CamelCase cause of the last transition."""
+    message: Message = ""
+    """Human-readable details (for failures: the trainer's termination message)."""
+    lastTransitionTime: Timestamp | None = None
+    """When status last changed."""
+    observedGeneration: int | None = Field(None, ge=0, le=2**62)
+    """metadata.generation the condition was set for."""
+
+
+class CheckpointRef(ApiModel):
+    """A committed checkpoint."""
+
+    step: int = Field(0, ge=0, le=2**62)
+    """Optimizer steps the checkpoint holds."""
+    uri: str = Field("", max_length=2048)
+    """Where the checkpoint lives."""
+    time: Timestamp | None = None
+    """When it was committed."""
+
+
+class Progress(ApiModel):
+    """Training progress, read from rank 0's /progress endpoint."""
+
+    step: int = Field(0, ge=0, le=2**62)
+    """Optimizer steps done."""
+    totalSteps: int | None = Field(None, ge=0, le=2**62)
+    """Optimizer steps the run will take."""
+    epoch: float | None = Field(None, ge=0, le=1e12)
+    """Epochs done (fractional)."""
+    loss: float | None = Field(None, ge=-1e30, le=1e30)
+    """Latest training loss."""
+    valLoss: float | None = Field(None, ge=-1e30, le=1e30)
+    """Latest validation loss."""
+    tokensPerSecond: float | None = Field(None, ge=0, le=1e15)
+    """Training throughput of the whole gang."""
+    lastCheckpoint: CheckpointRef | None = None
+    updateTime: Timestamp | None = None
+    """When the operator last read the progress."""
+    lastStepTime: Timestamp | None = None
+    """When the step last advanced (or the gang last started): the hang detector's clock."""
+
+
+class RestartCounts(ApiModel):
+    """Gang restarts by cause."""
+
+    total: int = Field(0, ge=0, le=1_000_000)
+    """All gang restarts."""
+    nodeFailure: int = Field(0, ge=0, le=1_000_000)
+    """Restarts after a node failed or a pod was evicted."""
+    nan: int = Field(0, ge=0, le=1_000_000)
+    """Rollbacks after non-finite loss."""
+    error: int = Field(0, ge=0, le=1_000_000)
+    """Restarts after a worker crashed or was killed."""
+    hang: int = Field(0, ge=0, le=1_000_000)
+    """Restarts after progress stalled for faultTolerance.progressDeadlineSeconds."""
+
+
+class WorkerCounts(ApiModel):
+    """Worker pods of the current attempt, by phase."""
+
+    pending: int = Field(0, ge=0, le=1024)
+    """Pods created but not running yet."""
+    running: int = Field(0, ge=0, le=1024)
+    """Pods running."""
+    succeeded: int = Field(0, ge=0, le=1024)
+    """Pods that exited 0."""
+    failed: int = Field(0, ge=0, le=1024)
+    """Pods that failed."""
+
+
+class RecoveryStatus(ApiModel):
+    """What the next attempt of the gang starts from (the operator's memory)."""
+
+    attempt: int = Field(0, ge=0, le=1_000_000)
+    """Gang generation: pods of attempt N are labelled kubetrain.io/attempt=N."""
+    resumeFrom: str | None = Field(None, max_length=2048)
+    """Checkpoint URI the attempt resumes from (rollback target); empty = newest committed."""
+    skipBatches: str = Field("", max_length=4096)
+    """Step ranges whose batches are skipped."""
+    lrScale: float = Field(1.0, gt=0, le=1)
+    """Learning-rate multiplier after rollbacks."""
+    restartAfter: Timestamp | None = None
+    """Backoff: the next attempt's pods are created after this time."""
+    restartTime: Timestamp | None = None
+    """When the last gang restart was decided (recovery time runs until all pods run again)."""
+    lastFailure: Message = ""
+    """The last failure's reason and message."""
+
+
+class TrainingJobStatus(ApiModel):
+    """Observed state of a TrainingJob, written by the operator."""
+
+    state: JobState = "Pending"
+    """Summary of the conditions (the State printer column)."""
+    observedGeneration: int | None = Field(None, ge=0, le=2**62)
+    """metadata.generation the status describes."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Latest observations, one per type."""
+    startTime: Timestamp | None = None
+    """When the operator first created the job's pods."""
+    completionTime: Timestamp | None = None
+    """When the job succeeded or failed."""
+    allRunningTime: Timestamp | None = None
+    """When all pods of the first attempt were first running."""
+    workers: WorkerCounts = WorkerCounts()
+    progress: Progress | None = None
+    restarts: RestartCounts = RestartCounts()
+    recovery: RecoveryStatus = RecoveryStatus()
+    goodputPercent: float | None = Field(None, ge=0, le=100)
+    """Share of wall time spent on training steps that were kept."""
+
+
+class ObjectMeta(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1, max_length=63, pattern=DNS1123)
+    namespace: str | None = None
+
+
+class TrainingJob(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    apiVersion: Literal["kubetrain.io/v1alpha1"]
+    kind: Literal["TrainingJob"]
+    metadata: ObjectMeta
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None

@@ -1,0 +1,94 @@
+"""`kubetrain run`: a TrainingJob without a cluster.
+
+The gang becomes one torchrun in standalone mode with the job's total process
+count; after each attempt the same pure policy the operator uses decides to
+finish, fail, restart, or roll back to an older checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from kubetrain_operator.api import TrainingJob
+from kubetrain_operator.policy import Checkpoint, RecoveryState, classify, decide, record
+from kubetrain_trainer.config import to_yaml
+from kubetrain_trainer.contract import Env, ExitCode, TerminationMessage
+
+
+def trainer_config_for(job: TrainingJob, run_dir: Path) -> str:
+    """spec.trainer with the job-level settings folded in, as the pods would see it."""
+    cfg = job.spec.trainer.model_copy(deep=True)
+    cfg.run_dir = str(run_dir)
+    ckpt = job.spec.checkpoint
+    cfg.checkpoint.uri = ckpt.uri or cfg.checkpoint.uri or str(run_dir / "checkpoints")
+    if ckpt.intervalSteps:
+        cfg.checkpoint.interval_steps = ckpt.intervalSteps
+    if ckpt.keepLast:
+        cfg.checkpoint.keep_last = ckpt.keepLast
+    if ckpt.s3.endpoint:
+        cfg.checkpoint.s3.endpoint = ckpt.s3.endpoint
+    if ckpt.s3.region:
+        cfg.checkpoint.s3.region = ckpt.s3.region
+    return to_yaml(cfg)
+
+
+def list_checkpoints(config_path: Path) -> list[Checkpoint]:
+    from kubetrain_trainer.checkpoint import CheckpointManager
+    from kubetrain_trainer.config import load_config
+
+    cfg = load_config(config_path)
+    manager = CheckpointManager(cfg.checkpoint.uri or "", cfg.checkpoint.s3)
+    return [Checkpoint(i.step, i.uri, i.good) for i in manager.list()]
+
+
+def run_local(job: TrainingJob, runs_root: Path = Path("runs")) -> int:
+    name = job.metadata.name
+    run_dir = (runs_root / name).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "trainer.yaml"
+    config_path.write_text(trainer_config_for(job, run_dir))
+    nproc = job.spec.numNodes * job.spec.procs_per_node()
+    termination = run_dir / "termination-log.json"
+    state = RecoveryState()
+    resume_from: str | None = None
+    print(f"kubetrain run: {name}: {nproc} process(es), run dir {run_dir}", flush=True)
+    while True:
+        termination.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            **{e["name"]: str(e.get("value", "")) for e in job.spec.env if "name" in e},
+            Env.JOB_NAME: name,
+            Env.NAMESPACE: job.metadata.namespace or "local",
+            Env.RESTART_COUNT: str(state.restarts["total"]),
+            Env.SKIP_BATCHES: state.skip_batches,
+            Env.LR_SCALE: str(state.lr_scale),
+            Env.TERMINATION_LOG: str(termination),
+        }
+        env.pop(Env.RESUME_FROM, None)
+        if resume_from:
+            env[Env.RESUME_FROM] = resume_from
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            f"--nproc-per-node={nproc}", "-m", "kubetrain_trainer", "train", "--config",
+            str(config_path),
+        ]  # fmt: skip
+        code = subprocess.call(command, env=env)
+        message = (
+            TerminationMessage.from_json(termination.read_text()) if termination.exists() else None
+        )
+        cause = classify(code, message)
+        decision = decide(
+            job.spec.faultTolerance, state, cause, message, list_checkpoints(config_path)
+        )
+        print(f"kubetrain run: {decision.reason}: {decision.message}", flush=True)
+        if decision.action == "succeed":
+            return 0
+        if decision.action == "fail":
+            return int(ExitCode.CONFIG_INVALID if decision.reason == "ConfigInvalid" else 1)
+        state = record(state, decision)
+        resume_from = decision.resume_from
+        time.sleep(min(2 ** state.restarts["total"], 30) / 4)  # short backoff: the gang is local

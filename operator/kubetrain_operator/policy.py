@@ -1,0 +1,171 @@
+"""Pure recovery policy: what to do after an attempt of the gang ended.
+
+Shared by the operator and `kubetrain run`, so a job recovers the same way on a
+cluster and on a laptop. No I/O here: callers pass what they observed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from kubetrain_operator.api import FaultToleranceSpec
+from kubetrain_trainer.contract import (
+    ExitCode,
+    TerminationMessage,
+    format_step_ranges,
+    parse_step_ranges,
+)
+
+
+class Cause(StrEnum):
+    SUCCEEDED = "Succeeded"
+    CONFIG_INVALID = "ConfigInvalid"
+    NAN = "NaN"
+    ERROR = "Error"
+    NODE_FAILURE = "NodeFailure"
+    HANG = "Hang"
+    PREEMPTED = "Preempted"
+
+
+# status.restarts keys, one budget per cause (design: "Budgets are per cause").
+RESTART_KEYS = {
+    Cause.NAN: "nan",
+    Cause.ERROR: "error",
+    Cause.NODE_FAILURE: "nodeFailure",
+    Cause.HANG: "hang",
+    Cause.PREEMPTED: "error",
+}
+
+
+def classify(exit_code: int, message: TerminationMessage | None) -> Cause:
+    """The cause of an ended attempt, from the trainer's termination message or exit code."""
+    reasons = {
+        "Succeeded": Cause.SUCCEEDED,
+        "ConfigInvalid": Cause.CONFIG_INVALID,
+        "NaNUnrecoverable": Cause.NAN,
+        "Preempted": Cause.PREEMPTED,
+    }
+    if message and message.reason in reasons:
+        return reasons[message.reason]
+    by_code: dict[int, Cause] = {
+        ExitCode.SUCCEEDED: Cause.SUCCEEDED,
+        ExitCode.CONFIG_INVALID: Cause.CONFIG_INVALID,
+        ExitCode.NAN_UNRECOVERABLE: Cause.NAN,
+        ExitCode.PREEMPTED: Cause.PREEMPTED,
+    }
+    return by_code.get(exit_code, Cause.ERROR)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    uri: str
+    good: bool
+
+
+@dataclass
+class RecoveryState:
+    """What earlier attempts left behind; persisted in status (operator) or memory (run)."""
+
+    restarts: dict[str, int] = field(
+        default_factory=lambda: {"total": 0, "nodeFailure": 0, "nan": 0, "error": 0, "hang": 0}
+    )
+    skip_batches: str = ""
+    lr_scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str  # "succeed" | "fail" | "restart"
+    reason: str
+    message: str
+    cause: Cause
+    resume_from: str | None = None  # rollback target; None = newest committed checkpoint
+    skip_batches: str = ""
+    lr_scale: float = 1.0
+
+
+def decide(
+    policy: FaultToleranceSpec,
+    state: RecoveryState,
+    cause: Cause,
+    message: TerminationMessage | None,
+    checkpoints: list[Checkpoint],
+) -> Decision:
+    """Succeed, fail with a reason, or restart the gang (maybe from an older checkpoint)."""
+    text = message.message if message else ""
+    if cause is Cause.SUCCEEDED:
+        return Decision("succeed", "Succeeded", "training finished", cause)
+    if cause is Cause.CONFIG_INVALID:
+        return Decision("fail", "ConfigInvalid", text or "the trainer rejected its config", cause)
+    if cause is Cause.NAN:
+        return _rollback(policy, state, message, checkpoints)
+    key = RESTART_KEYS[cause]
+    if state.restarts["total"] - state.restarts["nan"] >= policy.maxRestarts:
+        return Decision(
+            "fail",
+            "RestartBudgetExhausted",
+            f"{cause.value}: {policy.maxRestarts} restarts used; last failure: {text or cause}",
+            cause,
+        )
+    return Decision(
+        "restart",
+        f"Restart{cause.value}",
+        f"restarting the gang after {cause.value} (restart {state.restarts[key] + 1})",
+        cause,
+        skip_batches=state.skip_batches,
+        lr_scale=state.lr_scale,
+    )
+
+
+def _rollback(
+    policy: FaultToleranceSpec,
+    state: RecoveryState,
+    message: TerminationMessage | None,
+    checkpoints: list[Checkpoint],
+) -> Decision:
+    nan = policy.nan
+    if nan.action == "Fail":
+        return Decision("fail", "NaN", "training diverged (NaN) and nan.action is Fail", Cause.NAN)
+    if state.restarts["nan"] >= nan.maxRollbacks:
+        return Decision(
+            "fail",
+            "NaNRollbackBudgetExhausted",
+            f"loss stayed non-finite after {nan.maxRollbacks} rollbacks",
+            Cause.NAN,
+        )
+    failed_step = _step_of(message.failed_checkpoint, checkpoints) if message else None
+    good = [c for c in checkpoints if c.good]
+    older = [c for c in good if failed_step is None or c.step < failed_step]
+    candidates = older or good
+    target = max(candidates, key=lambda c: c.step) if candidates else None
+    ranges = parse_step_ranges(state.skip_batches)
+    for lo, hi in parse_step_ranges(message.skip_batches or "") if message else []:
+        ranges.append((lo, hi + nan.skipBatches))
+    skip = format_step_ranges(sorted(set(ranges)))
+    lr_scale = state.lr_scale * nan.lrScalePercent / 100
+    where = f"checkpoint step {target.step}" if target else "the start"
+    return Decision(
+        "restart",
+        "RollbackNaN",
+        f"non-finite loss: rolling back to {where}, skipping batches {skip or 'none'}",
+        Cause.NAN,
+        resume_from=target.uri if target else None,
+        skip_batches=skip,
+        lr_scale=lr_scale,
+    )
+
+
+def _step_of(uri: str | None, checkpoints: list[Checkpoint]) -> int | None:
+    return next((c.step for c in checkpoints if c.uri == uri), None)
+
+
+def record(state: RecoveryState, decision: Decision) -> RecoveryState:
+    """The state after carrying out a restart decision."""
+    if decision.action != "restart":
+        return state
+    restarts = dict(state.restarts)
+    restarts["total"] += 1
+    restarts[RESTART_KEYS[decision.cause]] += 1
+    return RecoveryState(restarts, decision.skip_batches, decision.lr_scale)

@@ -1,0 +1,83 @@
+"""`kubetrain run`: a TrainingJob without a cluster, with the operator's recovery policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.integration.trainer_runs import (
+    committed_steps,
+    env_with,
+    kubetrain,
+    losses_by_step,
+    records,
+    tiny_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def job(tmp_path: Path, *, nodes: int = 1, fault_tolerance: dict[str, Any], **trainer: Any) -> Path:
+    cfg = tiny_config(tmp_path / "ignored", **trainer)
+    del cfg["run_dir"]  # `kubetrain run` puts it under --runs-dir/<name>
+    doc = {
+        "apiVersion": "kubetrain.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "tiny"},
+        "spec": {"numNodes": nodes, "numProcPerNode": 1, "trainer": cfg,
+                 "faultTolerance": fault_tolerance},
+    }  # fmt: skip
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run(path: Path, runs: Path, **env: str) -> tuple[int, str]:
+    result = kubetrain("run", str(path), "--runs-dir", str(runs), env=env_with(**env), timeout=600)
+    return result.returncode, result.stdout + result.stderr
+
+
+def test_nan_past_the_in_process_budget_rolls_back_and_completes(tmp_path: Path) -> None:
+    path = job(
+        tmp_path,
+        fault_tolerance={"nan": {"maxRollbacks": 2, "skipBatches": 2}},
+        recovery={"max_consecutive_skips": 1, "max_restores": 0},
+    )
+    # Batches 12..15 are bad. The trainer skips 12, gives up at 13 (exit 65, bad 12-13);
+    # the policy rolls back to a good checkpoint older than step 10 and skips 12-15.
+    code, out = run(path, tmp_path / "runs", KUBETRAIN_FAULT_INJECT="nan@step=12,times=4")
+    assert code == 0, out[-3000:]
+    assert out.count("RollbackNaN") == 1
+    run_dir = tmp_path / "runs" / "tiny"
+    resumes = [r for r in records(run_dir, "event") if r["event"] == "resume"]
+    assert resumes[-1]["uri"].endswith("step-00000005")
+    assert max(losses_by_step(run_dir)) == 20  # the exact final step count
+    assert max(committed_steps(run_dir / "checkpoints")) == 20
+
+
+def test_nan_on_every_attempt_fails_with_the_budget_reason(tmp_path: Path) -> None:
+    path = job(
+        tmp_path,
+        fault_tolerance={"nan": {"maxRollbacks": 1}},
+        recovery={"max_consecutive_skips": 0, "max_restores": 0},
+    )
+    code, out = run(path, tmp_path / "runs", KUBETRAIN_FAULT_INJECT="nan@step=3")
+    assert code == 1
+    assert "NaNRollbackBudgetExhausted" in out
+
+
+def test_invalid_job_is_rejected_with_field_paths(tmp_path: Path) -> None:
+    path = job(tmp_path, fault_tolerance={"maxRestarts": -1}, training={"precision": "fp8"})
+    code, out = run(path, tmp_path / "runs")
+    assert code == 2
+    assert "spec.faultTolerance.maxRestarts" in out
+    assert "spec.trainer.training.precision" in out
+
+
+def test_two_process_job_runs_under_torchrun_standalone(tmp_path: Path) -> None:
+    path = job(tmp_path, nodes=2, fault_tolerance={}, training={"max_steps": 10})
+    code, out = run(path, tmp_path / "runs")
+    assert code == 0, out[-3000:]
+    assert committed_steps(tmp_path / "runs" / "tiny" / "checkpoints") == [5, 10]

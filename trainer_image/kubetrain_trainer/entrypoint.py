@@ -1,0 +1,79 @@
+"""`kubetrain train`: one trainer process, mapping outcomes to the contract's exit codes."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from pathlib import Path
+
+from kubetrain_trainer.config import ConfigError, load_config
+from kubetrain_trainer.contract import ExitCode, TerminationMessage
+from kubetrain_trainer.runtime import Runtime
+
+log = logging.getLogger("kubetrain")
+
+
+def train_main(config_path: Path, overrides: list[str]) -> int:
+    runtime = Runtime.from_env()
+    try:
+        cfg = load_config(config_path, runtime.config_overrides() + overrides)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        TerminationMessage("ConfigInvalid", str(err)).write(runtime.termination_log)
+        return ExitCode.CONFIG_INVALID
+
+    # torch is imported only once the config is known to be good.
+    from kubetrain_trainer import distributed
+    from kubetrain_trainer.metrics import summary_table
+    from kubetrain_trainer.trainer import NaNUnrecoverable, Preempted, Trainer
+
+    dist_info = distributed.init_distributed(cfg.training.device)
+    logging.basicConfig(
+        level=logging.INFO if dist_info.is_main else logging.WARNING,
+        format=f"%(asctime)s rank{dist_info.rank} %(levelname)s %(message)s",
+    )
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(cfg, runtime, dist_info)
+        summary = trainer.train()
+    except ConfigError as err:  # e.g. data path or sizes found unusable while building
+        print(err, file=sys.stderr)
+        TerminationMessage("ConfigInvalid", str(err)).write(runtime.termination_log)
+        return ExitCode.CONFIG_INVALID
+    except NaNUnrecoverable as err:
+        if dist_info.is_main and trainer is not None:
+            TerminationMessage(
+                "NaNUnrecoverable",
+                str(err),
+                step=err.step,
+                last_good_checkpoint=trainer.newest_good_uri(),
+                failed_checkpoint=trainer.last_checkpoint.uri if trainer.last_checkpoint else None,
+                skip_batches=",".join(f"{a}-{b}" for a, b in err.skip_ranges),
+            ).write(runtime.termination_log)
+        log.error("%s", err)
+        return ExitCode.NAN_UNRECOVERABLE
+    except Preempted as err:
+        step = trainer.step if trainer else None
+        TerminationMessage("Preempted", str(err), step=step).write(runtime.termination_log)
+        return ExitCode.PREEMPTED
+    except Exception as err:
+        traceback.print_exc()
+        step = trainer.step if trainer else None
+        TerminationMessage("Error", f"{type(err).__name__}: {err}", step=step).write(
+            runtime.termination_log
+        )
+        return ExitCode.RETRYABLE
+    finally:
+        if trainer is not None:
+            trainer.close()
+        distributed.shutdown()
+    if dist_info.is_main:
+        if cfg.metrics.console:
+            from rich.console import Console
+
+            Console().print(summary_table(summary.as_dict()))
+        TerminationMessage("Succeeded", "training finished", step=summary.steps).write(
+            runtime.termination_log
+        )
+    return ExitCode.SUCCEEDED

@@ -1,0 +1,144 @@
+"""Training strategies: how one optimizer step is computed from the data.
+
+A strategy owns the gradient path (micro-batches, autocast, loss scaling,
+clipping) and leaves the decision to apply an update to the loop, so that the
+NaN guard can veto a step after seeing its loss and gradient norm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from kubetrain_trainer.config import OptimizationConfig
+from kubetrain_trainer.data.base import DatasetAdapter
+from kubetrain_trainer.distributed import DistInfo, mean_across_ranks
+from kubetrain_trainer.models.adapters import ModelAdapter
+from kubetrain_trainer.registry import STRATEGIES
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepOutput:
+    loss: float  # mean over micro-batches and ranks
+    grad_norm: float  # global norm before clipping (identical on every rank after all-reduce)
+    tokens: int  # tokens processed by all ranks
+    samples: int  # sequences processed by all ranks
+
+
+class TrainingStrategy(ABC):
+    """The training algorithm for one step; see StandardStrategy."""
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        adapter: ModelAdapter,
+        dataset: DatasetAdapter,
+        loss_fn: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        cfg: OptimizationConfig,
+        precision: str,
+        dist_info: DistInfo,
+    ) -> None:
+        self.model = model
+        self.adapter = adapter
+        self.dataset = dataset
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.cfg = cfg
+        self.dist = dist_info
+        self.amp_dtype = AMP_DTYPES.get(precision)
+        device_type = dist_info.device.type
+        # fp16 needs loss scaling; bf16 has fp32's range and does not.
+        self.scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
+
+    @abstractmethod
+    def forward_backward(self, step: int, poison: bool = False) -> StepOutput:
+        """Compute gradients for `step` (poison=True turns the loss into NaN: fault injection)."""
+
+    def apply_update(self) -> None:
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def discard_update(self) -> None:
+        """Drop this step's gradients; the schedule still advances (LR is a function of step)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.update(self.scaler.get_scale() / 2)
+        self.scheduler.step()
+
+    @torch.no_grad()
+    def evaluate(self, split: str, max_batches: int) -> float:
+        """Mean loss over `max_batches` micro-batches of a split, averaged over ranks."""
+        self.model.eval()
+        total = torch.zeros(2, device=self.dist.device)
+        for batch in self.dataset.eval_batches(
+            split,  # type: ignore[arg-type]
+            max_batches,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            device=self.dist.device,
+        ):
+            with self.autocast():
+                loss = self.adapter.compute_loss(self.model, batch, self.loss_fn)
+            total += torch.stack([loss.detach().float(), torch.ones((), device=total.device)])
+        self.model.train()
+        total = mean_across_ranks(total)
+        return float(total[0] / total[1]) if total[1] > 0 else math.nan
+
+
+@STRATEGIES.register("standard")
+class StandardStrategy(TrainingStrategy):
+    """Gradient accumulation over micro-batches, AMP, loss scaling and global-norm clipping."""
+
+    def forward_backward(self, step: int, poison: bool = False) -> StepOutput:
+        k = self.cfg.accumulation_steps
+        loss_sum = torch.zeros((), device=self.dist.device)
+        tokens = samples = 0
+        for micro in range(k):
+            batch = self.dataset.train_batch(
+                step,
+                micro,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
+                accumulation_steps=k,
+                device=self.dist.device,
+            )
+            # Only the last micro-batch all-reduces gradients under DDP.
+            sync = micro == k - 1 or not isinstance(self.model, DistributedDataParallel)
+            with contextlib.nullcontext() if sync else self.model.no_sync(), self.autocast():  # type: ignore[operator]
+                loss = self.adapter.compute_loss(self.model, batch, self.loss_fn) / k
+                if poison:
+                    loss = loss * float("nan")
+            self.scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            loss_sum += loss.detach().float()
+            tokens += self.adapter.count_tokens(batch)
+            samples += batch["input_ids"].shape[0]
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # One small all-reduce gives every rank the same loss, so all make the same guard decision.
+        stats = mean_across_ranks(torch.stack([loss_sum, grad_norm.float().to(loss_sum.device)]))
+        loss_value, norm_value = stats.tolist()
+        w = self.dist.world_size
+        return StepOutput(
+            loss=loss_value, grad_norm=norm_value, tokens=tokens * w, samples=samples * w
+        )

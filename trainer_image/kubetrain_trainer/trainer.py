@@ -1,0 +1,486 @@
+"""The training loop: build components from the config, resume, train, checkpoint, report.
+
+Step numbering: ``self.step`` is the number of optimizer steps completed. The
+step being computed has index ``self.step``, its batch is a pure function of
+that index, and checkpoint ``step-N`` holds the state after N steps, so a run
+resumed from it computes step index N next. Fault injection and batch skipping
+use the same indices.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from kubetrain_trainer import registry
+from kubetrain_trainer.callbacks import CallbackList, EarlyStopping, TrainerState, build_callbacks
+from kubetrain_trainer.checkpoint import CheckpointInfo, CheckpointManager
+from kubetrain_trainer.checkpoint.state import read_state, write_state
+from kubetrain_trainer.config import ConfigError, TrainingConfig
+from kubetrain_trainer.contract import format_step_ranges, parse_faults
+from kubetrain_trainer.data.base import DatasetAdapter
+from kubetrain_trainer.distributed import DistInfo, all_gather_object, barrier
+from kubetrain_trainer.faults import FaultInjector
+from kubetrain_trainer.metrics import MetricsLogger, MetricsServer, ProgressReporter, TrainerMetrics
+from kubetrain_trainer.models.adapters import ModelAdapter
+from kubetrain_trainer.optimization import build_optimizer, build_scheduler, scale_lr
+from kubetrain_trainer.recovery import HealthTracker, NanGuard, Verdict
+from kubetrain_trainer.runtime import Runtime
+from kubetrain_trainer.strategies import StepOutput, TrainingStrategy
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+class NaNUnrecoverable(RuntimeError):
+    """The in-process NaN budget is spent; the operator rolls back further."""
+
+    def __init__(self, step: int, skip_ranges: list[tuple[int, int]]) -> None:
+        super().__init__(f"non-finite loss or gradient persisted at step {step}")
+        self.step = step
+        self.skip_ranges = skip_ranges
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived; a checkpoint was saved when possible."""
+
+
+@dataclass
+class RunSummary:
+    steps: int
+    total_steps: int
+    seconds: float
+    train_loss: float
+    val_loss: float
+    test_loss: float
+    tokens_per_second: float
+    checkpoints: int
+    nan_events: int
+    restores: int
+    resumed_from: int | None
+    run_dir: Path
+    last_checkpoint: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["run_dir"] = str(self.run_dir)
+        return d
+
+
+class Trainer:
+    """Builds every component named in a TrainingConfig and runs the loop."""
+
+    def __init__(self, cfg: TrainingConfig, runtime: Runtime, dist_info: DistInfo) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.dist = dist_info
+        self.run_dir = Path(cfg.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"kubetrain-rank{dist_info.rank}-"))
+        torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
+
+        self.checkpoints = CheckpointManager(
+            cfg.checkpoint.uri or str(self.run_dir / "checkpoints"),
+            cfg.checkpoint.s3,
+            keep_last=cfg.checkpoint.keep_last,
+            keep_best=cfg.checkpoint.keep_best,
+            best_metric=cfg.checkpoint.best_metric,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            barrier=barrier,
+            all_gather_object=all_gather_object,
+        )
+        resume = self._resume_point()
+        self.resumed_from = resume[0] if resume else None
+
+        tokenizer_cls = registry.TOKENIZERS.get(cfg.data.tokenizer.kind)
+        tokenizer = tokenizer_cls.load(resume[1] / TOKENIZER_FILE) if resume else None
+        try:
+            self.dataset: DatasetAdapter = registry.DATASET_ADAPTERS.get(cfg.data.adapter)(
+                cfg.data, seed=cfg.training.seed, tokenizer=tokenizer
+            )
+        except (OSError, ValueError) as err:  # unreadable corpus, splits too small, ...
+            raise ConfigError(cfg.data.path, [str(err)]) from None
+        self.adapter: ModelAdapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(
+            cfg.model, self.dataset.vocab_size
+        )
+        model = self.adapter.build_model().to(dist_info.device)
+        self.raw_model = model
+        if cfg.training.compile:
+            model = torch.compile(model)
+        if dist_info.distributed:
+            device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        self.model = model
+        self.loss_fn = registry.LOSSES.get(cfg.optimization.loss.name)(cfg.optimization.loss)
+        self.optimizer = build_optimizer(self.raw_model, cfg.optimization.optimizer)
+        self.total_steps = self._total_steps()
+        self.scheduler = build_scheduler(
+            self.optimizer, cfg.optimization.scheduler, self.total_steps
+        )
+        self.strategy: TrainingStrategy = registry.STRATEGIES.get(cfg.training.strategy)(
+            model=self.model,
+            adapter=self.adapter,
+            dataset=self.dataset,
+            loss_fn=self.loss_fn,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            cfg=cfg.optimization,
+            precision=cfg.training.precision,
+            dist_info=dist_info,
+        )
+
+        self.guard = NanGuard(cfg.recovery)
+        self.health = HealthTracker(cfg.recovery.good_after_steps)
+        self.faults = FaultInjector(
+            parse_faults(runtime.fault_spec), dist_info.rank, runtime.restart_count
+        )
+        self.step = 0
+        self.loss_ema: float | None = None
+        self.best_val = math.inf
+        self.skip_ranges = list(runtime.skip_ranges)
+        self.state = TrainerState(
+            step=0, epoch=0.0, total_steps=self.total_steps, metrics={}, run_dir=self.run_dir
+        )
+        self.counters = {"checkpoints": 0, "nan_events": 0, "restores": 0}
+        self.last_checkpoint: CheckpointInfo | None = None
+        self._stop_signal: int | None = None
+
+        main = dist_info.is_main
+        self.log = MetricsLogger(self.run_dir, enabled=main and cfg.metrics.jsonl)
+        self.metrics = TrainerMetrics()
+        self.reporter = ProgressReporter(
+            total_steps=self.total_steps, enabled=main and cfg.metrics.console
+        )
+        self.server = (
+            MetricsServer(cfg.metrics.port, self.metrics, self.progress).start()
+            if main and cfg.metrics.port
+            else None
+        )
+        callbacks = build_callbacks(cfg.extensions.callbacks)
+        early = cfg.training.early_stopping
+        if early.patience is not None:
+            callbacks.append(EarlyStopping(early.patience, early.metric, early.min_delta))
+        self.callbacks = CallbackList(callbacks)
+
+        if resume:
+            self._load(*resume, restore_counters=True)
+            if runtime.resume_from and runtime.lr_scale != 1.0:
+                # A rollback recipe (PaLM/OPT): lower the LR once, from the rollback point on.
+                scale_lr(self.scheduler, runtime.lr_scale)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> RunSummary:
+        start, tokens_seen = time.monotonic(), 0
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.metrics.total_steps.set(self.total_steps)
+        self.callbacks.on_train_begin(self.state)
+        self.callbacks.on_epoch_begin(self.state)
+        last_loss = math.nan
+        step_start = time.monotonic()
+        while self.step < self.total_steps and not self.state.should_stop:
+            if self._stop_signal is not None:
+                self._preempt()
+            self.faults.maybe_fail(self.step)
+            if self._skipped(self.step):
+                self.strategy.discard_update()
+                self.metrics.steps_skipped.inc()
+                self.step += 1
+                continue
+
+            self.callbacks.on_batch_begin(self.state)
+            out = self.strategy.forward_backward(
+                self.step, poison=self.faults.loss_fault(self.step)
+            )
+            verdict = self.guard.check(self.step, out.loss, out.grad_norm)
+            if verdict is Verdict.RESTORE:
+                self._restore_last_good()
+                continue
+            if verdict is Verdict.ABORT:
+                raise NaNUnrecoverable(self.step, self._all_skip_ranges())
+            if verdict is Verdict.OK:
+                self.strategy.apply_update()
+                self._became_healthy(self.step + 1)
+            else:
+                self.strategy.discard_update()
+                self._record_nan("skip")
+            self.step += 1
+
+            now = time.monotonic()
+            tokens_seen += out.tokens
+            self._report_step(out, verdict, now - step_start)
+            step_start = now
+            last_loss = out.loss
+            self.callbacks.on_batch_end(self.state)
+            if self.step % self.cfg.training.eval_steps == 0:
+                self.validate()
+            if self.step % self.cfg.checkpoint.interval_steps == 0:
+                self.save_checkpoint()
+            self._maybe_end_epoch()
+
+        if self.state.metrics.get("val_step") != self.step:
+            self.validate()
+        test_loss = self.strategy.evaluate("test", self.cfg.training.eval_batches)
+        self.log.write("test", step=self.step, test_loss=test_loss, test_perplexity=_ppl(test_loss))
+        if self.last_checkpoint is None or self.last_checkpoint.step != self.step:
+            self.save_checkpoint()
+        self.callbacks.on_epoch_end(self.state)
+        self.callbacks.on_train_end(self.state)
+        seconds = time.monotonic() - start
+        return RunSummary(
+            steps=self.step,
+            total_steps=self.total_steps,
+            seconds=seconds,
+            train_loss=last_loss,
+            val_loss=self.state.metrics.get("val_loss", math.nan),
+            test_loss=test_loss,
+            tokens_per_second=tokens_seen / seconds if seconds > 0 else 0.0,
+            checkpoints=self.counters["checkpoints"],
+            nan_events=self.counters["nan_events"],
+            restores=self.counters["restores"],
+            resumed_from=self.resumed_from.step if self.resumed_from else None,
+            run_dir=self.run_dir,
+            last_checkpoint=self.last_checkpoint.uri if self.last_checkpoint else None,
+        )
+
+    # ------------------------------------------------------------------ verbs
+
+    def validate(self) -> float:
+        self.callbacks.on_validation_begin(self.state)
+        val_loss = self.strategy.evaluate("val", self.cfg.training.eval_batches)
+        self.state.metrics.update(
+            val_loss=val_loss, val_perplexity=_ppl(val_loss), val_step=self.step
+        )
+        self.best_val = min(self.best_val, val_loss)
+        self.metrics.val_loss.set(val_loss)
+        self.log.write("val", step=self.step, val_loss=val_loss, val_perplexity=_ppl(val_loss))
+        self.reporter.validation(self.step, val_loss)
+        self.callbacks.on_validation_end(self.state)
+        return val_loss
+
+    def save_checkpoint(self) -> CheckpointInfo:
+        self.callbacks.on_checkpoint_begin(self.state)
+        started = time.monotonic()
+        staging = self.scratch / f"save-{self.step}"
+        write_state(staging, self.raw_model, self.optimizer, self._extra_state(), self.dist.rank)
+        if self.dist.is_main:
+            self.dataset.tokenizer.save(staging / TOKENIZER_FILE)
+        metrics = {k: v for k, v in self.state.metrics.items() if k.startswith("val_")}
+        info = self.checkpoints.save(self.step, staging, metrics)
+        _rmtree(staging)
+        self.last_checkpoint = info
+        for good_step in self.health.checkpoint_saved(self.step):
+            self._mark_good(good_step)
+        self.counters["checkpoints"] += 1
+        seconds = time.monotonic() - started
+        self.metrics.checkpoint_saved(self.step, seconds)
+        self.log.write("event", step=self.step, event="checkpoint", uri=info.uri, seconds=seconds)
+        self.callbacks.on_checkpoint_end(self.state, checkpoint=info)
+        return info
+
+    def progress(self) -> dict[str, Any]:
+        """The JSON the operator reads from rank 0's /progress endpoint."""
+        ckpt = self.last_checkpoint
+        return {
+            "step": self.step,
+            "totalSteps": self.total_steps,
+            "epoch": round(self.state.epoch, 4),
+            "loss": self.state.metrics.get("loss"),
+            "valLoss": self.state.metrics.get("val_loss"),
+            "tokensPerSecond": self.state.metrics.get("tokens_per_second"),
+            "lastCheckpoint": {"step": ckpt.step, "uri": ckpt.uri, "time": ckpt.time}
+            if ckpt
+            else None,
+            "restarts": self.runtime.restart_count,
+        }
+
+    def newest_good_uri(self) -> str | None:
+        good = self.checkpoints.latest(good_only=True)
+        return good.uri if good else None
+
+    def close(self) -> None:
+        if self.server:
+            self.server.stop()
+        self.reporter.close()
+        _rmtree(self.scratch)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _total_steps(self) -> int:
+        loop = self.cfg.training
+        if loop.max_steps is not None:
+            return loop.max_steps
+        per_epoch = self.dataset.steps_per_epoch(
+            self.dist.world_size, self.cfg.optimization.accumulation_steps
+        )
+        return max(1, math.ceil((loop.num_epochs or 1.0) * per_epoch))
+
+    def _resume_point(self) -> tuple[CheckpointInfo, Path] | None:
+        """The explicit rollback target, else the newest committed checkpoint (if resuming)."""
+        local = self.scratch / "resume"
+        if self.runtime.resume_from:
+            info = self.checkpoints.resolve(self.runtime.resume_from)
+            path = self.checkpoints.load(info, local)
+            # Newer checkpoints belong to the abandoned timeline: never resume from them again.
+            self.checkpoints.discard_after(info.step)
+            barrier()
+            return info, path
+        if not self.cfg.checkpoint.resume:
+            return None
+        return self.checkpoints.load_latest(local)
+
+    def _load(self, info: CheckpointInfo, path: Path, *, restore_counters: bool) -> None:
+        extra = read_state(path, self.raw_model, self.optimizer, self.dist.rank)
+        self.step = int(extra["step"])
+        self.scheduler.load_state_dict(extra["scheduler"])
+        self.strategy.scaler.load_state_dict(extra["scaler"])
+        self.loss_ema = extra.get("loss_ema")
+        self.best_val = extra.get("best_val", math.inf)
+        self.state.metrics.update(extra.get("metrics", {}))
+        if restore_counters:  # a fresh process continues the budgets it had
+            self.guard.load_state_dict(extra.get("guard", {}))
+            for r in extra.get("skip_ranges", []):
+                if tuple(r) not in self.skip_ranges:
+                    self.skip_ranges.append((int(r[0]), int(r[1])))
+        self.last_checkpoint = info
+        if not info.good:  # it still has to prove itself with healthy steps
+            self.health.checkpoint_saved(info.step)
+        self.state.step = self.step
+        self.state.epoch = self._epoch()
+        self.log.write("event", step=self.step, event="resume", uri=info.uri)
+        self.reporter.message(f"resumed from {info.uri} at step {self.step}")
+
+    def _restore_last_good(self) -> None:
+        """Tier-1 rollback: reload the newest proven checkpoint and skip the bad batches."""
+        self._record_nan("restore")
+        self.counters["restores"] += 1
+        self.optimizer.zero_grad(set_to_none=True)  # the bad step's gradients must not leak
+        local = self.scratch / f"restore-{self.counters['restores']}"
+        point = self.checkpoints.load_latest(local, good_only=True) or self.checkpoints.load_latest(
+            local
+        )
+        if point is None:
+            raise NaNUnrecoverable(self.step, self._all_skip_ranges())
+        bad = self.guard.batches_to_skip()
+        self._load(*point, restore_counters=False)
+        self.health.discard_after(self.step)
+        self.skip_ranges.extend(r for r in bad if r not in self.skip_ranges)
+        if self.cfg.recovery.lr_scale != 1.0:
+            scale_lr(self.scheduler, self.cfg.recovery.lr_scale)
+        self.metrics.rollbacks.inc()
+        self.log.write(
+            "event",
+            step=self.step,
+            event="restore",
+            uri=point[0].uri,
+            skip=format_step_ranges(self.skip_ranges),
+        )
+
+    def _all_skip_ranges(self) -> list[tuple[int, int]]:
+        return sorted({*self.skip_ranges, *self.guard.batches_to_skip()})
+
+    def _skipped(self, step: int) -> bool:
+        return any(lo <= step <= hi for lo, hi in self.skip_ranges)
+
+    def _became_healthy(self, steps_done: int) -> None:
+        for good_step in self.health.observe_healthy(steps_done):
+            self._mark_good(good_step)
+
+    def _mark_good(self, step: int) -> None:
+        if self.dist.is_main:
+            self.checkpoints.mark_good(step)
+        self.metrics.good_checkpoint_step.set(step)
+
+    def _record_nan(self, action: str) -> None:
+        self.counters["nan_events"] += 1
+        self.metrics.nan_event(action)
+        self.log.write("event", step=self.step, event=f"nan_{action}")
+
+    def _report_step(self, out: StepOutput, verdict: Verdict, seconds: float) -> None:
+        if verdict is Verdict.OK:
+            decay = self.cfg.training.loss_ema_decay
+            ema = self.loss_ema
+            self.loss_ema = out.loss if ema is None else decay * ema + (1 - decay) * out.loss
+        lr = self.optimizer.param_groups[0]["lr"]
+        tps = out.tokens / seconds if seconds > 0 else 0.0
+        self.state.step, self.state.epoch = self.step, self._epoch()
+        self.state.metrics.update(loss=out.loss, tokens_per_second=tps, lr=lr)
+        self.metrics.observe_step(
+            step=self.step,
+            epoch=self.state.epoch,
+            loss=out.loss,
+            loss_ema=self.loss_ema,
+            lr=lr,
+            grad_norm=out.grad_norm,
+            tokens_per_second=tps,
+            samples_per_second=out.samples / seconds if seconds > 0 else 0.0,
+        )
+        if self.step % self.cfg.metrics.log_steps == 0 or self.step == self.total_steps:
+            record = {
+                "step": self.step,
+                "epoch": round(self.state.epoch, 4),
+                "loss": out.loss,
+                "loss_ema": self.loss_ema,
+                "perplexity": _ppl(out.loss),
+                "lr": lr,
+                "grad_norm": out.grad_norm,
+                "tokens_per_second": tps,
+                "samples_per_second": out.samples / seconds if seconds > 0 else 0.0,
+            }
+            self.log.write("train", **record)
+            self.reporter.step(record)
+
+    def _epoch(self) -> float:
+        return float(
+            self.dataset.epoch_at(
+                self.step,
+                world_size=self.dist.world_size,
+                accumulation_steps=self.cfg.optimization.accumulation_steps,
+            )
+        )
+
+    def _maybe_end_epoch(self) -> None:
+        if int(self._epoch()) > int(self.state.epoch - 1e-9) and self.step < self.total_steps:
+            self.callbacks.on_epoch_end(self.state)
+            self.callbacks.on_epoch_begin(self.state)
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self._epoch(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.strategy.scaler.state_dict(),
+            "loss_ema": self.loss_ema,
+            "best_val": self.best_val,
+            "metrics": {k: v for k, v in self.state.metrics.items() if isinstance(v, float)},
+            "guard": self.guard.state_dict(),
+            "skip_ranges": [list(r) for r in self.skip_ranges],
+        }
+
+    def _on_sigterm(self, signum: int, _frame: FrameType | None) -> None:
+        self._stop_signal = signum  # act at the next step boundary, where state is consistent
+
+    def _preempt(self) -> None:
+        self.reporter.message(f"SIGTERM at step {self.step}: saving a checkpoint before exit")
+        if self.last_checkpoint is None or self.last_checkpoint.step != self.step:
+            self.save_checkpoint()
+        raise Preempted(f"preempted at step {self.step}")
+
+
+def _ppl(loss: float) -> float:
+    return math.exp(min(loss, 50.0)) if math.isfinite(loss) else math.nan
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
