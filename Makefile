@@ -1,0 +1,54 @@
+# kubetrain developer entry points. `make demo` and `make test` work from nothing.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CACHE ?= $(HOME)/.cache/kubetrain
+# The virtualenv lives outside the clone, keyed by the dependency pins, so that
+# torch (~5 GB with its CUDA libraries) is downloaded once per dependency set.
+DEPS_KEY := $(shell python3 hack/deps_key.py)
+VENV ?= $(CACHE)/venv-$(DEPS_KEY)
+PY := $(VENV)/bin/python
+export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: help venv lint typecheck unit integration e2e test demo testbin dev-cluster crd bench clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: | constraints.txt
+	@echo "==> creating $(VENV) (first time only: downloads torch)"
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed ## create the cached virtualenv with every dependency
+	@# the editable install points at this clone (cheap, keeps `kubetrain` on PATH current)
+	@$(VENV)/bin/pip install -q --no-deps -e . >/dev/null
+
+lint: venv ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+unit: venv ## fast tests of pure logic and single components
+	$(PY) -m pytest tests/unit -q
+
+testbin: ## build the test control plane (kube-*, etcd, helm, minio, prometheus) into the cache
+	tools/testbin.sh
+
+test: lint testbin ## every test: lint, unit, integration (MinIO, torchrun), e2e (local cluster)
+	$(PY) -m pytest -q
+
+demo: venv ## train examples/trainingjob.yaml locally (no cluster needed)
+	$(VENV)/bin/kubetrain run examples/trainingjob.yaml
+
+dev-cluster: venv testbin ## a local Kubernetes cluster with the CRD and operator; Ctrl-C stops it
+	$(PY) -m tests.harness up
+
+bench: venv ## trainer step time against a plain PyTorch loop
+	$(PY) benchmarks/trainer_overhead.py
+
+clean: ## remove local run outputs (not the caches)
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
