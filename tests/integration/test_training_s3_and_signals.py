@@ -1,0 +1,144 @@
+"""The trainer against real MinIO, its live endpoints, preemption and AMP."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.harness.services import MinioServer
+from tests.integration.minio import new_bucket, running_minio, s3_env
+from tests.integration.trainer_runs import (
+    REPO,
+    committed_steps,
+    env_with,
+    kubetrain,
+    losses_by_step,
+    records,
+    tiny_config,
+    write_config,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
+    with running_minio(tmp_path_factory.mktemp("minio")) as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_checkpoints_go_to_s3_and_a_second_run_resumes_from_them(
+    minio: MinioServer, tmp_path: Path
+) -> None:
+    bucket = new_bucket(minio)
+    cfg = tiny_config(
+        tmp_path / "run",
+        training={"max_steps": 10},
+        checkpoint={
+            "uri": f"s3://{bucket}/jobs/tiny",
+            "keep_last": 2,
+            "s3": {"endpoint": minio.endpoint},
+        },
+    )
+    path = write_config(tmp_path / "c.yaml", cfg)
+    env = env_with(**s3_env(minio))
+    first = kubetrain("train", "--config", str(path), env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+
+    s3 = boto3.client(
+        "s3", endpoint_url=minio.endpoint, aws_access_key_id=minio.access_key,
+        aws_secret_access_key=minio.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    manifests = sorted(k for k in keys if k.endswith("manifest.json"))
+    assert manifests == [
+        "jobs/tiny/step-00000005/manifest.json",
+        "jobs/tiny/step-00000010/manifest.json",
+    ]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing went to local disk
+
+    second = kubetrain("train", "--config", str(path), "training.max_steps=15", env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    resume = [r for r in records(tmp_path / "run", "event") if r["event"] == "resume"]
+    assert resume and resume[-1]["uri"] == f"s3://{bucket}/jobs/tiny/step-00000010"
+    assert max(losses_by_step(tmp_path / "run")) == 15
+
+
+def test_rank0_serves_metrics_and_progress_while_training(tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tiny_config(tmp_path / "run", training={"max_steps": 50}, metrics={"port": port})
+    path = write_config(tmp_path / "c.yaml", cfg)
+    # The trainer hangs at step 12 (fault injection) so the endpoints can be read at rest.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetrain_trainer", "train", "--config", str(path)],
+        env=env_with(KUBETRAIN_FAULT_INJECT="hang@step=12", KUBETRAIN_JOB_NAME="tiny"),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        progress: dict = {}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and progress.get("step") != 12:
+            time.sleep(0.5)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/progress", timeout=2) as r:
+                    progress = json.load(r)
+            except OSError:
+                continue
+        assert progress["step"] == 12 and progress["totalSteps"] == 50
+        assert progress["lastCheckpoint"]["step"] == 10
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        assert 'kubetrain_step{trainingjob="tiny"} 12.0' in text
+        assert "kubetrain_loss{" in text and "kubetrain_tokens_per_second{" in text
+        assert "kubetrain_checkpoint_save_seconds_count" in text
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path: Path) -> None:
+    cfg = tiny_config(
+        tmp_path / "run", training={"max_steps": 100000}, checkpoint={"interval_steps": 100000}
+    )
+    log = tmp_path / "termination.json"
+    path = write_config(tmp_path / "c.yaml", cfg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetrain_trainer", "train", "--config", str(path)],
+        env=env_with(KUBETRAIN_TERMINATION_LOG=str(log)), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 3
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    message = json.loads(log.read_text())
+    assert message["reason"] == "Preempted"
+    assert committed_steps(tmp_path / "run" / "checkpoints") == [message["step"]]
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "run", training={"max_steps": 6, "precision": "bf16"})
+    result = kubetrain("train", "--config", str(write_config(tmp_path / "c.yaml", cfg)))
+    assert result.returncode == 0, result.stderr[-2000:]
+    losses = losses_by_step(tmp_path / "run")
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6] and losses[6] < losses[1]
