@@ -14,7 +14,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from tests.harness.services import MinioServer
 from tests.integration.minio import new_bucket, running_minio, s3_env
 from tests.integration.trainer_runs import (
