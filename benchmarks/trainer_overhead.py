@@ -93,7 +93,7 @@ def plain_steps(steps: int, warmup: int) -> list[float]:
         )
         logits = model(batch["input_ids"])
         loss = torch.nn.functional.cross_entropy(
-            logits.view(-1, logits.size(-1)), batch["targets"].view(-1)
+            logits.reshape(-1, logits.size(-1)), batch["targets"].reshape(-1)
         )
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
