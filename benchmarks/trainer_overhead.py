@@ -95,7 +95,7 @@ def plain_steps(steps: int, warmup: int) -> list[float]:
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), batch["targets"].reshape(-1)
         )
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)

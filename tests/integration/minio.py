@@ -8,32 +8,19 @@ process would see.
 from __future__ import annotations
 
 import secrets
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.harness.binaries import binary
 from tests.harness.services import MinioServer
 
 __all__ = ["minio_binary", "new_bucket", "running_minio", "s3_env"]
 
 
 def minio_binary() -> Path:
-    """The minio binary: the harness's lookup (testbin cache, then PATH), else PATH."""
-    try:
-        from tests.harness.binaries import MissingBinary, binary  # noqa: PLC0415
-    except ImportError:
-        pass
-    else:
-        try:
-            return binary("minio")
-        except MissingBinary:
-            pass
-    found = shutil.which("minio")
-    if found is None:
-        # Raise, never skip: a test that cannot reach S3 must not look like a pass.
-        raise FileNotFoundError("minio not found: run `make testbin` or put minio on PATH")
-    return Path(found)
+    """The minio binary (testbin cache, KUBEBUILDER_ASSETS or PATH); never a skip."""
+    return binary("minio")
 
 
 @contextmanager
