@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint typecheck unit integration e2e test demo testbin dev-cluster crd bench clean
+.PHONY: help venv lint unit pytest test demo testbin dev-cluster bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ lint: venv ## ruff and mypy
 
 unit: venv ## fast tests of pure logic and single components
 	$(PY) -m pytest tests/unit -q
+
+pytest: venv ## run pytest with ARGS, e.g. make pytest ARGS='-m e2e -k harness'
+	$(PY) -m pytest $(ARGS)
 
 testbin: ## build the test control plane (kube-*, etcd, helm, minio, prometheus) into the cache
 	tools/testbin.sh

@@ -18,8 +18,6 @@ from rich.console import Console
 from kubetrain_trainer.metrics import (
     MetricsLogger,
     MetricsServer,
-    Progress,
-    ProgressCheckpoint,
     ProgressReporter,
     TrainerMetrics,
     perplexity,
@@ -179,9 +177,9 @@ def test_labels_come_from_operator_env() -> None:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[MetricsServer, Progress]]:
-    progress = Progress(total_steps=100, state="running")
-    server = MetricsServer(0, TrainerMetrics(labels={}), progress.to_dict, host="127.0.0.1")
+def served() -> Iterator[tuple[MetricsServer, dict[str, Any]]]:
+    progress: dict[str, Any] = {"step": 0, "totalSteps": 100, "lastCheckpoint": None}
+    server = MetricsServer(0, TrainerMetrics(labels={}), lambda: progress, host="127.0.0.1")
     with server:
         yield server, progress
 
@@ -198,7 +196,7 @@ def _get(server: MetricsServer, path: str, accept: str | None = None) -> tuple[i
 
 
 def test_server_metrics_endpoint_reflects_updates(
-    served: tuple[MetricsServer, Progress],
+    served: tuple[MetricsServer, dict[str, Any]],
 ) -> None:
     server, _ = served
     assert server.port != 0
@@ -214,32 +212,16 @@ def test_server_metrics_endpoint_reflects_updates(
     assert body.rstrip().endswith("# EOF")
 
 
-def test_server_progress_json(served: tuple[MetricsServer, Progress]) -> None:
+def test_server_progress_json(served: tuple[MetricsServer, dict[str, Any]]) -> None:
     server, progress = served
     status, ctype, body = _get(server, "/progress")
     assert (status, ctype) == (200, "application/json")
-    assert json.loads(body) == {
-        "step": 0,
-        "total_steps": 100,
-        "epoch": 0,
-        "loss": None,
-        "tokens_per_second": None,
-        "last_checkpoint": None,
-        "state": "running",
-    }
-    progress.step, progress.epoch, progress.loss = 50, 1.25, float("nan")
-    progress.tokens_per_second = 1234.5
-    progress.last_checkpoint = ProgressCheckpoint(step=40, uri="s3://b/run/step-40", time=0.0)
+    assert json.loads(body) == {"step": 0, "totalSteps": 100, "lastCheckpoint": None}
+    progress.update(step=50, loss=float("nan"), lastCheckpoint={"step": 40, "uri": "s3://b/x"})
     data = json.loads(_get(server, "/progress")[2])
     assert data["step"] == 50
-    assert data["epoch"] == 1.25
     assert data["loss"] is None  # NaN loss still gives valid JSON
-    assert data["tokens_per_second"] == 1234.5
-    assert data["last_checkpoint"] == {
-        "step": 40,
-        "uri": "s3://b/run/step-40",
-        "time": "1970-01-01T00:00:00Z",
-    }
+    assert data["lastCheckpoint"] == {"step": 40, "uri": "s3://b/x"}
 
 
 def test_server_healthz_404_and_progress_errors() -> None:

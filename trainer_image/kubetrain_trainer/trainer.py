@@ -31,6 +31,7 @@ from kubetrain_trainer.data.base import DatasetAdapter
 from kubetrain_trainer.distributed import DistInfo, all_gather_object, barrier
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import MetricsLogger, MetricsServer, ProgressReporter, TrainerMetrics
+from kubetrain_trainer.metrics.logger import perplexity
 from kubetrain_trainer.models.adapters import ModelAdapter
 from kubetrain_trainer.optimization import build_optimizer, build_scheduler, scale_lr
 from kubetrain_trainer.recovery import HealthTracker, NanGuard, Verdict
@@ -230,7 +231,7 @@ class Trainer:
         if self.state.metrics.get("val_step") != self.step:
             self.validate()
         test_loss = self.strategy.evaluate("test", self.cfg.training.eval_batches)
-        self.log.write("test", step=self.step, test_loss=test_loss, test_perplexity=_ppl(test_loss))
+        self.log.test(step=self.step, test_loss=test_loss)
         if self.last_checkpoint is None or self.last_checkpoint.step != self.step:
             self.save_checkpoint()
         self.callbacks.on_epoch_end(self.state)
@@ -258,11 +259,11 @@ class Trainer:
         self.callbacks.on_validation_begin(self.state)
         val_loss = self.strategy.evaluate("val", self.cfg.training.eval_batches)
         self.state.metrics.update(
-            val_loss=val_loss, val_perplexity=_ppl(val_loss), val_step=self.step
+            val_loss=val_loss, val_perplexity=perplexity(val_loss), val_step=self.step
         )
         self.best_val = min(self.best_val, val_loss)
         self.metrics.val_loss.set(val_loss)
-        self.log.write("val", step=self.step, val_loss=val_loss, val_perplexity=_ppl(val_loss))
+        self.log.val(step=self.step, val_loss=val_loss)
         self.reporter.validation(self.step, val_loss)
         self.callbacks.on_validation_end(self.state)
         return val_loss
@@ -283,7 +284,7 @@ class Trainer:
         self.counters["checkpoints"] += 1
         seconds = time.monotonic() - started
         self.metrics.checkpoint_saved(self.step, seconds)
-        self.log.write("event", step=self.step, event="checkpoint", uri=info.uri, seconds=seconds)
+        self.log.event("checkpoint", step=self.step, uri=info.uri, seconds=seconds)
         self.callbacks.on_checkpoint_end(self.state, checkpoint=info)
         return info
 
@@ -356,7 +357,7 @@ class Trainer:
             self.health.checkpoint_saved(info.step)
         self.state.step = self.step
         self.state.epoch = self._epoch()
-        self.log.write("event", step=self.step, event="resume", uri=info.uri)
+        self.log.event("resume", step=self.step, uri=info.uri)
         self.reporter.message(f"resumed from {info.uri} at step {self.step}")
 
     def _restore_last_good(self) -> None:
@@ -377,10 +378,9 @@ class Trainer:
         if self.cfg.recovery.lr_scale != 1.0:
             scale_lr(self.scheduler, self.cfg.recovery.lr_scale)
         self.metrics.rollbacks.inc()
-        self.log.write(
-            "event",
+        self.log.event(
+            "restore",
             step=self.step,
-            event="restore",
             uri=point[0].uri,
             skip=format_step_ranges(self.skip_ranges),
         )
@@ -403,7 +403,7 @@ class Trainer:
     def _record_nan(self, action: str) -> None:
         self.counters["nan_events"] += 1
         self.metrics.nan_event(action)
-        self.log.write("event", step=self.step, event=f"nan_{action}")
+        self.log.event(f"nan_{action}", step=self.step)
 
     def _report_step(self, out: StepOutput, verdict: Verdict, seconds: float) -> None:
         if verdict is Verdict.OK:
@@ -411,32 +411,23 @@ class Trainer:
             ema = self.loss_ema
             self.loss_ema = out.loss if ema is None else decay * ema + (1 - decay) * out.loss
         lr = self.optimizer.param_groups[0]["lr"]
-        tps = out.tokens / seconds if seconds > 0 else 0.0
         self.state.step, self.state.epoch = self.step, self._epoch()
-        self.state.metrics.update(loss=out.loss, tokens_per_second=tps, lr=lr)
-        self.metrics.observe_step(
-            step=self.step,
-            epoch=self.state.epoch,
-            loss=out.loss,
-            loss_ema=self.loss_ema,
-            lr=lr,
-            grad_norm=out.grad_norm,
-            tokens_per_second=tps,
-            samples_per_second=out.samples / seconds if seconds > 0 else 0.0,
+        record: dict[str, Any] = {
+            "step": self.step,
+            "epoch": round(self.state.epoch, 4),
+            "loss": out.loss,
+            "loss_ema": self.loss_ema,
+            "lr": lr,
+            "grad_norm": out.grad_norm,
+            "tokens_per_second": out.tokens / seconds if seconds > 0 else 0.0,
+            "samples_per_second": out.samples / seconds if seconds > 0 else 0.0,
+        }
+        self.state.metrics.update(
+            loss=out.loss, tokens_per_second=record["tokens_per_second"], lr=lr
         )
+        self.metrics.observe_step(**record)
         if self.step % self.cfg.metrics.log_steps == 0 or self.step == self.total_steps:
-            record = {
-                "step": self.step,
-                "epoch": round(self.state.epoch, 4),
-                "loss": out.loss,
-                "loss_ema": self.loss_ema,
-                "perplexity": _ppl(out.loss),
-                "lr": lr,
-                "grad_norm": out.grad_norm,
-                "tokens_per_second": tps,
-                "samples_per_second": out.samples / seconds if seconds > 0 else 0.0,
-            }
-            self.log.write("train", **record)
+            self.log.train(**record)
             self.reporter.step(record)
 
     def _epoch(self) -> float:
@@ -474,10 +465,6 @@ class Trainer:
         if self.last_checkpoint is None or self.last_checkpoint.step != self.step:
             self.save_checkpoint()
         raise Preempted(f"preempted at step {self.step}")
-
-
-def _ppl(loss: float) -> float:
-    return math.exp(min(loss, 50.0)) if math.isfinite(loss) else math.nan
 
 
 def _rmtree(path: Path) -> None:

@@ -7,13 +7,11 @@ from kubetrain_trainer.metrics.console import (
 )
 from kubetrain_trainer.metrics.logger import MetricsLogger, perplexity, read_metrics
 from kubetrain_trainer.metrics.prometheus import TrainerMetrics
-from kubetrain_trainer.metrics.server import MetricsServer, Progress, ProgressCheckpoint
+from kubetrain_trainer.metrics.server import MetricsServer
 
 __all__ = [
     "MetricsLogger",
     "MetricsServer",
-    "Progress",
-    "ProgressCheckpoint",
     "ProgressReporter",
     "TrainerMetrics",
     "perplexity",

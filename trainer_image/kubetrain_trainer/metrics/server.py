@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,46 +18,6 @@ from prometheus_client.exposition import choose_encoder
 
 from kubetrain_trainer.metrics.logger import json_safe
 from kubetrain_trainer.metrics.prometheus import TrainerMetrics
-
-
-def rfc3339(timestamp: float) -> str:
-    """Unix seconds as the UTC RFC 3339 text Kubernetes uses for times."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class ProgressCheckpoint:
-    step: int
-    uri: str
-    time: float  # Unix seconds when it was committed
-
-
-@dataclass
-class Progress:
-    """The trainer's progress as ``/progress`` reports it."""
-
-    step: int = 0
-    total_steps: int = 0
-    epoch: float = 0.0
-    loss: float | None = None
-    tokens_per_second: float | None = None
-    last_checkpoint: ProgressCheckpoint | None = None
-    state: str = "starting"  # starting | running | restoring | finished | failed
-
-    def to_dict(self) -> dict[str, Any]:
-        ckpt = self.last_checkpoint
-        return {
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "epoch": self.epoch,
-            "loss": self.loss,
-            "tokens_per_second": self.tokens_per_second,
-            "last_checkpoint": None
-            if ckpt is None
-            else {"step": ckpt.step, "uri": ckpt.uri, "time": rfc3339(ckpt.time)},
-            "state": self.state,
-        }
-
 
 ProgressSource = Callable[[], Mapping[str, Any]]
 
