@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint unit pytest test demo testbin dev-cluster bench clean
+.PHONY: help venv lint unit pytest test demo testbin dev-cluster crd bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,9 @@ demo: venv ## train examples/trainingjob.yaml locally (no cluster needed)
 
 dev-cluster: venv testbin ## a local Kubernetes cluster with the CRD and operator; Ctrl-C stops it
 	$(PY) -m tests.harness up
+
+crd: venv ## regenerate crds/ and docs/api.md from the pydantic API models
+	$(PY) -m kubetrain_trainer crd --write --docs
 
 bench: venv ## trainer step time against a plain PyTorch loop
 	$(PY) benchmarks/trainer_overhead.py

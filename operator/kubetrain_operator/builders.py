@@ -1,0 +1,231 @@
+"""Pure builders: a TrainingJob -> the Kubernetes objects that run it (plain dicts).
+
+No I/O. The reconciler decides *which* objects should exist; these functions
+say *what* they look like. Pod names are fixed (`<job>-<index>`) so that a
+create is idempotent: an operator restarted mid-way gets 409, never a twin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from kubetrain_operator.api import GROUP, KIND, VERSION, RecoveryStatus, TrainingJob
+from kubetrain_operator.local_runner import trainer_config_for
+from kubetrain_operator.settings import PREFIX, Settings
+from kubetrain_trainer.contract import DEFAULT_TERMINATION_LOG, Env
+
+Obj = dict[str, Any]
+
+JOB_LABEL = f"{PREFIX}/job-name"
+INDEX_LABEL = f"{PREFIX}/replica-index"
+ATTEMPT_LABEL = f"{PREFIX}/attempt"
+RDZV_PORT = 29400
+CONFIG_DIR = "/etc/kubetrain"
+CONFIG_FILE = "trainer.yaml"
+CONTAINER = "trainer"
+
+
+def pod_name(job_name: str, index: int) -> str:
+    return f"{job_name}-{index}"
+
+
+def common_labels(job_name: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "kubetrain",
+        "app.kubernetes.io/component": "worker",
+        "app.kubernetes.io/managed-by": "kubetrain-operator",
+        JOB_LABEL: job_name,
+    }
+
+
+def owner_reference(job: TrainingJob) -> Obj:
+    uid = job.metadata.model_extra.get("uid", "") if job.metadata.model_extra else ""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": job.metadata.name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(job: TrainingJob, name: str, labels: dict[str, str] | None = None) -> Obj:
+    return {
+        "name": name,
+        "namespace": job.metadata.namespace,
+        "labels": {**common_labels(job.metadata.name), **(labels or {})},
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+def checkpoint_uri(job: TrainingJob, settings: Settings) -> str | None:
+    """spec.checkpoint.uri, else the operator's default base + <namespace>/<name>."""
+    if job.spec.checkpoint.uri:
+        return job.spec.checkpoint.uri
+    if job.spec.trainer.checkpoint.uri and "://" in job.spec.trainer.checkpoint.uri:
+        return job.spec.trainer.checkpoint.uri
+    if settings.default_checkpoint_uri:
+        base = settings.default_checkpoint_uri.rstrip("/")
+        return f"{base}/{job.metadata.namespace}/{job.metadata.name}"
+    return None
+
+
+def credentials_secret(job: TrainingJob, settings: Settings) -> str | None:
+    if job.spec.checkpoint.s3.credentialsSecretName:
+        return job.spec.checkpoint.s3.credentialsSecretName
+    uses_default = not job.spec.checkpoint.uri and checkpoint_uri(job, settings) is not None
+    return settings.default_credentials_secret if uses_default else None
+
+
+def run_dir(job: TrainingJob) -> str:
+    return f"/tmp/kubetrain/{job.metadata.namespace}/{job.metadata.name}"
+
+
+def trainer_config(job: TrainingJob, settings: Settings) -> str:
+    """spec.trainer with the job-level (and operator-default) checkpoint settings folded in."""
+    effective = job.model_copy(deep=True)
+    ckpt = effective.spec.checkpoint
+    ckpt.uri = checkpoint_uri(job, settings)
+    if not job.spec.checkpoint.uri and ckpt.uri and settings.default_s3_endpoint:
+        ckpt.s3.endpoint = ckpt.s3.endpoint or settings.default_s3_endpoint
+    return trainer_config_for(effective, Path(run_dir(job)))
+
+
+def build_service(job: TrainingJob) -> Obj:
+    """Headless Service: `<job>-<index>.<job>` resolves to each worker, before it is ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(job, job.metadata.name),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {JOB_LABEL: job.metadata.name},
+            "ports": [
+                {"name": "rdzv", "port": RDZV_PORT, "targetPort": RDZV_PORT},
+                {"name": "metrics", "port": job.spec.monitoring.port},
+            ],
+        },
+    }
+
+
+def build_configmap(job: TrainingJob, settings: Settings) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(job, f"{job.metadata.name}-config"),
+        "data": {CONFIG_FILE: trainer_config(job, settings)},
+    }
+
+
+def torchrun_command(job: TrainingJob, index: int, settings: Settings) -> list[str]:
+    """Static rendezvous on pod 0: the gang is fixed (the operator restarts it whole), and
+    static ranks put global rank 0 (progress, metrics) on pod 0, which c10d does not."""
+    name = job.metadata.name
+    return [
+        *settings.torchrun,
+        f"--nnodes={job.spec.numNodes}",
+        f"--nproc-per-node={job.spec.procs_per_node()}",
+        f"--node-rank={index}",
+        f"--master-addr={pod_name(name, 0)}.{name}",
+        f"--master-port={RDZV_PORT}",
+        "-m",
+        "kubetrain_trainer",
+        "train",
+        "--config",
+        str(PurePosixPath(CONFIG_DIR) / CONFIG_FILE),
+    ]
+
+
+def build_env(
+    job: TrainingJob, index: int, recovery: RecoveryStatus, settings: Settings
+) -> list[Obj]:
+    uri = checkpoint_uri(job, settings)
+    env: list[Obj] = [
+        {"name": Env.JOB_NAME, "value": job.metadata.name},
+        {"name": Env.NAMESPACE, "value": job.metadata.namespace or ""},
+        {"name": Env.RESTART_COUNT, "value": str(recovery.attempt)},
+        {"name": Env.SKIP_BATCHES, "value": recovery.skipBatches},
+        {"name": Env.LR_SCALE, "value": repr(recovery.lrScale)},
+        {"name": Env.METRICS_PORT, "value": str(job.spec.monitoring.port)},
+        {"name": Env.RUN_DIR, "value": f"{run_dir(job)}/{index}"},
+        {"name": Env.TERMINATION_LOG, "value": DEFAULT_TERMINATION_LOG},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if uri:
+        env.append({"name": Env.CHECKPOINT_URI, "value": uri})
+    if recovery.resumeFrom:
+        env.append({"name": Env.RESUME_FROM, "value": recovery.resumeFrom})
+    secret = credentials_secret(job, settings)
+    if secret:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            ref = {"secretKeyRef": {"name": secret, "key": key}}
+            env.append({"name": key, "valueFrom": ref})
+    return env + [dict(e) for e in job.spec.env]  # user env last: it may override
+
+
+def _tolerations(job: TrainingJob) -> list[Obj]:
+    seconds = job.spec.faultTolerance.nodeFailureTolerationSeconds
+    return [
+        {
+            "key": f"node.kubernetes.io/{taint}",
+            "operator": "Exists",
+            "effect": "NoExecute",
+            "tolerationSeconds": seconds,
+        }
+        for taint in ("not-ready", "unreachable")
+    ]
+
+
+def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: Settings) -> Obj:
+    name = job.metadata.name
+    spec = job.spec
+    port = spec.monitoring.port
+    labels = {**spec.template.metadata.labels, INDEX_LABEL: str(index)}
+    labels[ATTEMPT_LABEL] = str(recovery.attempt)
+    annotations = dict(spec.template.metadata.annotations)
+    if index == 0:  # global rank 0 serves /metrics and /progress
+        annotations |= {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": "/metrics",
+        }
+    container: Obj = {
+        "name": CONTAINER,
+        "image": spec.image or settings.default_image,
+        "command": torchrun_command(job, index, settings),
+        "env": build_env(job, index, recovery, settings),
+        "ports": [
+            {"name": "rdzv", "containerPort": RDZV_PORT},
+            {"name": "metrics", "containerPort": port},
+        ],
+        "resources": dict(spec.resources),
+        "volumeMounts": [{"name": "kubetrain-config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "terminationMessagePath": DEFAULT_TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if settings.working_dir:
+        container["workingDir"] = settings.working_dir
+    overrides = dict(spec.template.spec)
+    pod_spec: Obj = {
+        "restartPolicy": "Never",  # the operator restarts the whole gang
+        "hostname": pod_name(name, index),
+        "subdomain": name,
+        "enableServiceLinks": False,
+        "containers": [container],
+        "volumes": [
+            {"name": "kubetrain-config", "configMap": {"name": f"{name}-config"}},
+            *overrides.pop("volumes", []),
+        ],
+        "tolerations": [*_tolerations(job), *overrides.pop("tolerations", [])],
+    }
+    extra_mounts = overrides.pop("volumeMounts", [])  # convenience: mounts for the trainer
+    container["volumeMounts"] += extra_mounts
+    for key in ("containers", "restartPolicy", "hostname", "subdomain"):
+        overrides.pop(key, None)  # owned by the operator
+    pod_spec |= overrides
+    meta = _meta(job, pod_name(name, index), labels)
+    meta["annotations"] = annotations
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -1,0 +1,462 @@
+"""The pure reconcile step: desired (the job) vs observed (its pods) -> actions.
+
+No I/O: the handlers observe, call `reconcile`, and carry out the actions in
+order. Level-based and idempotent: the status patch that starts a new gang
+attempt comes before the deletes and creates it implies, pods have fixed
+names, and pods of other attempts are deleted before any new pod is created,
+so an operator restarted at any moment converges without duplicates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from kubetrain_operator import builders
+from kubetrain_operator.api import (
+    ConditionType,
+    Progress,
+    RecoveryStatus,
+    RestartCounts,
+    TrainingJob,
+    TrainingJobStatus,
+    WorkerCounts,
+)
+from kubetrain_operator.policy import Cause, Checkpoint, RecoveryState, classify, decide, record
+from kubetrain_operator.settings import Settings
+from kubetrain_operator.status import parse_time, set_condition, state_of, timestamp
+from kubetrain_trainer.contract import TerminationMessage
+
+Obj = dict[str, Any]
+NODE_FAILURE_REASONS = {"Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated"}
+STUCK_TERMINATING = timedelta(seconds=30)  # past the grace period: force-delete
+
+
+@dataclass(frozen=True)
+class CreateObject:
+    body: Obj
+
+
+@dataclass(frozen=True)
+class DeletePods:
+    names: tuple[str, ...]
+    reason: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    status: Obj
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Observe:
+    """A metric observation: restarts (value 1, label cause), time_to_running, recovery."""
+
+    metric: str
+    value: float
+    label: str = ""
+
+
+Action = CreateObject | DeletePods | PatchStatus | EmitEvent | DeleteJob | Observe
+
+
+@dataclass(frozen=True)
+class Observed:
+    pods: list[Obj]
+    service: bool
+    configmap: bool
+    now: datetime
+    progress: Progress | None = None  # rank 0's /progress; None when not reachable
+
+
+# --- reading pods --------------------------------------------------------------------
+
+
+def _labels(pod: Obj) -> dict[str, str]:
+    labels: dict[str, str] = pod.get("metadata", {}).get("labels") or {}
+    return labels
+
+
+def _attempt(pod: Obj) -> int:
+    return int(_labels(pod).get(builders.ATTEMPT_LABEL, "-1"))
+
+
+def _index(pod: Obj) -> int:
+    return int(_labels(pod).get(builders.INDEX_LABEL, "-1"))
+
+
+def _phase(pod: Obj) -> str:
+    return str((pod.get("status") or {}).get("phase") or "Pending")
+
+
+def _deleting(pod: Obj) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def _name(pod: Obj) -> str:
+    return str(pod["metadata"]["name"])
+
+
+def _terminated(pod: Obj) -> Obj:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == builders.CONTAINER:
+            state = cs.get("state") or {}
+            last: Obj = state.get("terminated") or {}
+            return last
+    return {}
+
+
+def failure_of(pod: Obj) -> tuple[Cause, int, TerminationMessage | None]:
+    """Why one worker pod failed: node trouble, or the trainer's exit code and message."""
+    status = pod.get("status") or {}
+    term = _terminated(pod)
+    code = int(term.get("exitCode", 1))
+    message = TerminationMessage.from_json(term["message"]) if term.get("message") else None
+    if status.get("reason") in NODE_FAILURE_REASONS or (_deleting(pod) and not term):
+        text = status.get("message") or f"pod {_name(pod)} lost its node or was evicted"
+        return Cause.NODE_FAILURE, code, TerminationMessage("NodeFailure", str(text))
+    return classify(code, message), code, message
+
+
+def _pick_failure(pods: list[Obj]) -> tuple[Obj, Cause, TerminationMessage | None]:
+    """The most telling failure: a specific trainer reason beats a generic error."""
+    ranked = []
+    for pod in sorted(pods, key=_index):
+        cause, code, message = failure_of(pod)
+        if message is None:
+            message = TerminationMessage("Error", f"pod {_name(pod)} exited with code {code}")
+        ranked.append((cause is Cause.ERROR, pod, cause, message))
+    _, pod, cause, message = min(ranked, key=lambda r: r[0])
+    return pod, cause, message
+
+
+# --- the step ------------------------------------------------------------------------
+
+
+@dataclass
+class _Step:
+    job: TrainingJob
+    generation: int | None
+    now: datetime
+    status: TrainingJobStatus
+    actions: list[Action] = field(default_factory=list)
+    events: list[Action] = field(default_factory=list)  # EmitEvent and Observe
+    deletes: list[Action] = field(default_factory=list)
+    creates: list[Action] = field(default_factory=list)
+
+    def condition(self, kind: ConditionType, value: bool, reason: str, message: str) -> bool:
+        conds, changed = set_condition(
+            self.status.conditions,
+            kind,
+            value,
+            reason=reason,
+            message=message,
+            now=self.now,
+            generation=self.generation,
+        )
+        self.status.conditions = conds
+        if changed and value:  # one Event per transition into a state
+            warn = kind in ("Failed", "Restarting")
+            self.events.append(EmitEvent("Warning" if warn else "Normal", reason, message))
+        return changed
+
+    def delete(self, pods: list[Obj], reason: str, force: bool = False) -> None:
+        if pods:
+            self.deletes.append(DeletePods(tuple(_name(p) for p in pods), reason, force))
+
+
+def reconcile(
+    job: TrainingJob,
+    observed: Observed,
+    settings: Settings,
+    checkpoints: Callable[[], list[Checkpoint]] = list,
+) -> list[Action]:
+    """Actions that move the cluster toward the job's spec, in the order to carry them out.
+
+    `checkpoints` lists the job's committed checkpoints; it is only called for a NaN
+    rollback (the one decision that needs them)."""
+    meta = job.metadata.model_extra or {}
+    before = job.status or TrainingJobStatus()
+    step = _Step(job, meta.get("generation"), observed.now, before.model_copy(deep=True))
+    step.status.observedGeneration = step.generation
+    _run(step, observed, settings, checkpoints)
+    step.status.state = state_of(step.status.conditions)
+    actions: list[Action] = list(step.actions)
+    if step.status.model_dump() != before.model_dump() or job.status is None:
+        actions.append(PatchStatus(step.status.model_dump(mode="json")))
+    return actions + step.deletes + step.creates + step.events
+
+
+def reject_invalid(body: Obj, message: str, now: datetime) -> list[Action]:
+    """A stored job the models reject (a check the API server cannot express, e.g. a
+    component name no registry knows): fail it once, naming the problem, never retry."""
+    try:
+        status = TrainingJobStatus.model_validate(body.get("status") or {})
+    except ValueError:
+        status = TrainingJobStatus()
+    if status.state == "Failed":
+        return []
+    generation = body.get("metadata", {}).get("generation")
+    changes: list[tuple[ConditionType, bool]] = [("Failed", True), ("Running", False)]
+    for kind, value in changes:
+        status.conditions, _ = set_condition(
+            status.conditions,
+            kind,
+            value,
+            reason="InvalidSpec",
+            message=message,
+            now=now,
+            generation=generation,
+        )
+    status.state = "Failed"
+    status.completionTime = timestamp(now)
+    status.observedGeneration = generation
+    return [
+        PatchStatus(status.model_dump(mode="json")),
+        EmitEvent("Warning", "InvalidSpec", message[:1024]),
+    ]
+
+
+def _run(
+    step: _Step,
+    observed: Observed,
+    settings: Settings,
+    checkpoints: Callable[[], list[Checkpoint]],
+) -> None:
+    job, st, now = step.job, step.status, observed.now
+    spec = job.spec
+    pods = observed.pods
+    if st.state in ("Succeeded", "Failed"):
+        _finished(step, pods)
+        return
+    if not observed.service:
+        step.actions.append(CreateObject(builders.build_service(job)))
+    if not observed.configmap:
+        step.actions.append(CreateObject(builders.build_configmap(job, settings)))
+    if spec.numNodes > 1 and builders.checkpoint_uri(job, settings) is None:
+        text = "spec.checkpoint.uri is required with numNodes > 1 (the operator has no default)"
+        _fail(step, pods, "CheckpointURIRequired", text)
+        return
+
+    # Stuck in Terminating past the grace period (e.g. a dead node): force-delete.
+    stuck = [p for p in pods if _deleting(p) and _overdue(p, now)]
+    step.delete(stuck, "StuckTerminating", force=True)
+
+    if spec.runPolicy.suspend:
+        step.delete([p for p in pods if not _deleting(p)], "Suspended")
+        if any(_attempt(p) == st.recovery.attempt for p in pods):
+            st.recovery.attempt += 1  # the next gang is a new attempt (not a restart)
+        step.condition("Suspended", True, "Suspended", "pods deleted; checkpoints kept")
+        step.condition("Running", False, "Suspended", "job suspended")
+        st.workers = _counts([])
+        return
+    if st.conditions and any(c.type == "Suspended" and c.status == "True" for c in st.conditions):
+        step.condition("Suspended", False, "Resumed", "resuming from the latest checkpoint")
+        step.events.append(EmitEvent("Normal", "Resumed", "resuming from the latest checkpoint"))
+
+    started = parse_time(st.startTime)
+    deadline = spec.runPolicy.activeDeadlineSeconds
+    if deadline and started and (now - started).total_seconds() > deadline:
+        _fail(step, pods, "DeadlineExceeded", f"job was active longer than {deadline} s")
+        return
+
+    attempt = st.recovery.attempt
+    current = {_index(p): p for p in pods if _attempt(p) == attempt}
+    stale = [p for p in pods if _attempt(p) != attempt]
+    step.delete([p for p in stale if not _deleting(p)], "StaleAttempt")
+    st.workers = _counts(list(current.values()))
+    _read_progress(step, observed.progress)
+
+    # Decide on the current gang: finished, failed, hung, or running.
+    live = {i: p for i, p in current.items() if i < spec.numNodes}
+    zero = live.get(0)
+    if zero is not None and _phase(zero) == "Succeeded":
+        if all(_phase(p) in ("Succeeded", "Failed") for p in live.values()):
+            _succeed(step, pods, zero)
+        return
+    failed = [p for p in live.values() if _phase(p) == "Failed" or _deleting(p)]
+    if failed:
+        _, cause, message = _pick_failure(failed)
+        _gang_failed(step, pods, list(live.values()), cause, message, settings, checkpoints)
+        return
+    if _hung(step, live):
+        secs = spec.faultTolerance.progressDeadlineSeconds
+        message = TerminationMessage("Hang", f"no step progress for {secs} s")
+        _gang_failed(step, pods, list(live.values()), Cause.HANG, message, settings, checkpoints)
+        return
+
+    # Create what is missing, once every pod of older attempts is gone (same names).
+    restart_after = parse_time(st.recovery.restartAfter)
+    if stale or (restart_after and restart_after > now):
+        return
+    names = {_name(p) for p in pods}
+    for index in range(spec.numNodes):
+        body = builders.build_pod(job, index, st.recovery, settings)
+        if index not in current and body["metadata"]["name"] not in names:
+            step.creates.append(CreateObject(body))
+    if step.creates and not st.startTime:
+        st.startTime = timestamp(now)
+    if step.creates:
+        step.condition("Created", True, "PodsCreated", f"attempt {attempt}: creating the gang")
+    running = [p for p in live.values() if _phase(p) == "Running"]
+    if len(running) == spec.numNodes:
+        _all_running(step, job)
+
+
+def _all_running(step: _Step, job: TrainingJob) -> None:
+    st, now = step.status, step.now
+    new_run = step.condition(
+        "Running", True, "AllWorkersRunning", f"{job.spec.numNodes} workers running"
+    )
+    step.condition("Restarting", False, "AllWorkersRunning", "the gang is running")
+    if not st.allRunningTime:
+        st.allRunningTime = timestamp(now)
+        created = parse_time((job.metadata.model_extra or {}).get("creationTimestamp"))
+        if created:
+            step.events.append(Observe("time_to_running", (now - created).total_seconds()))
+    restarted = parse_time(st.recovery.restartTime)
+    if restarted:
+        step.events.append(Observe("recovery", (now - restarted).total_seconds()))
+        st.recovery.restartTime = None
+    if st.progress is not None and new_run:  # the hang clock restarts with each gang
+        st.progress.lastStepTime = timestamp(now)
+
+
+def _read_progress(step: _Step, progress: Progress | None) -> None:
+    if progress is None:
+        return
+    prev = step.status.progress
+    if prev is not None and prev.step > 0 and progress.step == 0:
+        return  # a new attempt serves /progress before it has resumed: keep the last known
+    new = progress.model_copy(deep=True)
+    new.updateTime = timestamp(step.now)
+    advanced = prev is None or new.step > prev.step
+    new.lastStepTime = timestamp(step.now) if advanced else prev.lastStepTime  # type: ignore[union-attr]
+    if new.lastCheckpoint is None and prev is not None:
+        new.lastCheckpoint = prev.lastCheckpoint
+    step.status.progress = new
+
+
+def _hung(step: _Step, live: dict[int, Obj]) -> bool:
+    deadline = step.job.spec.faultTolerance.progressDeadlineSeconds
+    progress = step.status.progress
+    if not deadline or progress is None or len(live) < step.job.spec.numNodes:
+        return False
+    if not all(_phase(p) == "Running" for p in live.values()):
+        return False
+    last = parse_time(progress.lastStepTime)
+    return last is not None and (step.now - last).total_seconds() > deadline
+
+
+def _gang_failed(  # noqa: PLR0917 (one call site per cause)
+    step: _Step,
+    pods: list[Obj],
+    gang: list[Obj],
+    cause: Cause,
+    message: TerminationMessage | None,
+    settings: Settings,
+    checkpoints: Callable[[], list[Checkpoint]],
+) -> None:
+    """Any failed worker fails the whole gang (torchrun's world is static): restart it
+    from the latest committed checkpoint, roll back, or fail, by policy."""
+    st, spec = step.status, step.job.spec
+    state = RecoveryState(
+        dict(st.restarts.model_dump()), st.recovery.skipBatches, st.recovery.lrScale
+    )
+    found = checkpoints() if cause is Cause.NAN else []
+    decision = decide(spec.faultTolerance, state, cause, message, found)
+    if decision.action == "succeed":
+        _succeed(step, pods, gang[0])
+        return
+    if decision.action == "fail":
+        _fail(step, pods, decision.reason, decision.message)
+        return
+    new = record(state, decision)
+    st.restarts = RestartCounts(**new.restarts)
+    total = new.restarts["total"]
+    backoff = min(
+        settings.restart_backoff_seconds * 2 ** max(total - 1, 0),
+        settings.restart_backoff_max_seconds,
+    )
+    detail = f"{decision.message}; last failure: {message.message if message else cause}"
+    st.recovery = RecoveryStatus(
+        attempt=st.recovery.attempt + 1,
+        resumeFrom=decision.resume_from,
+        skipBatches=new.skip_batches,
+        lrScale=new.lr_scale,
+        restartAfter=timestamp(step.now + timedelta(seconds=backoff)),
+        restartTime=timestamp(step.now),
+        lastFailure=f"{decision.reason}: {detail}"[:4096],
+    )
+    step.condition("Restarting", True, decision.reason, detail)
+    step.condition("Running", False, decision.reason, "restarting the gang")
+    step.delete([p for p in gang if not _deleting(p)], decision.reason)
+    step.events.append(Observe("restart", 1, decision.cause.value))
+
+
+def _succeed(step: _Step, pods: list[Obj], zero: Obj) -> None:
+    st = step.status
+    message = TerminationMessage.from_json(_terminated(zero).get("message") or "")
+    if message and message.step is not None:
+        st.progress = st.progress or Progress()
+        st.progress.step = max(st.progress.step, message.step)
+    st.completionTime = timestamp(step.now)
+    step.condition("Succeeded", True, "Succeeded", "training finished")
+    step.condition("Running", False, "Succeeded", "training finished")
+    step.condition("Restarting", False, "Succeeded", "training finished")
+    _cleanup(step, pods)
+
+
+def _fail(step: _Step, pods: list[Obj], reason: str, message: str) -> None:
+    step.status.completionTime = timestamp(step.now)
+    step.condition("Failed", True, reason, message)
+    step.condition("Running", False, reason, "job failed")
+    step.condition("Restarting", False, reason, "job failed")
+    _cleanup(step, pods)
+
+
+def _finished(step: _Step, pods: list[Obj]) -> None:
+    _cleanup(step, pods)
+    ttl = step.job.spec.runPolicy.ttlSecondsAfterFinished
+    done = parse_time(step.status.completionTime)
+    if ttl is not None and done and (step.now - done).total_seconds() >= ttl:
+        step.actions.append(DeleteJob(f"ttlSecondsAfterFinished ({ttl} s) passed"))
+
+
+def _cleanup(step: _Step, pods: list[Obj]) -> None:
+    policy = step.job.spec.runPolicy.cleanPodPolicy
+    live = [p for p in pods if not _deleting(p)]
+    if policy == "Running":
+        live = [p for p in live if _phase(p) in ("Pending", "Running")]
+    if policy != "None":
+        step.delete(live, f"CleanPodPolicy{policy}")
+
+
+def _counts(pods: list[Obj]) -> WorkerCounts:
+    phases = [_phase(p) for p in pods]
+    return WorkerCounts(
+        pending=phases.count("Pending"),
+        running=phases.count("Running"),
+        succeeded=phases.count("Succeeded"),
+        failed=phases.count("Failed"),
+    )
+
+
+def _overdue(pod: Obj, now: datetime) -> bool:
+    when = parse_time(pod["metadata"].get("deletionTimestamp"))
+    return when is not None and now - when > STUCK_TERMINATING

@@ -1,0 +1,340 @@
+"""The pure reconcile step: observed pods in, actions out. No cluster: plain dicts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetrain_operator import builders
+from kubetrain_operator.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
+from kubetrain_operator.policy import Checkpoint
+from kubetrain_operator.progress import parse_progress
+from kubetrain_operator.reconcile import (
+    Action,
+    CreateObject,
+    DeleteJob,
+    DeletePods,
+    EmitEvent,
+    Observe,
+    Observed,
+    PatchStatus,
+    reconcile,
+    reject_invalid,
+)
+from kubetrain_operator.settings import Settings
+from kubetrain_trainer.contract import TerminationMessage
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+SETTINGS = Settings(default_checkpoint_uri="s3://ckpt", restart_backoff_seconds=10)
+NAME = yaml.safe_load((ROOT / "examples" / "trainingjob.yaml").read_text())["metadata"]["name"]
+
+
+def _job(status: dict[str, Any] | None = None, **spec: Any) -> TrainingJob:
+    data = yaml.safe_load((ROOT / "examples" / "trainingjob.yaml").read_text())
+    data["metadata"] |= {
+        "namespace": "ns", "uid": "u1", "generation": 1,
+        "creationTimestamp": "2026-01-01T11:59:00Z",
+    }  # fmt: skip
+    data["spec"] |= spec
+    if status is not None:
+        data["status"] = status
+    return TrainingJob.model_validate(data)
+
+
+def _pod(index: int, phase: str, attempt: int = 0, **extra: Any) -> dict[str, Any]:
+    job = _job()
+    pod = builders.build_pod(job, index, RecoveryStatus(attempt=attempt), SETTINGS)
+    pod["status"] = {"phase": phase, **extra}
+    return pod
+
+
+def _terminated(code: int, message: TerminationMessage | None = None) -> dict[str, Any]:
+    term: dict[str, Any] = {"exitCode": code}
+    if message:
+        term["message"] = message.to_json()
+    return {"containerStatuses": [{"name": "trainer", "state": {"terminated": term}}]}
+
+
+def _run(
+    job: TrainingJob,
+    pods: list[dict[str, Any]],
+    now: datetime = NOW,
+    progress: Progress | None = None,
+    **kw: Any,
+) -> list[Action]:
+    observed = Observed(pods=pods, service=True, configmap=True, now=now, progress=progress)
+    return reconcile(job, observed, SETTINGS, **kw)
+
+
+def _status(actions: list[Action]) -> TrainingJobStatus:
+    patches = [a for a in actions if isinstance(a, PatchStatus)]
+    assert len(patches) == 1
+    return TrainingJobStatus.model_validate(patches[0].status)
+
+
+def _created_pods(actions: list[Action]) -> list[str]:
+    return [
+        a.body["metadata"]["name"]
+        for a in actions
+        if isinstance(a, CreateObject) and a.body["kind"] == "Pod"
+    ]
+
+
+def _running_status(**recovery: Any) -> dict[str, Any]:
+    return {
+        "state": "Running",
+        "startTime": "2026-01-01T11:59:30Z",
+        "recovery": recovery,
+        "conditions": [{"type": "Running", "status": "True", "reason": "AllWorkersRunning"}],
+    }
+
+
+def test_new_job_creates_service_configmap_and_the_gang() -> None:
+    observed = Observed(pods=[], service=False, configmap=False, now=NOW)
+    actions = reconcile(_job(), observed, SETTINGS)
+    kinds = [a.body["kind"] for a in actions if isinstance(a, CreateObject)]
+    assert kinds == ["Service", "ConfigMap", "Pod", "Pod"]
+    assert _created_pods(actions) == [f"{NAME}-0", f"{NAME}-1"]
+    status = _status(actions)
+    assert status.state == "Created" and status.startTime == "2026-01-01T12:00:00Z"
+    assert any(isinstance(a, EmitEvent) and a.reason == "PodsCreated" for a in actions)
+    # the status patch comes before the creates it implies
+    first_patch = next(i for i, a in enumerate(actions) if isinstance(a, PatchStatus))
+    assert first_patch < next(i for i, a in enumerate(actions) if _created_pods([a]))
+
+
+def test_existing_pods_are_never_created_twice() -> None:
+    """An operator restarted after creating pod 0 creates only pod 1."""
+    job = _job({"state": "Created", "startTime": "2026-01-01T11:59:30Z"})
+    actions = _run(job, [_pod(0, "Running")])
+    assert _created_pods(actions) == [f"{NAME}-1"]
+    assert _created_pods(_run(job, [_pod(0, "Running"), _pod(1, "Pending")])) == []
+
+
+def test_all_workers_running_sets_condition_and_measures_time_to_running() -> None:
+    job = _job({"state": "Created", "startTime": "2026-01-01T11:59:30Z"})
+    actions = _run(job, [_pod(0, "Running"), _pod(1, "Running")])
+    status = _status(actions)
+    assert status.state == "Running"
+    assert status.workers.running == 2
+    assert status.allRunningTime == "2026-01-01T12:00:00Z"
+    observed = [a for a in actions if isinstance(a, Observe)]
+    assert observed == [Observe("time_to_running", 60.0)]
+
+
+def test_a_worker_killed_by_a_signal_restarts_the_whole_gang() -> None:
+    job = _job(_running_status())
+    pods = [_pod(0, "Running"), _pod(1, "Failed", **_terminated(137))]
+    actions = _run(job, pods)
+    status = _status(actions)
+    assert status.state == "Restarting"
+    assert status.restarts.total == 1 and status.restarts.error == 1
+    assert status.recovery.attempt == 1
+    assert status.recovery.restartAfter == "2026-01-01T12:00:10Z"
+    deletes = [a for a in actions if isinstance(a, DeletePods)]
+    assert deletes == [DeletePods((f"{NAME}-0", f"{NAME}-1"), "RestartError")]
+    assert _created_pods(actions) == []
+    assert Observe("restart", 1, "Error") in actions
+    order = [type(a) for a in actions]
+    assert order.index(PatchStatus) < order.index(DeletePods)
+
+
+def test_next_attempt_waits_for_old_pods_and_backoff() -> None:
+    job = _job(_running_status(attempt=1, restartAfter="2026-01-01T12:00:10Z"))
+    old = _pod(0, "Running", attempt=0)
+    old["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:00Z"
+    assert _created_pods(_run(job, [old])) == []  # old pod still terminating
+    assert _created_pods(_run(job, [])) == []  # backoff not over
+    later = NOW + timedelta(seconds=11)
+    actions = _run(job, [], now=later)
+    assert _created_pods(actions) == [f"{NAME}-0", f"{NAME}-1"]
+    labels = [
+        a.body["metadata"]["labels"][builders.ATTEMPT_LABEL]
+        for a in actions
+        if isinstance(a, CreateObject)
+    ]
+    assert labels == ["1", "1"]
+
+
+def test_stale_attempt_pods_are_deleted() -> None:
+    job = _job(_running_status(attempt=2))
+    actions = _run(job, [_pod(0, "Running", attempt=1)])
+    assert DeletePods((f"{NAME}-0",), "StaleAttempt") in actions
+    assert _created_pods(actions) == []
+
+
+def test_exhausted_restart_budget_fails_naming_the_cause() -> None:
+    status = _running_status(attempt=3)
+    status["restarts"] = {"total": 3, "error": 3}
+    job = _job(status)
+    actions = _run(
+        job, [_pod(0, "Failed", attempt=3, **_terminated(137)), _pod(1, "Running", attempt=3)]
+    )
+    st = _status(actions)
+    assert st.state == "Failed" and st.completionTime
+    failed = next(c for c in st.conditions if c.type == "Failed")
+    assert failed.reason == "RestartBudgetExhausted"
+    assert "Error" in failed.message
+    assert DeletePods((f"{NAME}-1",), "CleanPodPolicyRunning") in actions
+
+
+def test_config_invalid_fails_at_once_with_the_trainers_message() -> None:
+    msg = TerminationMessage("ConfigInvalid", "optimization.optimizer.name: unknown optimizer 'x'")
+    job = _job(_running_status())
+    actions = _run(
+        job, [_pod(0, "Failed", **_terminated(64, msg)), _pod(1, "Failed", **_terminated(1))]
+    )
+    st = _status(actions)
+    failed = next(c for c in st.conditions if c.type == "Failed")
+    assert failed.reason == "ConfigInvalid"
+    assert "unknown optimizer" in failed.message
+    assert st.restarts.total == 0
+    assert any(isinstance(a, EmitEvent) and a.type == "Warning" for a in actions)
+
+
+def test_nan_rolls_back_to_an_older_good_checkpoint() -> None:
+    msg = TerminationMessage(
+        "NaNUnrecoverable",
+        "nan",
+        step=41,
+        failed_checkpoint="s3://ckpt/step-40",
+        skip_batches="40-41",
+    )
+    calls: list[int] = []
+
+    def checkpoints() -> list[Checkpoint]:
+        calls.append(1)
+        return [
+            Checkpoint(20, "s3://ckpt/step-20", True),
+            Checkpoint(40, "s3://ckpt/step-40", True),
+        ]
+
+    job = _job(_running_status())
+    actions = _run(
+        job,
+        [_pod(0, "Failed", **_terminated(1, msg)), _pod(1, "Failed", **_terminated(1))],
+        checkpoints=checkpoints,
+    )
+    st = _status(actions)
+    assert calls == [1]
+    assert st.recovery.resumeFrom == "s3://ckpt/step-20"
+    assert st.recovery.skipBatches == "40-43"  # skipBatches: 2 from the example
+    assert st.recovery.lrScale == 0.5
+    assert st.restarts.nan == 1
+
+
+def test_success_needs_rank_zero_and_sets_completion_time() -> None:
+    job = _job(_running_status())
+    done = TerminationMessage("Succeeded", "done", step=300)
+    pods = [_pod(0, "Succeeded", **_terminated(0, done)), _pod(1, "Running")]
+    assert _status(_run(job, pods)).state == "Running"  # waits for the other worker
+    pods[1] = _pod(1, "Succeeded", **_terminated(0))
+    st = _status(_run(job, pods))
+    assert st.state == "Succeeded"
+    assert st.completionTime == "2026-01-01T12:00:00Z"
+    assert st.progress is not None and st.progress.step == 300
+
+
+def test_suspend_deletes_pods_and_resume_starts_a_new_attempt() -> None:
+    job = _job(_running_status(), runPolicy={"suspend": True})
+    actions = _run(job, [_pod(0, "Running"), _pod(1, "Running")])
+    st = _status(actions)
+    assert st.state == "Suspended" and st.recovery.attempt == 1
+    assert st.restarts.total == 0
+    assert DeletePods((f"{NAME}-0", f"{NAME}-1"), "Suspended") in actions
+    resumed = _job(st.model_dump(mode="json"), runPolicy={"suspend": False})
+    actions = _run(resumed, [])
+    assert _created_pods(actions) == [f"{NAME}-0", f"{NAME}-1"]
+    assert _status(actions).state == "Created"
+
+
+def test_finished_job_is_deleted_after_its_ttl() -> None:
+    status = {
+        "state": "Succeeded",
+        "completionTime": "2026-01-01T11:59:00Z",
+        "conditions": [{"type": "Succeeded", "status": "True"}],
+    }
+    job = _job(status, runPolicy={"ttlSecondsAfterFinished": 30})
+    assert any(isinstance(a, DeleteJob) for a in _run(job, []))
+    job = _job(status, runPolicy={"ttlSecondsAfterFinished": 300})
+    assert not any(isinstance(a, DeleteJob) for a in _run(job, []))
+
+
+def test_active_deadline_fails_the_job() -> None:
+    job = _job(_running_status(), runPolicy={"activeDeadlineSeconds": 10})
+    st = _status(_run(job, [_pod(0, "Running"), _pod(1, "Running")]))
+    assert st.state == "Failed"
+    assert next(c for c in st.conditions if c.type == "Failed").reason == "DeadlineExceeded"
+
+
+def test_progress_is_copied_and_a_stalled_gang_counts_as_hung() -> None:
+    job = _job(_running_status(), faultTolerance={"progressDeadlineSeconds": 60})
+    pods = [_pod(0, "Running"), _pod(1, "Running")]
+    st = _status(_run(job, pods, progress=Progress(step=10, totalSteps=300, loss=2.5)))
+    assert st.progress is not None and st.progress.step == 10 and st.progress.loss == 2.5
+    later = NOW + timedelta(seconds=61)
+    stalled = _job(st.model_dump(mode="json"), faultTolerance={"progressDeadlineSeconds": 60})
+    st2 = _status(_run(stalled, pods, now=later, progress=Progress(step=10)))
+    assert st2.restarts.hang == 1 and st2.state == "Restarting"
+
+
+def test_evicted_worker_counts_as_node_failure() -> None:
+    job = _job(_running_status())
+    pods = [_pod(0, "Running"), _pod(1, "Failed", reason="Evicted", message="node gone")]
+    st = _status(_run(job, pods))
+    assert st.restarts.nodeFailure == 1
+
+
+def test_reconcile_of_a_steady_job_does_nothing() -> None:
+    job = _job({"state": "Created", "startTime": "2026-01-01T11:59:30Z"})
+    pods = [_pod(0, "Running"), _pod(1, "Running")]
+    st = _status(_run(job, pods))
+    steady = _job(st.model_dump(mode="json"))
+    assert _run(steady, pods) == []
+
+
+def test_a_starting_attempt_does_not_reset_progress_to_zero() -> None:
+    status = _running_status(attempt=1)
+    status["progress"] = {"step": 57, "totalSteps": 300}
+    job = _job(status)
+    pods = [_pod(0, "Running", attempt=1), _pod(1, "Running", attempt=1)]
+    actions = _run(job, pods, progress=Progress(step=0, totalSteps=300))
+    patches = [a.status for a in actions if isinstance(a, PatchStatus)]
+    assert all(p["progress"]["step"] == 57 for p in patches)
+    st = _status(_run(job, pods, progress=Progress(step=58, totalSteps=300)))
+    assert st.progress is not None and st.progress.step == 58
+
+
+def test_a_stored_job_the_models_reject_fails_once_with_the_reason() -> None:
+    body: dict[str, Any] = {"metadata": {"name": "x", "generation": 2}, "spec": {}}
+    actions = reject_invalid(body, "spec is invalid: trainer.optimization.optimizer.name", NOW)
+    st = _status(actions)
+    failed = next(c for c in st.conditions if c.type == "Failed")
+    assert (st.state, failed.reason, failed.observedGeneration) == ("Failed", "InvalidSpec", 2)
+    assert "optimizer.name" in failed.message
+    body["status"] = st.model_dump(mode="json")
+    assert reject_invalid(body, "again", NOW) == []
+
+
+def test_progress_json_from_rank_zero_is_parsed_and_rounded() -> None:
+    progress = parse_progress(
+        {
+            "step": 57,
+            "totalSteps": 300,
+            "epoch": 0.30712,
+            "loss": 2.0184597969055176,
+            "valLoss": None,
+            "tokensPerSecond": 875.97,
+            "lastCheckpoint": {"step": 50, "uri": "s3://b/j/step-00000050", "time": 1795314406.8},
+            "restarts": 1,
+        }
+    )
+    assert progress is not None
+    assert (progress.step, progress.totalSteps, progress.loss) == (57, 300, 2.0185)
+    assert progress.lastCheckpoint is not None
+    assert progress.lastCheckpoint.time == "2026-11-22T02:26:46Z"
+    assert parse_progress({"step": -1}) is None  # out of bounds: keep the previous reading
