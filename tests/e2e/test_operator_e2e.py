@@ -8,11 +8,7 @@ TokenRequest token bound by operator/deploy/rbac.yaml), never as cluster admin.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from tests.harness.services import free_port, http_ok, wait_until
+from tests.harness.operator_process import OperatorProcess, create_s3_secret, install
+from tests.harness.services import wait_until
 
 if TYPE_CHECKING:
     from tests.harness.cluster import Cluster
@@ -30,129 +27,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "trainingjob.yaml"
-CRD = ROOT / "crds" / "trainingjobs.kubetrain.io.yaml"
-RBAC = ROOT / "operator" / "deploy" / "rbac.yaml"
-SECRET = "kubetrain-s3"
 JOB_LABEL = "kubetrain.io/job-name"
 ATTEMPT_LABEL = "kubetrain.io/attempt"
 
 
-class Operator:
-    """`python -m kubetrain_trainer operator` with the ServiceAccount's kubeconfig."""
-
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
-        self.cluster = cluster
-        self.workdir = workdir
-        self.kubeconfig = workdir / "operator.kubeconfig"
-        self.log_path = workdir / "operator.log"
-        self.health_port = free_port()
-        self.metrics_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def write_kubeconfig(self) -> None:
-        token = self.cluster.kubectl(
-            "-n", "kubetrain-system", "create", "token", "kubetrain-operator", "--duration=2h"
-        ).stdout.strip()
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [
-                {
-                    "name": "local",
-                    "cluster": {
-                        "server": self.cluster.api_url,
-                        "certificate-authority": str(self.cluster.ca_file),
-                    },
-                }
-            ],
-            "users": [{"name": "operator", "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-            "current-context": "operator",
-        }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
-
-    def start(self) -> None:
-        minio = self.cluster.minio
-        if minio is None:
-            raise RuntimeError("the operator e2e tests need MinIO in the session cluster")
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
-            "PYTHONPATH": f"{ROOT / 'trainer_image'}:{ROOT / 'operator'}",
-            "KUBETRAIN_DEFAULT_CHECKPOINT_URI": f"s3://{self.cluster.bucket}",
-            "KUBETRAIN_DEFAULT_S3_ENDPOINT": minio.endpoint,
-            "KUBETRAIN_DEFAULT_CREDENTIALS_SECRET": SECRET,
-            "KUBETRAIN_WORKING_DIR": str(ROOT),  # the image's WORKDIR holds examples/ too
-            "KUBETRAIN_RESTART_BACKOFF_SECONDS": "2",
-            "KUBETRAIN_RECONCILE_INTERVAL": "3",
-            # The operator lists checkpoints (NaN rollbacks) with its own credentials.
-            "AWS_ACCESS_KEY_ID": minio.access_key,
-            "AWS_SECRET_ACCESS_KEY": minio.secret_key,
-        }
-        # setpriv: the operator dies with the test run even when pytest is SIGKILLed.
-        setpriv = shutil.which("setpriv")
-        prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *prefix,
-                    sys.executable,
-                    "-m",
-                    "kubetrain_trainer",
-                    "operator",
-                    f"--health-port={self.health_port}",
-                    f"--metrics-port={self.metrics_port}",
-                ],
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(self.ready, timeout=60, what="the operator to be ready")
-
-    def ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"operator exited {self.proc.returncode}:\n{self.log_tail()}")
-        return http_ok(f"http://127.0.0.1:{self.health_port}/readyz")
-
-    def kill(self) -> None:
-        """SIGKILL: no chance to clean up, like a crashed or evicted operator pod."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-    def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            text: str = resp.read().decode()
-        return text
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def _install_crd(cluster: Cluster) -> None:
-    """Apply crds/ (the real API server validates the generated schema) and wait until
-    kubectl can use it. Polling, not `kubectl wait --for=condition=Established`: that
-    errors out while a fresh CRD has no conditions yet."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    wait_until(
-        lambda: cluster.kubectl("get", "tj", "-A", check=False).returncode == 0,
-        timeout=60,
-        what="kubectl to know the tj resource",
-        interval=0.5,
-    )
-
-
 @pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    _install_crd(cluster)
-    namespaces = cluster.kubectl("get", "ns", "-o", "name").stdout.split()
-    if "namespace/kubetrain-system" not in namespaces:
-        cluster.kubectl("create", "namespace", "kubetrain-system")
-    cluster.kubectl("apply", "-f", str(RBAC))
-    op = Operator(cluster, tmp_path_factory.mktemp("operator"))
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    install(cluster)
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
     op.write_kubeconfig()
     op.start()
     yield op
@@ -189,15 +73,6 @@ def _apply(cluster: Cluster, namespace: str, job: dict[str, Any]) -> None:
     cluster.kubectl("-n", namespace, "apply", "-f", "-", input_text=yaml.safe_dump(job))
 
 
-def _secret(cluster: Cluster, namespace: str) -> None:
-    assert cluster.minio is not None
-    cluster.kubectl(
-        "-n", namespace, "create", "secret", "generic", SECRET,
-        f"--from-literal=AWS_ACCESS_KEY_ID={cluster.minio.access_key}",
-        f"--from-literal=AWS_SECRET_ACCESS_KEY={cluster.minio.secret_key}",
-    )  # fmt: skip
-
-
 def _get_job(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     body: dict[str, Any] = cluster.api.get(
         f"/apis/kubetrain.io/v1alpha1/namespaces/{namespace}/trainingjobs/{name}"
@@ -217,7 +92,7 @@ def _pods(cluster: Cluster, namespace: str, name: str) -> list[dict[str, Any]]:
 
 
 def _wait_state(
-    cluster: Cluster, op: Operator, namespace: str, name: str, *, state: str, timeout: float
+    cluster: Cluster, op: OperatorProcess, namespace: str, name: str, *, state: str, timeout: float
 ) -> dict[str, Any]:
     found: dict[str, Any] = {}
 
@@ -297,7 +172,7 @@ def _resumed_at_or_after(
 
 
 def test_invalid_job_is_rejected_naming_the_field(cluster: Cluster, namespace: str) -> None:
-    _install_crd(cluster)
+    install(cluster)
     cases: list[tuple[str, dict[str, Any]]] = [
         ("spec.numNodes", {"numNodes": 0}),
         ("spec.trainer.data.seq_len", {"trainer": {"data": {"seq_len": 4096}}}),
@@ -323,11 +198,11 @@ def test_invalid_job_is_rejected_naming_the_field(cluster: Cluster, namespace: s
 
 
 def test_example_trains_to_success_survives_an_operator_restart_and_cleans_up(
-    cluster: Cluster, operator: Operator, namespace: str
+    cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     example = yaml.safe_load(EXAMPLE.read_text())
     name = example["metadata"]["name"]
-    _secret(cluster, namespace)
+    create_s3_secret(cluster, namespace)
     cluster.kubectl("-n", namespace, "apply", "-f", str(EXAMPLE))
     _wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
     wait_until(
@@ -385,10 +260,10 @@ def test_example_trains_to_success_survives_an_operator_restart_and_cleans_up(
 
 
 def test_killed_worker_restarts_the_gang_from_the_last_checkpoint(
-    cluster: Cluster, operator: Operator, namespace: str
+    cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     name = "kill-a-worker"
-    _secret(cluster, namespace)
+    create_s3_secret(cluster, namespace)
     _apply(cluster, namespace, _short_job(name))
     _wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
     checkpoint = _wait_checkpoint(cluster, namespace, name, timeout=300)
@@ -415,10 +290,10 @@ def test_killed_worker_restarts_the_gang_from_the_last_checkpoint(
 
 
 def test_suspend_then_resume_continues_from_the_checkpoint(
-    cluster: Cluster, operator: Operator, namespace: str
+    cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     name = "suspend-resume"
-    _secret(cluster, namespace)
+    create_s3_secret(cluster, namespace)
     _apply(cluster, namespace, _short_job(name))
     _wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
     _wait_checkpoint(cluster, namespace, name, timeout=300)
@@ -440,11 +315,11 @@ def test_suspend_then_resume_continues_from_the_checkpoint(
 
 
 def test_config_the_trainer_rejects_fails_at_once_with_its_message(
-    cluster: Cluster, operator: Operator, namespace: str
+    cluster: Cluster, operator: OperatorProcess, namespace: str
 ) -> None:
     """Valid for the API server, unusable for the trainer (exit 64): never retried."""
     name = "missing-corpus"
-    _secret(cluster, namespace)
+    create_s3_secret(cluster, namespace)
     job = _short_job(name)
     job["spec"]["trainer"]["data"]["path"] = "examples/data/no-such-corpus.txt"
     _apply(cluster, namespace, job)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
 
+from tests.harness import operator_process as operator
 from tests.harness.cluster import Cluster, default_nodes
 
 
@@ -27,6 +29,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     up.add_argument("--pod-cidr", default="10.212.0.0/16", help="pod addresses")
     up.add_argument("--no-minio", action="store_true", help="do not start MinIO")
     up.add_argument("--no-prometheus", action="store_true", help="do not start Prometheus")
+    up.add_argument(
+        "--no-operator",
+        action="store_true",
+        help="do not install the CRD or run the operator (it needs MinIO for checkpoints)",
+    )
     up.add_argument(
         "--apply",
         action="append",
@@ -55,6 +62,22 @@ def _exports(cluster: Cluster) -> list[str]:
     return lines
 
 
+def _start_operator(cluster: Cluster) -> operator.OperatorProcess:
+    """CRD, RBAC, the S3 Secret in `default`, and the operator from source under its identity."""
+    operator.install(cluster)
+    operator.create_s3_secret(cluster, "default")
+    process = operator.OperatorProcess(cluster, Path(tempfile.mkdtemp(prefix="kubetrain-op-")))
+    process.write_kubeconfig()
+    process.start()
+    print(
+        f"# operator running as {operator.NAMESPACE}/{operator.SERVICE_ACCOUNT}, "
+        f"log {process.log_path}, metrics :{process.metrics_port}/metrics",
+        file=sys.stderr,
+        flush=True,
+    )
+    return process
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     # Unwinds like Ctrl-C, so the `with` block cleans up.
     raise KeyboardInterrupt
@@ -70,8 +93,11 @@ def up(args: argparse.Namespace) -> int:
         minio=not args.no_minio,
         prometheus=not args.no_prometheus,
     )
+    op: operator.OperatorProcess | None = None
     try:
         with cluster:
+            if not args.no_operator and cluster.minio is not None:
+                op = _start_operator(cluster)
             for path in args.apply:
                 print(cluster.kubectl("apply", "-f", str(path)).stdout, end="", file=sys.stderr)
             exports = _exports(cluster)
@@ -90,6 +116,8 @@ def up(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("# stopped; cleaned up", file=sys.stderr)
     finally:
+        if op is not None:
+            op.kill()
         if args.env_file is not None:
             args.env_file.unlink(missing_ok=True)
     return 0
