@@ -23,7 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kubetrain_trainer import registry
 from kubetrain_trainer.callbacks import CallbackList, EarlyStopping, TrainerState, build_callbacks
-from kubetrain_trainer.checkpoint import CheckpointInfo, CheckpointManager
+from kubetrain_trainer.checkpoint import (
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointManager,
+    step_dir,
+)
+from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, SaveResult, group_collectives
 from kubetrain_trainer.checkpoint.state import read_state, write_state
 from kubetrain_trainer.config import ConfigError, TrainingConfig
 from kubetrain_trainer.contract import format_step_ranges, parse_faults
@@ -98,6 +104,10 @@ class Trainer:
             world_size=dist_info.world_size,
             barrier=barrier,
             all_gather_object=all_gather_object,
+        )
+        # Uploads run in a worker thread with collectives of their own (a collective call).
+        self.saver = AsyncCheckpointer(
+            self.checkpoints, collectives=group_collectives(), on_done=self._checkpoint_done
         )
         resume = self._resume_point()
         self.resumed_from = resume[0] if resume else None
@@ -232,8 +242,12 @@ class Trainer:
             self.validate()
         test_loss = self.strategy.evaluate("test", self.cfg.training.eval_batches)
         self.log.test(step=self.step, test_loss=test_loss)
+        self._flush_checkpoints()
         if self.last_checkpoint is None or self.last_checkpoint.step != self.step:
             self.save_checkpoint()
+            self._flush_checkpoints()
+            if self.last_checkpoint is None or self.last_checkpoint.step != self.step:
+                raise CheckpointError(f"the final checkpoint at step {self.step} did not commit")
         self.callbacks.on_epoch_end(self.state)
         self.callbacks.on_train_end(self.state)
         seconds = time.monotonic() - start
@@ -269,24 +283,56 @@ class Trainer:
         return val_loss
 
     def save_checkpoint(self) -> CheckpointInfo:
+        """Snapshot the state now (the step boundary keeps it consistent) and have it
+        uploaded and committed: in the background with checkpoint.async_upload, else
+        before returning. The info returned is committed only in the second case."""
         self.callbacks.on_checkpoint_begin(self.state)
         started = time.monotonic()
+        self._checkpoint_results(self.saver.wait())  # one upload in flight per rank
         staging = self.scratch / f"save-{self.step}"
         write_state(staging, self.raw_model, self.optimizer, self._extra_state(), self.dist.rank)
         if self.dist.is_main:
             self.dataset.tokenizer.save(staging / TOKENIZER_FILE)
         metrics = {k: v for k, v in self.state.metrics.items() if k.startswith("val_")}
-        info = self.checkpoints.save(self.step, staging, metrics)
-        _rmtree(staging)
-        self.last_checkpoint = info
+        self.saver.submit(self.step, staging, metrics)  # deletes staging when done
+        if not self.cfg.checkpoint.async_upload:
+            self._checkpoint_results(self.saver.wait())
+        info = self.last_checkpoint
+        if info is None or info.step != self.step:
+            info = CheckpointInfo(
+                self.step, self.checkpoints.storage.uri(step_dir(self.step)), False
+            )
         for good_step in self.health.checkpoint_saved(self.step):
-            self._mark_good(good_step)
-        self.counters["checkpoints"] += 1
-        seconds = time.monotonic() - started
-        self.metrics.checkpoint_saved(self.step, seconds)
-        self.log.event("checkpoint", step=self.step, uri=info.uri, seconds=seconds)
+            self._mark_good(good_step)  # deferred to the commit while uploading
+        self.metrics.checkpoint_stalled(time.monotonic() - started)
         self.callbacks.on_checkpoint_end(self.state, checkpoint=info)
         return info
+
+    def _checkpoint_done(self, result: SaveResult) -> None:
+        # The upload worker's hook: only thread-safe updates (an attribute, metrics).
+        if result.info is not None:
+            self.last_checkpoint = result.info
+            self.metrics.checkpoint_committed(result.step, result.upload_seconds)
+        else:
+            self.metrics.checkpoint_failed()
+
+    def _checkpoint_results(self, results: list[SaveResult]) -> None:
+        for result in results:
+            if result.info is not None:
+                self.counters["checkpoints"] += 1
+                self.log.event(
+                    "checkpoint",
+                    step=result.step,
+                    uri=result.info.uri,
+                    seconds=result.upload_seconds,
+                )
+            else:
+                self.log.event("checkpoint_failed", step=result.step, error=result.error)
+                self.reporter.message(f"checkpoint at step {result.step} did not commit")
+
+    def _flush_checkpoints(self) -> None:
+        """Wait for the upload in flight (before exit, restore, or the final save)."""
+        self._checkpoint_results(self.saver.wait())
 
     def progress(self) -> dict[str, Any]:
         """The JSON the operator reads from rank 0's /progress endpoint."""
@@ -305,10 +351,13 @@ class Trainer:
         }
 
     def newest_good_uri(self) -> str | None:
+        self._flush_checkpoints()  # an upload in flight may commit (and be marked) yet
         good = self.checkpoints.latest(good_only=True)
         return good.uri if good else None
 
     def close(self) -> None:
+        self.saver.close()  # an upload in flight still reads from scratch
+        self._checkpoint_results(self.saver.finished())
         if self.server:
             self.server.stop()
         self.reporter.close()
@@ -366,6 +415,7 @@ class Trainer:
         self.counters["restores"] += 1
         self.optimizer.zero_grad(set_to_none=True)  # the bad step's gradients must not leak
         local = self.scratch / f"restore-{self.counters['restores']}"
+        self._flush_checkpoints()  # the newest checkpoint may still be uploading
         point = self.checkpoints.load_latest(local, good_only=True) or self.checkpoints.load_latest(
             local
         )
@@ -397,7 +447,7 @@ class Trainer:
 
     def _mark_good(self, step: int) -> None:
         if self.dist.is_main:
-            self.checkpoints.mark_good(step)
+            self.saver.mark_good(step)
         self.metrics.good_checkpoint_step.set(step)
 
     def _record_nan(self, action: str) -> None:
@@ -462,8 +512,10 @@ class Trainer:
 
     def _preempt(self) -> None:
         self.reporter.message(f"SIGTERM at step {self.step}: saving a checkpoint before exit")
+        self._flush_checkpoints()
         if self.last_checkpoint is None or self.last_checkpoint.step != self.step:
             self.save_checkpoint()
+            self._flush_checkpoints()
         raise Preempted(f"preempted at step {self.step}")
 
 

@@ -277,14 +277,21 @@ class CheckpointManager:
         (the run was rolled back) and must never be resumed from.
         """
         directory = step_dir(step)
+        # Errors are carried to the collectives below, never raised between them: a rank
+        # that left early would leave the others waiting in a barrier.
+        error: str | None = None
         if self.rank == 0:
-            self._discard_from(step)
+            try:
+                self._discard_from(step)
+            except Exception as exc:
+                error = f"rank 0 clearing {directory}: {exc!r}"
+                log.exception("clearing checkpoint %s failed", self.storage.uri(directory))
         self._barrier()  # nobody uploads into a directory rank 0 is still deleting
 
         entries: dict[str, FileEntry] = {}
-        error: str | None = None
         try:
-            entries = self._upload(directory, _local_files(files))
+            if error is None:
+                entries = self._upload(directory, _local_files(files))
         except Exception as exc:  # reported to every rank below
             error = f"rank {self.rank}: {exc!r}"
             log.exception("uploading checkpoint %s failed", self.storage.uri(directory))
@@ -299,15 +306,24 @@ class CheckpointManager:
             metrics=dict(metrics or {}),
             meta=dict(meta or {}),
         )
+        commit_error: str | None = None
         if self.rank == 0:
-            self.storage.put_bytes(f"{directory}/{MANIFEST}", manifest.to_json())
-            log.info(
-                "committed checkpoint %s (%d files, %d bytes)",
-                self.storage.uri(directory),
-                len(merged),
-                manifest.total_bytes,
-            )
-        self._barrier()  # every rank returns only once the checkpoint is committed
+            try:
+                self.storage.put_bytes(f"{directory}/{MANIFEST}", manifest.to_json())
+            except Exception as exc:  # not committed (or unknown): never reported as committed
+                commit_error = repr(exc)
+                log.exception("writing the manifest of %s failed", self.storage.uri(directory))
+            else:
+                log.info(
+                    "committed checkpoint %s (%d files, %d bytes)",
+                    self.storage.uri(directory),
+                    len(merged),
+                    manifest.total_bytes,
+                )
+        # Every rank returns only once the checkpoint is committed, and learns if it was not.
+        commit_errors = [e for e in self._all_gather(commit_error) if e]
+        if commit_errors:
+            raise CheckpointError(f"checkpoint {directory} not committed: {commit_errors[0]}")
         if self.rank == 0:
             try:
                 self.rotate()

@@ -243,6 +243,8 @@ class CheckpointConfig(Section):
     """Metric ranking checkpoints for keep_best (lower is better)."""
     resume: bool = True
     """Resume from the newest committed checkpoint under uri when one exists."""
+    async_upload: bool = True
+    """Upload and commit in a background thread (one in flight); false blocks the loop."""
     s3: S3Config = S3Config()
 
 

@@ -70,12 +70,20 @@ class TrainerMetrics:
 
         histogram = Histogram(
             PREFIX + "checkpoint_save_seconds",
-            "Wall time to save and commit one checkpoint.",
+            "Time the training loop was blocked by one checkpoint (the stall).",
             names,
             registry=self.registry,
             buckets=_SAVE_BUCKETS,
         )
         self.checkpoint_save_seconds = histogram.labels(**self.labels) if names else histogram
+        upload = Histogram(
+            PREFIX + "checkpoint_upload_seconds",
+            "Wall time to upload and commit one checkpoint (in the background when async).",
+            names,
+            registry=self.registry,
+            buckets=_SAVE_BUCKETS,
+        )
+        self.checkpoint_upload_seconds = upload.labels(**self.labels) if names else upload
 
         nan_events = Counter(
             PREFIX + "nan_events",
@@ -92,6 +100,9 @@ class TrainerMetrics:
             return metric.labels(**self.labels) if names else metric
 
         self.rollbacks = counter("rollbacks", "In-process restores of the last good state.")
+        self.checkpoint_failures = counter(
+            "checkpoint_failures", "Checkpoint saves that did not commit (upload or commit failed)."
+        )
         self.steps_skipped = counter(
             "steps_skipped", "Steps whose batch or update was skipped (NaN guard, skip ranges)."
         )
@@ -128,6 +139,19 @@ class TrainerMetrics:
         self.last_checkpoint_step.set(step)
         self.last_checkpoint_timestamp.set(time.time() if timestamp is None else timestamp)
         self.checkpoint_save_seconds.observe(seconds)
+
+    def checkpoint_stalled(self, seconds: float) -> None:
+        """The loop was blocked `seconds` by a checkpoint (snapshot, waiting, and the
+        upload itself when uploads are synchronous)."""
+        self.checkpoint_save_seconds.observe(seconds)
+
+    def checkpoint_committed(self, step: int, upload_seconds: float) -> None:
+        self.last_checkpoint_step.set(step)
+        self.last_checkpoint_timestamp.set(time.time())
+        self.checkpoint_upload_seconds.observe(upload_seconds)
+
+    def checkpoint_failed(self) -> None:
+        self.checkpoint_failures.inc()
 
     def checkpoint_good(self, step: int) -> None:
         self.good_checkpoint_step.set(step)

@@ -1,0 +1,151 @@
+"""How long a checkpoint blocks the training loop: asynchronous uploads against synchronous.
+
+One process starts a real MinIO (the test harness's) and runs the trainer in this
+process on the same model, data and seed, alternating sync and async rounds so that
+machine noise hits both alike. Each round trains `--steps` steps with a checkpoint
+every `--interval` steps to its own S3 prefix. The stall of a checkpoint is the time
+from the loop entering `save_checkpoint` to leaving it (callbacks on_checkpoint_begin
+and on_checkpoint_end): for sync the snapshot, upload and commit; for async the
+snapshot to local disk plus any wait for the previous upload. The final checkpoint
+(flushed at the end of training) is not a stall of the loop and is left out.
+
+    python benchmarks/checkpoint_stall.py [--steps 60] [--interval 20] [--rounds 2]
+
+Prints the median stall of each, the checkpoint size and the ratio async / sync
+(target <= 0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tests.integration.minio import new_bucket, running_minio, s3_env
+
+from kubetrain_trainer.callbacks import Callback, TrainerState
+from kubetrain_trainer.config import parse_config
+from kubetrain_trainer.distributed import DistInfo
+from kubetrain_trainer.runtime import Runtime
+from kubetrain_trainer.trainer import Trainer
+
+CORPUS = Path(__file__).resolve().parents[1] / "examples" / "data" / "tiny_corpus.txt"
+
+
+class StallTimer(Callback):
+    """Wall time of every checkpoint the loop asked for, and of every step."""
+
+    def __init__(self) -> None:
+        self.stalls: dict[int, float] = {}
+        self.steps: list[float] = []
+        self._ckpt = self._step = 0.0
+
+    def on_checkpoint_begin(self, state: TrainerState, **kwargs: Any) -> None:
+        self._ckpt = time.perf_counter()
+
+    def on_checkpoint_end(self, state: TrainerState, **kwargs: Any) -> None:
+        self.stalls[state.step] = time.perf_counter() - self._ckpt
+
+    def on_batch_begin(self, state: TrainerState, **kwargs: Any) -> None:
+        self._step = time.perf_counter()
+
+    def on_batch_end(self, state: TrainerState, **kwargs: Any) -> None:
+        self.steps.append(time.perf_counter() - self._step)
+
+
+def config(run_dir: str, uri: str, endpoint: str, steps: int, interval: int, *, sync: bool) -> Any:
+    return parse_config(
+        {
+            "run_dir": run_dir,
+            "model": {"d_model": 512, "n_layers": 4, "n_heads": 8, "max_seq_len": 64},
+            "data": {"path": str(CORPUS), "seq_len": 64, "batch_size": 4},
+            "training": {
+                "max_steps": steps,
+                "eval_steps": 10**6,
+                "eval_batches": 1,
+                "device": "cpu",
+            },
+            "checkpoint": {
+                "uri": uri,
+                "interval_steps": interval,
+                "keep_last": 2,
+                "resume": False,
+                "async_upload": not sync,
+                "s3": {"endpoint": endpoint},
+            },
+            "metrics": {"console": False, "jsonl": False},
+            "recovery": {"good_after_steps": 1},
+        }
+    )
+
+
+def run(endpoint: str, bucket: str, args: argparse.Namespace, r: int, *, sync: bool) -> StallTimer:
+    mode = "sync" if sync else "async"
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"s3://{bucket}/{mode}-{r}"
+        cfg = config(tmp, uri, endpoint, args.steps, args.interval, sync=sync)
+        dist_info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+        trainer = Trainer(cfg, Runtime(), dist_info)
+        timer = StallTimer()
+        trainer.callbacks.callbacks.append(timer)
+        try:
+            trainer.train()
+        finally:
+            trainer.close()
+        timer.stalls.pop(args.steps, None)  # the final checkpoint, flushed at the end
+        return timer
+
+
+def checkpoint_bytes(endpoint: str, bucket: str) -> int:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    objects = s3.list_objects_v2(Bucket=bucket, Prefix="sync-0/").get("Contents", [])
+    steps = {o["Key"].split("/")[1] for o in objects}
+    return sum(int(o["Size"]) for o in objects) // max(1, len(steps))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--interval", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    stalls: dict[str, list[float]] = {"sync": [], "async": []}
+    steps: dict[str, list[float]] = {"sync": [], "async": []}
+    with tempfile.TemporaryDirectory() as work, running_minio(Path(work)) as server:
+        os.environ.update(s3_env(server))
+        bucket = new_bucket(server)
+        for r in range(args.rounds):
+            # Alternate which runs first, so drift in machine load favours neither.
+            for sync in (True, False) if r % 2 == 0 else (False, True):
+                mode = "sync" if sync else "async"
+                timer = run(server.endpoint, bucket, args, r, sync=sync)
+                stalls[mode] += timer.stalls.values()
+                steps[mode] += timer.steps
+                shown = ", ".join(f"{s * 1e3:.0f}" for s in timer.stalls.values())
+                print(f"round {r + 1}/{args.rounds} {mode:5}: stalls ms [{shown}]", flush=True)
+        size = checkpoint_bytes(server.endpoint, bucket)
+    s, a = statistics.median(stalls["sync"]), statistics.median(stalls["async"])
+    print(
+        f"\nmodel d512 L4, checkpoint {size / 1e6:.0f} MB (model + AdamW + RNG), MinIO on "
+        f"loopback, CPU threads {torch.get_num_threads()}, {len(stalls['sync'])} checkpoints each"
+    )
+    print(
+        f"sync  stall: {s * 1e3:8.1f} ms (median), "
+        f"step {statistics.median(steps['sync']) * 1e3:.0f} ms"
+    )
+    print(
+        f"async stall: {a * 1e3:8.1f} ms (median), "
+        f"step {statistics.median(steps['async']) * 1e3:.0f} ms"
+    )
+    print(f"ratio async/sync: {a / s:.3f}   (target <= 0.1)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""Checkpoint uploads in a background thread, one in flight per rank.
+
+The loop snapshots its state to a local staging directory at the step boundary (fast,
+consistent); `AsyncCheckpointer.submit` hands that directory to a worker thread that
+uploads it, commits the manifest (CheckpointManager.save) and deletes it. The snapshot
+lives on disk, not in RAM, and a new submit first waits for the previous upload, so
+at most one staging directory per rank is waiting for storage.
+
+The worker's collectives (barrier, all_gather of hashes) run on a process group of
+their own (gloo, created once by every rank): on the training group they could
+interleave with the loop's collectives in a different order on different ranks.
+
+Storage errors are retried with backoff around every storage call (on top of
+botocore's own retries); a save that still fails is logged and counted, never
+committed (no manifest), and training goes on: the next checkpoint tries again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+
+from kubetrain_trainer.checkpoint.manager import CheckpointInfo, CheckpointManager
+from kubetrain_trainer.checkpoint.storage import Storage
+
+__all__ = ["AsyncCheckpointer", "RetryingStorage", "SaveResult", "group_collectives"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A collective that waits longer than this on the checkpoint group raises instead of
+# hanging the worker forever (e.g. a peer whose upload failed before the barrier).
+_GROUP_TIMEOUT = timedelta(minutes=15)
+
+
+class RetryingStorage(Storage):
+    """A Storage whose every call is retried with exponential backoff.
+
+    FileNotFoundError and ValueError are answers, not outages: they pass through.
+    With the defaults a call is tried 5 times over about a minute (2+4+8+16+30 s waits
+    are capped by `max_delay`).
+    """
+
+    def __init__(
+        self,
+        inner: Storage,
+        *,
+        attempts: int = 5,
+        base_delay: float = 2.0,
+        max_delay: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if attempts < 1:
+            raise ValueError("attempts must be >= 1")
+        self.inner = inner
+        self.attempts = attempts
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._sleep = sleep
+
+    def __repr__(self) -> str:
+        return f"RetryingStorage({self.inner!r})"
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return fn()
+            except (FileNotFoundError, ValueError):
+                raise
+            except Exception as error:
+                if attempt == self.attempts:
+                    raise
+                delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+                log.warning(
+                    "%s on %s failed (attempt %d/%d), retrying in %.1fs: %s",
+                    what,
+                    self.inner.root_uri,
+                    attempt,
+                    self.attempts,
+                    delay,
+                    error,
+                )
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    @property
+    def root_uri(self) -> str:
+        return self.inner.root_uri
+
+    def uri(self, key: str = "") -> str:
+        return self.inner.uri(key)
+
+    def put_file(self, key: str, path: Path) -> None:
+        self._call(f"upload of {key}", lambda: self.inner.put_file(key, path))
+
+    def get_file(self, key: str, path: Path) -> None:
+        self._call(f"download of {key}", lambda: self.inner.get_file(key, path))
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call(f"write of {key}", lambda: self.inner.put_bytes(key, data))
+
+    def get_bytes(self, key: str) -> bytes:
+        return self._call(f"read of {key}", lambda: self.inner.get_bytes(key))
+
+    def exists(self, key: str) -> bool:
+        return self._call(f"lookup of {key}", lambda: self.inner.exists(key))
+
+    def list_keys(self, prefix: str = "") -> builtins.list[str]:
+        return self._call(f"listing of {prefix!r}", lambda: self.inner.list_keys(prefix))
+
+    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
+        return self._call(f"listing of {prefix!r}", lambda: self.inner.list_dirs(prefix))
+
+    def delete(self, key: str) -> None:
+        self._call(f"delete of {key}", lambda: self.inner.delete(key))
+
+    def delete_prefix(self, prefix: str) -> None:
+        self._call(f"delete of {prefix}/", lambda: self.inner.delete_prefix(prefix))
+
+
+Collectives = tuple[Callable[[], None], Callable[[Any], builtins.list[Any]]]
+
+
+def group_collectives(timeout: timedelta = _GROUP_TIMEOUT) -> Collectives | None:
+    """barrier/all_gather_object on a new gloo group for checkpoint coordination, or
+    None without a process group. A collective itself: every rank must call it."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    group = dist.new_group(backend="gloo", timeout=timeout)
+    if not isinstance(group, dist.ProcessGroup):  # every rank is a member of this one
+        raise RuntimeError("this rank is not in the checkpoint process group")
+    size = dist.get_world_size()
+
+    def barrier() -> None:
+        dist.barrier(group=group)
+
+    def all_gather_object(obj: Any) -> builtins.list[Any]:
+        out: list[Any] = [None] * size
+        dist.all_gather_object(out, obj, group=group)
+        return out
+
+    return barrier, all_gather_object
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """How one submitted checkpoint ended: committed (`info`) or failed (`error`)."""
+
+    step: int
+    upload_seconds: float
+    info: CheckpointInfo | None = None
+    error: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.info is not None
+
+
+class AsyncCheckpointer:
+    """Uploads and commits staged checkpoints in one worker thread.
+
+    `manager` is the loop's manager; the worker uses a twin of it on `collectives`
+    (see group_collectives) and a RetryingStorage over the same storage. `on_done`
+    runs in the worker after each save (keep it thread-safe: metrics, attributes).
+    """
+
+    def __init__(
+        self,
+        manager: CheckpointManager,
+        *,
+        collectives: Collectives | None = None,
+        on_done: Callable[[SaveResult], None] | None = None,
+        retry: Mapping[str, Any] | None = None,
+    ) -> None:
+        barrier, gather = collectives if collectives else (None, None)
+        storage = manager.storage
+        if not isinstance(storage, RetryingStorage):
+            storage = RetryingStorage(storage, **dict(retry or {}))
+        self.manager = CheckpointManager(
+            manager.uri,
+            keep_last=manager.keep_last,
+            keep_best=manager.keep_best,
+            best_metric=manager.best_metric,
+            rank=manager.rank,
+            world_size=manager.world_size,
+            barrier=barrier,
+            all_gather_object=gather,
+            storage=storage,
+        )
+        self._on_done = on_done
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-upload")
+        self._lock = threading.Lock()
+        self._inflight: Future[SaveResult] | None = None
+        self._markers: list[Future[None]] = []
+        self._inflight_step: int | None = None
+        self._good_after_commit: set[int] = set()
+        self._finished: list[SaveResult] = []
+
+    @property
+    def busy(self) -> bool:
+        """Whether an upload is still running."""
+        return self._inflight is not None and not self._inflight.done()
+
+    def submit(
+        self,
+        step: int,
+        staging: Path,
+        metrics: Mapping[str, float] | None = None,
+        *,
+        epoch: int = 0,
+    ) -> None:
+        """Start uploading `staging` (deleted afterwards) as checkpoint `step`.
+
+        Waits for the previous upload first: one in flight per rank. Every rank must
+        submit the same steps in the same order (the worker runs collectives).
+        """
+        self._join()
+        with self._lock:
+            self._inflight_step = step
+            self._inflight = self._pool.submit(
+                self._run, step, Path(staging), dict(metrics or {}), epoch
+            )
+
+    def wait(self) -> builtins.list[SaveResult]:
+        """Block until no upload or good marker is in flight; returns (and forgets)
+        every save that ended since the last call, oldest first."""
+        self._join()
+        markers, self._markers = self._markers, []
+        for marker in markers:
+            marker.result()  # _mark never raises
+        return self.finished()
+
+    def _join(self) -> None:
+        future = self._inflight
+        if future is not None:
+            future.result()  # _run never raises
+            self._inflight = None
+
+    def finished(self) -> builtins.list[SaveResult]:
+        """The saves that ended since the last call, without waiting."""
+        with self._lock:
+            done, self._finished = self._finished, []
+        return done
+
+    def mark_good(self, step: int) -> None:
+        """Have the worker mark checkpoint `step` good (rank 0 writes, others no-op):
+        right after its commit when it is still uploading, else next. The loop never
+        waits for storage here, and a failure is logged, not raised."""
+        with self._lock:
+            if step == self._inflight_step:  # the worker has not decided on markers yet
+                self._good_after_commit.add(step)
+                return
+            self._markers = [m for m in self._markers if not m.done()]
+            self._markers.append(self._pool.submit(self._mark, step))
+
+    def _mark(self, step: int) -> None:
+        try:
+            self.manager.mark_good(step)
+        except Exception:  # a missing marker only narrows rollback choices
+            log.exception("marking checkpoint at step %d good failed", step)
+
+    def close(self) -> None:
+        """Wait for the upload in flight and stop the worker."""
+        self.wait()
+        self._pool.shutdown(wait=True)
+
+    def _run(self, step: int, staging: Path, metrics: dict[str, float], epoch: int) -> SaveResult:
+        started = time.monotonic()
+        log.info("uploading checkpoint at step %d", step)
+        try:
+            info = self.manager.save(step, staging, metrics, epoch=epoch)
+            result = SaveResult(step, time.monotonic() - started, info=info)
+        except Exception as error:  # the loop goes on; the next checkpoint tries again
+            log.exception("checkpoint at step %d was not committed", step)
+            result = SaveResult(step, time.monotonic() - started, error=repr(error))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        with self._lock:
+            mark = step in self._good_after_commit
+            self._good_after_commit.discard(step)
+            self._inflight_step = None
+        if mark and result.committed:
+            self._mark(step)
+        if self._on_done is not None:
+            try:
+                self._on_done(result)
+            except Exception:
+                log.exception("checkpoint completion hook failed")
+        with self._lock:
+            self._finished.append(result)
+        return result
