@@ -8,10 +8,11 @@ CACHE ?= $(HOME)/.cache/kubetrain
 DEPS_KEY := $(shell python3 hack/deps_key.py)
 VENV ?= $(CACHE)/venv-$(DEPS_KEY)
 PY := $(VENV)/bin/python
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint unit pytest test demo testbin dev-cluster crd bench clean
+.PHONY: help venv lint unit pytest test demo testbin dev-cluster crd dashboards chart images kind bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -50,8 +51,23 @@ demo: venv ## train examples/trainingjob.yaml locally (no cluster needed)
 dev-cluster: venv testbin ## a local Kubernetes cluster with the CRD and operator; Ctrl-C stops it
 	$(PY) -m tests.harness up
 
-crd: venv ## regenerate crds/ and docs/api.md from the pydantic API models
+crd: venv ## regenerate crds/, docs/api.md and the chart's copies from the pydantic API models
 	$(PY) -m kubetrain_trainer crd --write --docs
+	cp crds/trainingjobs.kubetrain.io.yaml helm/kubetrain/files/crds/
+	cp operator/deploy/rbac.yaml helm/kubetrain/files/rbac.yaml
+
+dashboards: venv ## regenerate the chart's Grafana dashboards (helm/kubetrain/dashboards/*.json)
+	$(PY) hack/dashboards.py
+
+chart: crd dashboards testbin ## lint the chart with the pinned helm
+	$$($(PY) -m tests.harness.binaries locate helm) lint --strict helm/kubetrain
+
+images: ## build both images (needs a Docker engine; not available in CI here)
+	docker build --target operator -t ghcr.io/kubetrain/kubetrain-operator:$(VERSION) .
+	docker build --target trainer -t ghcr.io/kubetrain/kubetrain-trainer:$(VERSION) .
+
+kind: ## kind cluster with both images, the chart and the example job (needs Docker, kind)
+	hack/kind/up.sh
 
 bench: venv ## trainer step time against a plain PyTorch loop
 	$(PY) benchmarks/trainer_overhead.py
