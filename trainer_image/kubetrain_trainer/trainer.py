@@ -171,11 +171,7 @@ class Trainer:
         self.reporter = ProgressReporter(
             total_steps=self.total_steps, enabled=main and cfg.metrics.console
         )
-        self.server = (
-            MetricsServer(cfg.metrics.port, self.metrics, self.progress).start()
-            if main and cfg.metrics.port
-            else None
-        )
+        self.server: MetricsServer | None = None
         callbacks = build_callbacks(cfg.extensions.callbacks)
         early = cfg.training.early_stopping
         if early.patience is not None:
@@ -187,6 +183,10 @@ class Trainer:
             if runtime.resume_from and runtime.lr_scale != 1.0:
                 # A rollback recipe (PaLM/OPT): lower the LR once, from the rollback point on.
                 scale_lr(self.scheduler, runtime.lr_scale)
+        # Serve /progress only once resumed: a step of 0 while the checkpoint loads
+        # would tell the operator that the job went backwards.
+        if main and cfg.metrics.port:
+            self.server = MetricsServer(cfg.metrics.port, self.metrics, self.progress).start()
 
     # ------------------------------------------------------------------ the loop
 
