@@ -25,7 +25,7 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
 
     # torch is imported only once the config is known to be good.
     from kubetrain_trainer import distributed
-    from kubetrain_trainer.metrics import summary_table
+    from kubetrain_trainer.metrics import print_summary
     from kubetrain_trainer.trainer import NaNUnrecoverable, Preempted, Trainer
 
     dist_info = distributed.init_distributed(cfg.training.device)
@@ -70,9 +70,7 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         distributed.shutdown()
     if dist_info.is_main:
         if cfg.metrics.console:
-            from rich.console import Console
-
-            Console().print(summary_table(summary.as_dict()))
+            print_summary(summary.as_dict())
         TerminationMessage("Succeeded", "training finished", step=summary.steps).write(
             runtime.termination_log
         )

@@ -10,6 +10,7 @@ use the same indices.
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import tempfile
 import time
@@ -276,7 +277,7 @@ class Trainer:
             val_loss=val_loss, val_perplexity=perplexity(val_loss), val_step=self.step
         )
         self.best_val = min(self.best_val, val_loss)
-        self.metrics.val_loss.set(val_loss)
+        self.metrics.update_val(val_loss)
         self.log.val(step=self.step, val_loss=val_loss)
         self.reporter.validation(self.step, val_loss)
         self.callbacks.on_validation_end(self.state)
@@ -361,7 +362,7 @@ class Trainer:
         if self.server:
             self.server.stop()
         self.reporter.close()
-        _rmtree(self.scratch)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
     # ------------------------------------------------------------------ helpers
 
@@ -448,7 +449,7 @@ class Trainer:
     def _mark_good(self, step: int) -> None:
         if self.dist.is_main:
             self.saver.mark_good(step)
-        self.metrics.good_checkpoint_step.set(step)
+        self.metrics.checkpoint_good(step)
 
     def _record_nan(self, action: str) -> None:
         self.counters["nan_events"] += 1
@@ -517,9 +518,3 @@ class Trainer:
             self.save_checkpoint()
             self._flush_checkpoints()
         raise Preempted(f"preempted at step {self.step}")
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
