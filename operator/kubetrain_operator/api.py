@@ -291,7 +291,7 @@ class WorkerCounts(ApiModel):
 
 
 class RecoveryStatus(ApiModel):
-    """What the next attempt of the gang starts from (the operator's memory)."""
+    """What the next attempt of the gang starts from (the operator's memory across attempts)."""
 
     attempt: int = Field(0, ge=0, le=1_000_000)
     """Gang generation: pods of attempt N are labelled kubetrain.io/attempt=N."""
@@ -307,6 +307,10 @@ class RecoveryStatus(ApiModel):
     """When the last gang restart was decided (recovery time runs until all pods run again)."""
     lastFailure: Message = ""
     """The last failure's reason and message."""
+    highestStep: int = Field(0, ge=0, le=10**12)
+    """The highest step any attempt reached: steps up to it are redone after a restart."""
+    productiveSeconds: float = Field(0.0, ge=0, le=1e12)
+    """Wall time spent on steps beyond highestStep (goodputPercent's numerator)."""
 
 
 class TrainingJobStatus(ApiModel):

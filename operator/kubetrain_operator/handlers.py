@@ -87,7 +87,7 @@ def on_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def on_delete(namespace: str | None, name: str, **_: Any) -> None:
-    operator_metrics.set_job_state(f"{namespace}/{name}", None)  # GC deletes the children
+    operator_metrics.record_job(namespace or "default", name, None)  # GC deletes the children
 
 
 # --- the level-based step --------------------------------------------------------------
@@ -98,7 +98,7 @@ def reconcile_job(namespace: str, name: str) -> None:
     with _locks[key], operator_metrics.RECONCILE.time():
         body = _get_job(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
-            operator_metrics.set_job_state(key, None)
+            operator_metrics.record_job(namespace, name, None)
             return
         try:
             job = TrainingJob.model_validate(body)
@@ -107,7 +107,7 @@ def reconcile_job(namespace: str, name: str) -> None:
             message = f"spec is invalid: {problems}"
             for action in reject_invalid(body, message, datetime.now(UTC)):
                 _apply_to(namespace, name, body, action)
-            operator_metrics.set_job_state(key, "Failed")
+            operator_metrics.record_job(namespace, name, {"state": "Failed"})
             return
         pods = _list_pods(namespace, name)
         observed = Observed(
@@ -118,13 +118,12 @@ def reconcile_job(namespace: str, name: str) -> None:
             progress=_progress(job, pods),
         )
         actions = reconcile(job, observed, SETTINGS, lambda: _checkpoints(job))
+        status = body.get("status") or {}
         for action in actions:
             _apply(job, body, action)
-        state = job.status.state if job.status else "Pending"
-        for action in actions:
             if isinstance(action, PatchStatus):
-                state = action.status["state"]
-        operator_metrics.set_job_state(key, state)
+                status = action.status
+        operator_metrics.record_job(namespace, name, status)
 
 
 def _apply(job: TrainingJob, body: dict[str, Any], action: Action) -> None:

@@ -2,12 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 JOBS = Gauge("kubetrain_operator_jobs", "TrainingJobs by state", ["state"])
+JOB_INFO = Gauge(
+    "kubetrain_operator_job_info",
+    "1 for each TrainingJob, labelled with its current state",
+    ["namespace", "trainingjob", "state"],
+)
+JOB_RESTARTS = Gauge(
+    "kubetrain_operator_job_restarts",
+    "Gang restarts of one TrainingJob by cause (status.restarts; survives operator restarts)",
+    ["namespace", "trainingjob", "cause"],
+)
+JOB_GOODPUT = Gauge(
+    "kubetrain_operator_job_goodput_percent",
+    "Share of the job's wall time spent on training steps that were kept (status.goodputPercent)",
+    ["namespace", "trainingjob"],
+)
 RESTARTS = Counter("kubetrain_operator_restarts_total", "Gang restarts by cause", ["cause"])
 RECONCILE = Histogram(
     "kubetrain_operator_reconcile_duration_seconds",
@@ -25,20 +43,40 @@ RECOVERY = Histogram(
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
 STATES = ("Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+RESTART_CAUSES = ("nodeFailure", "nan", "error", "hang")
 
-_states: dict[str, str] = {}
+_states: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()
 
 
-def set_job_state(key: str, state: str | None) -> None:
-    """Remember one job's state (None: deleted) and refresh the per-state gauge."""
+def record_job(namespace: str, name: str, status: Mapping[str, Any] | None) -> None:
+    """Refresh one job's series from its status (None: the job is gone) and the
+    per-state totals. Per-job series are bounded by the jobs that exist."""
+    key = (namespace, name)
     with _lock:
-        if state is None:
-            _states.pop(key, None)
+        old = _states.pop(key, None)
+        if old is not None:
+            JOB_INFO.remove(namespace, name, old)
+        if status is None:
+            for cause in RESTART_CAUSES:
+                _remove(JOB_RESTARTS, namespace, name, cause)
+            _remove(JOB_GOODPUT, namespace, name)
         else:
+            state = str(status.get("state") or "Pending")
             _states[key] = state
-        for name in STATES:
-            JOBS.labels(state=name).set(sum(1 for s in _states.values() if s == name))
+            JOB_INFO.labels(namespace, name, state).set(1)
+            restarts = status.get("restarts") or {}
+            for cause in RESTART_CAUSES:
+                JOB_RESTARTS.labels(namespace, name, cause).set(restarts.get(cause, 0))
+            if status.get("goodputPercent") is not None:
+                JOB_GOODPUT.labels(namespace, name).set(status["goodputPercent"])
+        for state in STATES:
+            JOBS.labels(state=state).set(sum(1 for s in _states.values() if s == state))
+
+
+def _remove(metric: Gauge, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never set (e.g. goodput before the first step)
+        metric.remove(*labels)
 
 
 def observe(metric: str, value: float, label: str = "") -> None:

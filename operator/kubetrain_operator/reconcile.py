@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from kubetrain_operator import builders
+from kubetrain_operator import builders, goodput
 from kubetrain_operator.api import (
     ConditionType,
     Progress,
@@ -343,6 +343,7 @@ def _read_progress(step: _Step, progress: Progress | None) -> None:
     prev = step.status.progress
     if prev is not None and prev.step > 0 and progress.step == 0:
         return  # a new attempt serves /progress before it has resumed: keep the last known
+    _account_goodput(step, progress.step)
     new = progress.model_copy(deep=True)
     new.updateTime = timestamp(step.now)
     advanced = prev is None or new.step > prev.step
@@ -350,6 +351,26 @@ def _read_progress(step: _Step, progress: Progress | None) -> None:
     if new.lastCheckpoint is None and prev is not None:
         new.lastCheckpoint = prev.lastCheckpoint
     step.status.progress = new
+
+
+def _account_goodput(step: _Step, reached: int) -> None:
+    """Credit the time since the last reading to the steps beyond the highest ever
+    reached, then refresh goodputPercent. Called before status.progress moves on."""
+    st, rec = step.status, step.status.recovery
+    prev = st.progress
+    since = parse_time(prev.updateTime if prev else None) or parse_time(
+        st.allRunningTime or st.startTime
+    )
+    elapsed = (step.now - since).total_seconds() if since else 0.0
+    rec.productiveSeconds += goodput.productive_seconds(
+        prev.step if prev else 0, reached, rec.highestStep, elapsed
+    )
+    rec.highestStep = max(rec.highestStep, reached)
+    started = parse_time(st.startTime)
+    if started:
+        st.goodputPercent = goodput.percent(
+            rec.productiveSeconds, (step.now - started).total_seconds()
+        )
 
 
 def _hung(step: _Step, live: dict[int, Obj]) -> bool:
@@ -396,6 +417,8 @@ def _gang_failed(  # noqa: PLR0917 (one call site per cause)
     detail = f"{decision.message}; last failure: {message.message if message else cause}"
     st.recovery = RecoveryStatus(
         attempt=st.recovery.attempt + 1,
+        highestStep=st.recovery.highestStep,
+        productiveSeconds=st.recovery.productiveSeconds,
         resumeFrom=decision.resume_from,
         skipBatches=new.skip_batches,
         lrScale=new.lr_scale,
@@ -413,8 +436,10 @@ def _succeed(step: _Step, pods: list[Obj], zero: Obj) -> None:
     st = step.status
     message = TerminationMessage.from_json(_terminated(zero).get("message") or "")
     if message and message.step is not None:
+        _account_goodput(step, message.step)
         st.progress = st.progress or Progress()
         st.progress.step = max(st.progress.step, message.step)
+        st.progress.updateTime = timestamp(step.now)
     st.completionTime = timestamp(step.now)
     step.condition("Succeeded", True, "Succeeded", "training finished")
     step.condition("Running", False, "Succeeded", "training finished")

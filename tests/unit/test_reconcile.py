@@ -338,3 +338,25 @@ def test_progress_json_from_rank_zero_is_parsed_and_rounded() -> None:
     assert progress.lastCheckpoint is not None
     assert progress.lastCheckpoint.time == "2026-11-22T02:26:46Z"
     assert parse_progress({"step": -1}) is None  # out of bounds: keep the previous reading
+
+
+def test_goodput_counts_only_steps_beyond_the_highest_reached() -> None:
+    """100 s of new steps, a restart, 50 s redoing 20 lost steps, 50 s of new ones."""
+    status = _running_status() | {"startTime": "2026-01-01T12:00:00Z"}
+    status["allRunningTime"] = "2026-01-01T12:00:00Z"
+    pods = [_pod(0, "Running"), _pod(1, "Running")]
+    st = _status(
+        _run(_job(status), pods, now=NOW + timedelta(seconds=100), progress=Progress(step=100))
+    )
+    assert st.goodputPercent == 100.0 and st.recovery.highestStep == 100
+    # The next attempt resumed from step 80: reaching 100 again is redone work.
+    st.recovery.attempt = 1
+    pods = [_pod(0, "Running", attempt=1), _pod(1, "Running", attempt=1)]
+    for seconds, step in ((110, 80), (160, 100), (210, 150)):
+        job = _job(st.model_dump(mode="json"))
+        st = _status(
+            _run(job, pods, now=NOW + timedelta(seconds=seconds), progress=Progress(step=step))
+        )
+    assert st.recovery.productiveSeconds == 150.0
+    assert st.goodputPercent == round(100 * 150 / 210, 1)
+    assert st.recovery.highestStep == 150
