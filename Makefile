@@ -24,9 +24,13 @@ $(VENV)/.installed: | constraints.txt
 	$(VENV)/bin/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
+EDITABLE := $(CURDIR) $(shell sha256sum pyproject.toml | cut -c1-12)
+
 venv: $(VENV)/.installed ## create the cached virtualenv with every dependency
-	@# the editable install points at this clone (cheap, keeps `kubetrain` on PATH current)
-	@$(VENV)/bin/pip install -q --no-deps -e . >/dev/null
+	@# the editable install points at this clone; redone only when the clone or
+	@# pyproject.toml changed (concurrent reinstalls race on the console scripts)
+	@test "$$(cat $(VENV)/.editable 2>/dev/null)" = "$(EDITABLE)" || { \
+	  $(VENV)/bin/pip install -q --no-deps -e . >/dev/null && echo "$(EDITABLE)" > $(VENV)/.editable; }
 
 lint: venv ## ruff and mypy
 	$(VENV)/bin/ruff check .

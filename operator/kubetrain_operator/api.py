@@ -257,7 +257,7 @@ class Progress(ApiModel):
     """Training throughput of the whole gang."""
     lastCheckpoint: CheckpointRef | None = None
     updateTime: Timestamp | None = None
-    """When the operator last read the progress."""
+    """When the operator last read the progress; cleared when the gang stops."""
     lastStepTime: Timestamp | None = None
     """When the step last advanced (or the gang last started): the hang detector's clock."""
 

@@ -116,6 +116,7 @@ def reconcile_job(namespace: str, name: str) -> None:
             configmap=_exists("configmap", namespace, f"{name}-config"),
             now=datetime.now(UTC),
             progress=_progress(job, pods),
+            lost_nodes=_lost_nodes(pods),
         )
         actions = reconcile(job, observed, SETTINGS, lambda: _checkpoints(job))
         status = body.get("status") or {}
@@ -255,6 +256,30 @@ def _progress(job: TrainingJob, pods: list[dict[str, Any]]) -> Any:
             port = job.spec.monitoring.port
             return read_progress(status["podIP"], port, SETTINGS.progress_timeout_seconds)
     return None
+
+
+def _lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
+    """Nodes of the job's pods whose Ready condition is not True. Looked up only when a
+    pod failed or is being deleted: that is when the answer changes a decision."""
+    troubled = any(
+        (p.get("status") or {}).get("phase") == "Failed" or p["metadata"].get("deletionTimestamp")
+        for p in pods
+    )
+    if not troubled:
+        return frozenset()
+    lost = set()
+    for node in {(p.get("spec") or {}).get("nodeName") for p in pods} - {None, ""}:
+        try:
+            body = client.CoreV1Api().read_node(node)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            lost.add(node)  # deleted Node: its pods are gone with it
+            continue
+        ready = [c for c in body.status.conditions or [] if c.type == "Ready"]
+        if not ready or ready[0].status != "True":
+            lost.add(node)
+    return frozenset(lost)
 
 
 def _checkpoints(job: TrainingJob) -> list[Checkpoint]:

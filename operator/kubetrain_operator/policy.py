@@ -11,6 +11,7 @@ from enum import StrEnum
 
 from kubetrain_operator.api import FaultToleranceSpec
 from kubetrain_trainer.contract import (
+    RESUME_FROM_SCRATCH,
     ExitCode,
     TerminationMessage,
     format_step_ranges,
@@ -151,7 +152,7 @@ def _rollback(
         "RollbackNaN",
         f"non-finite loss: rolling back to {where}, skipping batches {skip or 'none'}",
         Cause.NAN,
-        resume_from=target.uri if target else None,
+        resume_from=target.uri if target else RESUME_FROM_SCRATCH,
         skip_batches=skip,
         lr_scale=lr_scale,
     )

@@ -26,7 +26,13 @@ from kubetrain_operator.api import (
 )
 from kubetrain_operator.policy import Cause, Checkpoint, RecoveryState, classify, decide, record
 from kubetrain_operator.settings import Settings
-from kubetrain_operator.status import parse_time, set_condition, state_of, timestamp
+from kubetrain_operator.status import (
+    get_condition,
+    parse_time,
+    set_condition,
+    state_of,
+    timestamp,
+)
 from kubetrain_trainer.contract import TerminationMessage
 
 Obj = dict[str, Any]
@@ -82,6 +88,7 @@ class Observed:
     configmap: bool
     now: datetime
     progress: Progress | None = None  # rank 0's /progress; None when not reachable
+    lost_nodes: frozenset[str] = frozenset()  # nodes of these pods that are not Ready
 
 
 # --- reading pods --------------------------------------------------------------------
@@ -110,6 +117,14 @@ def _deleting(pod: Obj) -> bool:
 
 def _name(pod: Obj) -> str:
     return str(pod["metadata"]["name"])
+
+
+def _node(pod: Obj) -> str:
+    return str((pod.get("spec") or {}).get("nodeName") or "")
+
+
+def _finished_at(pod: Obj) -> datetime | None:
+    return parse_time(_terminated(pod).get("finishedAt"))
 
 
 def _terminated(pod: Obj) -> Obj:
@@ -253,8 +268,10 @@ def _run(
         _fail(step, pods, "CheckpointURIRequired", text)
         return
 
-    # Stuck in Terminating past the grace period (e.g. a dead node): force-delete.
-    stuck = [p for p in pods if _deleting(p) and _overdue(p, now)]
+    # Stuck in Terminating past the grace period, or on a node that stopped answering
+    # (its kubelet can never confirm the deletion): force-delete.
+    lost = observed.lost_nodes
+    stuck = [p for p in pods if _deleting(p) and (_overdue(p, now) or _node(p) in lost)]
     step.delete(stuck, "StuckTerminating", force=True)
 
     if spec.runPolicy.suspend:
@@ -262,6 +279,7 @@ def _run(
         if any(_attempt(p) == st.recovery.attempt for p in pods):
             st.recovery.attempt += 1  # the next gang is a new attempt (not a restart)
         step.condition("Suspended", True, "Suspended", "pods deleted; checkpoints kept")
+        _end_progress_baseline(st)
         step.condition("Running", False, "Suspended", "job suspended")
         st.workers = _counts([])
         return
@@ -292,6 +310,14 @@ def _run(
     failed = [p for p in live.values() if _phase(p) == "Failed" or _deleting(p)]
     if failed:
         _, cause, message = _pick_failure(failed)
+        on_lost = [p for p in live.values() if _node(p) in lost]
+        if on_lost and cause in (Cause.ERROR, Cause.NODE_FAILURE):
+            # The peers' errors are symptoms: a worker's node stopped answering.
+            pod = on_lost[0]
+            text = f"node {_node(pod)} of worker {_name(pod)} is not ready"
+            cause, message = Cause.NODE_FAILURE, TerminationMessage("NodeFailure", text)
+        elif cause is Cause.ERROR and _settling(live, failed, now, settings):
+            return  # a peer that still looks alive may sit on a node that just died
         _gang_failed(step, pods, list(live.values()), cause, message, settings, checkpoints)
         return
     if _hung(step, live):
@@ -353,14 +379,19 @@ def _read_progress(step: _Step, progress: Progress | None) -> None:
     step.status.progress = new
 
 
+def _end_progress_baseline(st: TrainingJobStatus) -> None:
+    if st.progress is not None:
+        st.progress.updateTime = None
+
+
 def _account_goodput(step: _Step, reached: int) -> None:
     """Credit the time since the last reading to the steps beyond the highest ever
     reached, then refresh goodputPercent. Called before status.progress moves on."""
     st, rec = step.status, step.status.recovery
     prev = st.progress
-    since = parse_time(prev.updateTime if prev else None) or parse_time(
-        st.allRunningTime or st.startTime
-    )
+    # No baseline from this attempt (first reading, or the gang was restarted since):
+    # nothing is credited, or downtime would count as the new steps' time.
+    since = parse_time(prev.updateTime if prev else None)
     elapsed = (step.now - since).total_seconds() if since else 0.0
     rec.productiveSeconds += goodput.productive_seconds(
         prev.step if prev else 0, reached, rec.highestStep, elapsed
@@ -373,6 +404,15 @@ def _account_goodput(step: _Step, reached: int) -> None:
         )
 
 
+def _settling(live: dict[int, Obj], failed: list[Obj], now: datetime, settings: Settings) -> bool:
+    """Whether to wait before blaming a plain error: some peer is neither finished nor
+    deleted yet, and the first failure is younger than the settle time."""
+    alive = [p for p in live.values() if _phase(p) in ("Pending", "Running") and not _deleting(p)]
+    first = min((t for t in map(_finished_at, failed) if t is not None), default=None)
+    window = timedelta(seconds=settings.failure_settle_seconds)
+    return bool(alive) and first is not None and now - first < window
+
+
 def _hung(step: _Step, live: dict[int, Obj]) -> bool:
     deadline = step.job.spec.faultTolerance.progressDeadlineSeconds
     progress = step.status.progress
@@ -380,7 +420,12 @@ def _hung(step: _Step, live: dict[int, Obj]) -> bool:
         return False
     if not all(_phase(p) == "Running" for p in live.values()):
         return False
-    last = parse_time(progress.lastStepTime)
+    running = get_condition(step.status.conditions, "Running")
+    if running is None or running.status != "True":
+        return False  # this gang has only just started: its clock starts now
+    # The clock restarts with each gang: the step it resumed from is no progress yet.
+    times = (parse_time(progress.lastStepTime), parse_time(running.lastTransitionTime))
+    last = max((t for t in times if t is not None), default=None)
     return last is not None and (step.now - last).total_seconds() > deadline
 
 
@@ -428,6 +473,7 @@ def _gang_failed(  # noqa: PLR0917 (one call site per cause)
     )
     step.condition("Restarting", True, decision.reason, detail)
     step.condition("Running", False, decision.reason, "restarting the gang")
+    _end_progress_baseline(st)
     step.delete([p for p in gang if not _deleting(p)], decision.reason)
     step.events.append(Observe("restart", 1, decision.cause.value))
 

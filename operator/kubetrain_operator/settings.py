@@ -41,6 +41,11 @@ class Settings:
     restart_backoff_max_seconds: int = 300
     progress_timeout_seconds: float = 2.0
     """Timeout of one read of rank 0's /progress."""
+    failure_settle_seconds: int = 50
+    """After a worker fails with a plain error while its peers still look alive, wait up to
+    this long (KUBETRAIN_FAILURE_SETTLE_SECONDS) for the peers to exit or their node to turn
+    NotReady, so a dead node is recorded as NodeFailure and not as the peer's error. Match
+    the controller-manager's --node-monitor-grace-period (50 s by default)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -55,4 +60,5 @@ class Settings:
             reconcile_interval_seconds=float(env.get("KUBETRAIN_RECONCILE_INTERVAL", "5")),
             restart_backoff_seconds=_env_int("KUBETRAIN_RESTART_BACKOFF_SECONDS", 5),
             restart_backoff_max_seconds=_env_int("KUBETRAIN_RESTART_BACKOFF_MAX_SECONDS", 300),
+            failure_settle_seconds=_env_int("KUBETRAIN_FAILURE_SETTLE_SECONDS", 50),
         )

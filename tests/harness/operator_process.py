@@ -102,6 +102,9 @@ class OperatorProcess:
             "KUBETRAIN_WORKING_DIR": str(REPO_ROOT),  # the image's WORKDIR holds examples/ too
             "KUBETRAIN_RESTART_BACKOFF_SECONDS": "2",
             "KUBETRAIN_RECONCILE_INTERVAL": "3",
+            # Twice the harness's node-monitor grace period (10 s): a peer's error waits
+            # that long for a dead node to show as NotReady.
+            "KUBETRAIN_FAILURE_SETTLE_SECONDS": "20",
             # The operator lists checkpoints (NaN rollbacks) with its own credentials.
             "AWS_ACCESS_KEY_ID": minio.access_key,
             "AWS_SECRET_ACCESS_KEY": minio.secret_key,

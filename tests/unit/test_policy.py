@@ -11,7 +11,7 @@ from kubetrain_operator.policy import (
     decide,
     record,
 )
-from kubetrain_trainer.contract import ExitCode, TerminationMessage
+from kubetrain_trainer.contract import RESUME_FROM_SCRATCH, ExitCode, TerminationMessage
 
 CKPTS = [
     Checkpoint(10, "file:///c/step-00000010", good=True),
@@ -81,3 +81,11 @@ def test_skip_ranges_accumulate_across_rollbacks() -> None:
 def test_nan_action_fail() -> None:
     policy = FaultToleranceSpec.model_validate({"nan": {"action": "Fail"}})
     assert decide(policy, RecoveryState(), Cause.NAN, nan_message(), CKPTS).action == "fail"
+
+
+def test_nan_without_a_proven_checkpoint_starts_over_never_from_an_unproven_one() -> None:
+    unproven = [Checkpoint(10, "file:///c/step-00000010", good=False)]
+    msg = TerminationMessage("NaNUnrecoverable", "loss is nan", skip_batches="12-13")
+    d = decide(FaultToleranceSpec(), RecoveryState(), Cause.NAN, msg, unproven)
+    assert d.action == "restart" and d.resume_from == RESUME_FROM_SCRATCH
+    assert d.skip_batches == "12-13" and "the start" in d.message

@@ -281,6 +281,15 @@ def test_progress_is_copied_and_a_stalled_gang_counts_as_hung() -> None:
     st2 = _status(_run(stalled, pods, now=later, progress=Progress(step=10)))
     assert st2.restarts.hang == 1 and st2.state == "Restarting"
 
+    # The next gang starts its own clock: running at once, later than the old deadline,
+    # it is not hung, and resuming below the old step is no stall either.
+    pods = [_pod(0, "Running", attempt=1), _pod(1, "Running", attempt=1)]
+    for seconds, step in ((120, 0), (130, 5), (180, 8)):
+        job = _job(st2.model_dump(mode="json"), faultTolerance={"progressDeadlineSeconds": 60})
+        at = NOW + timedelta(seconds=seconds)
+        st2 = _status(_run(job, pods, now=at, progress=Progress(step=step)))
+        assert st2.restarts.hang == 1 and st2.state == "Running", seconds
+
 
 def test_evicted_worker_counts_as_node_failure() -> None:
     job = _job(_running_status())
@@ -341,22 +350,61 @@ def test_progress_json_from_rank_zero_is_parsed_and_rounded() -> None:
 
 
 def test_goodput_counts_only_steps_beyond_the_highest_reached() -> None:
-    """100 s of new steps, a restart, 50 s redoing 20 lost steps, 50 s of new ones."""
+    """90 s of new steps, a restart, 50 s redoing lost steps, 50 s of new ones."""
     status = _running_status() | {"startTime": "2026-01-01T12:00:00Z"}
-    status["allRunningTime"] = "2026-01-01T12:00:00Z"
     pods = [_pod(0, "Running"), _pod(1, "Running")]
-    st = _status(
-        _run(_job(status), pods, now=NOW + timedelta(seconds=100), progress=Progress(step=100))
-    )
-    assert st.goodputPercent == 100.0 and st.recovery.highestStep == 100
-    # The next attempt resumed from step 80: reaching 100 again is redone work.
-    st.recovery.attempt = 1
+
+    def read(
+        status: TrainingJobStatus | dict[str, Any], seconds: int, step: int
+    ) -> TrainingJobStatus:
+        body = status if isinstance(status, dict) else status.model_dump(mode="json")
+        at = NOW + timedelta(seconds=seconds)
+        return _status(_run(_job(body), pods, now=at, progress=Progress(step=step)))
+
+    st = read(read(status, 10, 0), 100, 90)
+    assert st.goodputPercent == 90.0 and st.recovery.highestStep == 90
+    pods = [_pod(0, "Running"), _pod(1, "Failed", **_terminated(137))]
+    st = _status(_run(_job(st.model_dump(mode="json")), pods, now=NOW + timedelta(seconds=120)))
+    assert st.recovery.attempt == 1
+    # The next attempt resumed from step 70: the downtime and reaching 90 again are lost.
     pods = [_pod(0, "Running", attempt=1), _pod(1, "Running", attempt=1)]
-    for seconds, step in ((110, 80), (160, 100), (210, 150)):
-        job = _job(st.model_dump(mode="json"))
-        st = _status(
-            _run(job, pods, now=NOW + timedelta(seconds=seconds), progress=Progress(step=step))
-        )
-    assert st.recovery.productiveSeconds == 150.0
-    assert st.goodputPercent == round(100 * 150 / 210, 1)
-    assert st.recovery.highestStep == 150
+    for seconds, step in ((140, 70), (190, 90), (240, 140)):
+        st = read(st, seconds, step)
+    assert st.recovery.productiveSeconds == 140.0
+    assert st.goodputPercent == round(100 * 140 / 240, 1)
+    assert st.recovery.highestStep == 140
+
+
+def _on(pod: dict[str, Any], node: str) -> dict[str, Any]:
+    pod["spec"]["nodeName"] = node
+    return pod
+
+
+def test_a_peer_error_waits_to_see_whether_a_node_died() -> None:
+    """Worker 0 errors out because its peer vanished; the peer's pod still says Running."""
+    job = _job(_running_status())
+    term = _terminated(1)
+    term["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-01T12:00:00Z"
+    pods = [_on(_pod(0, "Failed", **term), "n1"), _on(_pod(1, "Running"), "n2")]
+    settling = _run(job, pods, now=NOW + timedelta(seconds=5))
+    assert _status(settling).restarts.total == 0  # no decision yet
+    assert not [a for a in settling if isinstance(a, DeletePods)]
+
+    # The peer's node turns NotReady: the restart is a node failure, and a pod stuck
+    # Terminating there is force-deleted at once.
+    pods[1]["metadata"]["deletionTimestamp"] = "2026-01-01T12:00:20Z"
+    observed = Observed(pods, True, True, NOW + timedelta(seconds=8), lost_nodes=frozenset({"n2"}))
+    actions = reconcile(job, observed, SETTINGS)
+    st = _status(actions)
+    assert st.restarts.nodeFailure == 1 and st.restarts.error == 0
+    assert "node n2" in st.recovery.lastFailure
+    assert DeletePods((f"{NAME}-1",), "StuckTerminating", force=True) in actions
+
+
+def test_a_peer_error_counts_as_error_once_the_settle_time_passed() -> None:
+    job = _job(_running_status())
+    term = _terminated(1)
+    term["containerStatuses"][0]["state"]["terminated"]["finishedAt"] = "2026-01-01T12:00:00Z"
+    pods = [_on(_pod(0, "Failed", **term), "n1"), _on(_pod(1, "Running"), "n2")]
+    later = NOW + timedelta(seconds=SETTINGS.failure_settle_seconds + 1)
+    assert _status(_run(job, pods, now=later)).restarts.error == 1

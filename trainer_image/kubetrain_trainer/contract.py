@@ -23,6 +23,11 @@ class ExitCode(IntEnum):
     PREEMPTED = 143  # SIGTERM: saved a checkpoint (when time allowed) and stopped; retryable
 
 
+# KUBETRAIN_RESUME_FROM's value for a rollback with no good checkpoint to go back to:
+# start over from step 0 (every checkpoint of the abandoned timeline is discarded).
+RESUME_FROM_SCRATCH = "scratch"
+
+
 class Env:
     """Environment variables set by the operator (or `kubetrain run`) for the trainer."""
 

@@ -33,7 +33,7 @@ from kubetrain_trainer.checkpoint import (
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, SaveResult, group_collectives
 from kubetrain_trainer.checkpoint.state import read_state, write_state
 from kubetrain_trainer.config import ConfigError, TrainingConfig
-from kubetrain_trainer.contract import format_step_ranges, parse_faults
+from kubetrain_trainer.contract import RESUME_FROM_SCRATCH, format_step_ranges, parse_faults
 from kubetrain_trainer.data.base import DatasetAdapter
 from kubetrain_trainer.distributed import DistInfo, all_gather_object, barrier
 from kubetrain_trainer.faults import FaultInjector
@@ -378,6 +378,10 @@ class Trainer:
     def _resume_point(self) -> tuple[CheckpointInfo, Path] | None:
         """The explicit rollback target, else the newest committed checkpoint (if resuming)."""
         local = self.scratch / "resume"
+        if self.runtime.resume_from == RESUME_FROM_SCRATCH:
+            self.checkpoints.discard_after(0)  # none was proven good: start over
+            barrier()
+            return None
         if self.runtime.resume_from:
             info = self.checkpoints.resolve(self.runtime.resume_from)
             path = self.checkpoints.load(info, local)

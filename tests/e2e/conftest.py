@@ -1,0 +1,27 @@
+"""The operator e2e fixture: the operator from source under its own ServiceAccount,
+one per test module (modules that install it with Helm start their own)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from tests.harness.cluster import Cluster
+    from tests.harness.operator_process import OperatorProcess
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    from tests.harness.operator_process import OperatorProcess, install
+
+    install(cluster)
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))
+    op.write_kubeconfig()
+    op.start()
+    yield op
+    op.kill()
