@@ -110,13 +110,14 @@ def reconcile_job(namespace: str, name: str) -> None:
             operator_metrics.record_job(namespace, name, {"state": "Failed"})
             return
         pods = _list_pods(namespace, name)
+        finished = job.status is not None and job.status.state in ("Succeeded", "Failed")
         observed = Observed(
             pods=pods,
             service=_exists("service", namespace, name),
             configmap=_exists("configmap", namespace, f"{name}-config"),
             now=datetime.now(UTC),
             progress=_progress(job, pods),
-            lost_nodes=_lost_nodes(pods),
+            lost_nodes=frozenset() if finished else _lost_nodes(pods),
         )
         actions = reconcile(job, observed, SETTINGS, lambda: _checkpoints(job))
         status = body.get("status") or {}
@@ -267,8 +268,9 @@ def _lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
     )
     if not troubled:
         return frozenset()
-    lost = set()
-    for node in {(p.get("spec") or {}).get("nodeName") for p in pods} - {None, ""}:
+    lost: set[str] = set()
+    names = {str((p.get("spec") or {}).get("nodeName") or "") for p in pods} - {""}
+    for node in sorted(names):
         try:
             body = client.CoreV1Api().read_node(node)
         except ApiException as err:
