@@ -1,4 +1,7 @@
-"""One TrainingJob: loss, learning rate, throughput, gradients, checkpoints, recoveries."""
+"""One TrainingJob: loss, learning rate, throughput, gradients, checkpoints, recoveries.
+
+Trainer series come from rank 0's /metrics; goodput and gang restarts from the
+operator's per-job series (same namespace and trainingjob labels)."""
 
 from __future__ import annotations
 
@@ -68,12 +71,23 @@ def job_view() -> dashboard.Dashboard:
         )
         .with_panel(
             single(
-                "Goodput (steps kept)",
-                "Steps in the range whose update was applied (not skipped by the NaN guard).",
-                "percentunit",
+                "Goodput",
+                "Share of the job's wall time spent on training steps that were kept: restarts,"
+                " rollbacks and redone steps count against it (status.goodputPercent).",
+                "percent",
                 query(
-                    f"1 - sum by ({BY}) (increase({m('kubetrain_steps_skipped_total')}[$__range]))"
-                    f" / clamp_min(sum by ({BY}) (increase(kubetrain_step{{{SEL}}}[$__range])), 1)",
+                    f"max by ({BY}) ({m('kubetrain_operator_job_goodput_percent')})",
+                    "{{trainingjob}}",
+                ),
+            )
+        )
+        .with_panel(
+            single(
+                "Gang restarts",
+                "Times the operator restarted the job's pods, all causes (status.restarts.total).",
+                "short",
+                query(
+                    f"sum by ({BY}) ({m('kubetrain_operator_job_restarts')})",
                     "{{trainingjob}}",
                 ),
             )
@@ -158,6 +172,18 @@ def job_view() -> dashboard.Dashboard:
                 "short",
                 query(m("kubetrain_last_checkpoint_step"), "{{trainingjob}} committed"),
                 query(m("kubetrain_good_checkpoint_step"), "{{trainingjob}} good"),
+            )
+        )
+        .with_panel(
+            graph(
+                "Gang restarts by cause",
+                "The operator's restarts of the job's pods: nodeFailure, nan (rollback to an"
+                " older checkpoint), error, hang.",
+                "short",
+                query(
+                    f"sum by ({BY}, cause) ({m('kubetrain_operator_job_restarts')})",
+                    "{{trainingjob}} {{cause}}",
+                ),
             )
         )
         .with_panel(

@@ -47,10 +47,10 @@ def operator_overview() -> dashboard.Dashboard:
         )
         .with_panel(
             single(
-                "Restarts (24h)",
-                "Gang restarts over the last day, all causes.",
+                "Gang restarts",
+                "Gang restarts of the TrainingJobs that exist, all causes (their status.restarts).",
                 "short",
-                query("sum(increase(kubetrain_operator_restarts_total[24h]))"),
+                query("sum(kubetrain_operator_job_restarts)"),
             )
         )
         .with_panel(
@@ -65,11 +65,10 @@ def operator_overview() -> dashboard.Dashboard:
         .with_panel(
             graph(
                 "Restarts by cause",
-                "Gang restarts per hour by cause (nodeFailure, nan, error, hang).",
+                "Gang restarts of the TrainingJobs that exist, by cause (nodeFailure, nan, error,"
+                " hang); a step up is a restart.",
                 "short",
-                query(
-                    "sum by (cause) (increase(kubetrain_operator_restarts_total[1h]))", "{{cause}}"
-                ),
+                query("sum by (cause) (kubetrain_operator_job_restarts)", "{{cause}}"),
             )
         )
         .with_panel(

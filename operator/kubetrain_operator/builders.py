@@ -24,6 +24,10 @@ RDZV_PORT = 29400
 CONFIG_DIR = "/etc/kubetrain"
 CONFIG_FILE = "trainer.yaml"
 CONTAINER = "trainer"
+# The trainer image's user (Dockerfile: useradd --uid 65532); pods run as it, never root.
+TRAINER_UID = 65532
+SCRATCH_DIR = "/tmp"  # run dir, checkpoint staging, tempfile, HOME: all under one emptyDir
+SCRATCH_VOLUME = "kubetrain-scratch"
 
 
 def pod_name(job_name: str, index: int) -> str:
@@ -153,6 +157,8 @@ def build_env(
         {"name": Env.RUN_DIR, "value": f"{run_dir(job)}/{index}"},
         {"name": Env.TERMINATION_LOG, "value": DEFAULT_TERMINATION_LOG},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # The image's HOME is on the read-only root filesystem; caches go to scratch.
+        {"name": "HOME", "value": SCRATCH_DIR},
     ]
     if uri:
         env.append({"name": Env.CHECKPOINT_URI, "value": uri})
@@ -164,6 +170,27 @@ def build_env(
             ref = {"secretKeyRef": {"name": secret, "key": key}}
             env.append({"name": key, "valueFrom": ref})
     return env + [dict(e) for e in job.spec.env]  # user env last: it may override
+
+
+def pod_security_context() -> Obj:
+    """The restricted Pod Security Standard, as the trainer image's user."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": TRAINER_UID,
+        "runAsGroup": TRAINER_UID,
+        "fsGroup": TRAINER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Obj:
+    # The root filesystem stays read-only: everything the trainer writes is under
+    # SCRATCH_DIR (an emptyDir) or in S3.
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def _tolerations(job: TrainingJob) -> list[Obj]:
@@ -202,7 +229,11 @@ def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: 
             {"name": "metrics", "containerPort": port},
         ],
         "resources": dict(spec.resources),
-        "volumeMounts": [{"name": "kubetrain-config", "mountPath": CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "kubetrain-config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_DIR},
+        ],
+        "securityContext": container_security_context(),
         "terminationMessagePath": DEFAULT_TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -214,9 +245,11 @@ def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: 
         "hostname": pod_name(name, index),
         "subdomain": name,
         "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
         "containers": [container],
         "volumes": [
             {"name": "kubetrain-config", "configMap": {"name": f"{name}-config"}},
+            {"name": SCRATCH_VOLUME, "emptyDir": {}},
             *overrides.pop("volumes", []),
         ],
         "tolerations": [*_tolerations(job), *overrides.pop("tolerations", [])],

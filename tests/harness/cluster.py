@@ -27,9 +27,11 @@ from types import TracebackType
 from typing import Any
 
 from tests.harness.binaries import binary
+from tests.harness.images import project_entrypoints
 from tests.harness.kubelet import NodeSpec, ProcessKubelet
 from tests.harness.network import NetworkError, PodNetwork
 from tests.harness.pki import CertificateAuthority, KeyPair, write_service_account_keys
+from tests.harness.service_names import ServiceNames
 from tests.harness.services import (
     ManagedProcess,
     MinioServer,
@@ -202,6 +204,8 @@ class Cluster:
         self._ca: Path | None = None
         self._authority: CertificateAuthority | None = None
         self._pod_env: dict[str, str] = {}
+        self._image_paths: tuple[str, ...] = ()
+        self._service_names: ServiceNames | None = None
         self.api_host = ""
         self.api_port = 0
 
@@ -296,11 +300,20 @@ class Cluster:
         self._start_apiserver(etcd_port, serving, sa_keys)
         self._start_controller_manager(ca, sa_keys)
         self._start_scheduler(ca)
+        self._service_names = ServiceNames(
+            self.network.names,
+            lambda: self.api.get("/api/v1/services")["items"],
+            lambda: self.api.get("/apis/discovery.k8s.io/v1/endpointslices")["items"],
+        )
+        self._service_names.start()
         # Pods run the project's own environment, as the trainer image would: its venv's
         # console scripts (torchrun, kubetrain) and the source tree on the import path.
         venv_bin = Path(sys.executable).parent
+        shims = self._python_shims()
+        # What a non-root container must reach (its parents may be root-only, like /root).
+        self._image_paths = (sys.prefix, sys.base_prefix, str(shims), str(REPO_ROOT))
         self._pod_env = {
-            "PATH": f"{self._python_shims()}:{venv_bin}:{_POD_PATH}",
+            "PATH": f"{shims}:{venv_bin}:{_POD_PATH}",
             "PYTHONPATH": f"{REPO_ROOT / 'trainer_image'}:{REPO_ROOT / 'operator'}",
             **self.kubelet_env,
         }
@@ -323,6 +336,9 @@ class Cluster:
             except Exception as err:  # keep tearing down; report all at the end
                 errors.append(f"{what}: {err}")
 
+        if self._service_names is not None:
+            attempt("service names", self._service_names.stop)
+            self._service_names = None
         for name, kubelet in self.kubelets.items():
             attempt(f"kubelet {name}", kubelet.shutdown)
         if self.prometheus is not None:
@@ -653,6 +669,8 @@ class Cluster:
             ca_file=self.ca_file,
             extra_env=self._pod_env,
             image_workdir=str(REPO_ROOT),
+            image_paths=self._image_paths,
+            image_entrypoints=project_entrypoints(REPO_ROOT / "Dockerfile"),
         )
         self.kubelets[spec.name] = kubelet
         kubelet.start()

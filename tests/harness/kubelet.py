@@ -14,7 +14,7 @@ import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,11 +112,16 @@ class ProcessKubelet:
         extra_env: dict[str, str] | None = None,
         restart_backoff_seconds: tuple[float, float] = (1.0, 30.0),
         image_workdir: str = "/",
+        image_paths: Sequence[str] = (),
+        image_entrypoints: Mapping[str, list[str]] | None = None,
     ) -> None:
         self.node = node
         # Images are not pulled: commands run with the project's Python, and this directory
         # stands in for the image's WORKDIR (the cluster passes the repo root).
         self.image_workdir = image_workdir
+        # ... and these host directories stand in for the image's files (kubelet_init).
+        self.image_paths = tuple(image_paths)
+        self.image_entrypoints = dict(image_entrypoints or {})
         self.kubeconfig = kubeconfig
         self.state_dir = state_dir
         self.network = network
@@ -368,6 +373,8 @@ class ProcessKubelet:
             created_paths=_HOST_PATHS.add,
             log=self.log,
             image_workdir=self.image_workdir,
+            image_paths=self.image_paths,
+            image_entrypoints=self.image_entrypoints,
         )
 
     def _watch_loop(self) -> None:

@@ -25,7 +25,8 @@ fe00::2\tip6-allrouters
 
 @dataclass(frozen=True)
 class HostRecord:
-    """One pod that a headless Service makes resolvable as <hostname>.<subdomain>."""
+    """One pod that a headless Service makes resolvable as <hostname>.<subdomain>;
+    with an empty hostname, a Service itself (<subdomain> = the Service's name)."""
 
     namespace: str
     hostname: str
@@ -35,11 +36,12 @@ class HostRecord:
 
 def record_names(record: HostRecord, viewer_namespace: str) -> list[str]:
     """The names under which `record` resolves for a pod in `viewer_namespace`."""
-    service = f"{record.hostname}.{record.subdomain}.{record.namespace}.svc"
+    short = f"{record.hostname}.{record.subdomain}" if record.hostname else record.subdomain
+    service = f"{short}.{record.namespace}.svc"
     names = [f"{service}.{CLUSTER_DOMAIN}", service]
     if record.namespace == viewer_namespace:
         # What the search path `<ns>.svc.cluster.local` would give a same-namespace pod.
-        names.append(f"{record.hostname}.{record.subdomain}")
+        names.append(short)
     return names
 
 

@@ -225,9 +225,14 @@ def build_env(
 
 
 def expand_command(
-    command: Sequence[str] | None, args: Sequence[str] | None, env: Mapping[str, str]
+    command: Sequence[str] | None,
+    args: Sequence[str] | None,
+    env: Mapping[str, str],
+    entrypoint: Sequence[str] | None = None,
 ) -> list[str]:
-    """command + args with `$(VAR)` expanded; a pod without a command cannot run here."""
+    """command + args with `$(VAR)` expanded; without a command, the image's `entrypoint`
+    (known only for the project's own images) runs with the args, as in a runtime."""
+    command = command or entrypoint
     argv = [expand(part, env) for part in [*(command or []), *(args or [])]]
     if not command:
         # There is no image to supply an entrypoint: the process kubelet runs commands only.

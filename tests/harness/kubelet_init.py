@@ -5,6 +5,16 @@ library only, so that it runs without the project on sys.path). SPEC gives the
 pod's network namespace, hostname, bind mounts, user, working directory, argv
 and environment. On success this process becomes the container's command
 (same pid), so signals and the exit status are the container's own.
+
+Every mount source is opened before anything is mounted, and mounted from
+that descriptor: a volume at /tmp must not hide the sources of the mounts after
+it (the pod's files live in the harness's state dir under /tmp).
+
+The "image" of a non-root container is the project's venv, Python and shims on
+the host, whose parents (/root, the state dir) only root may enter. Inside the
+pod's own mount namespace such a parent is covered by an empty tmpfs in which
+just those directories are bind-mounted (read-only), so uid 65532 reaches the
+interpreter without any host directory's mode being widened.
 """
 
 from __future__ import annotations
@@ -39,9 +49,46 @@ def _check(result: int, what: str) -> None:
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
 
-def _mount(source: str | None, target: str, flags: int) -> None:
+def _mount(
+    source: str | None, target: str, flags: int, fstype: str | None = None, data: str = ""
+) -> None:
     src = source.encode() if source is not None else None
-    _check(_libc.mount(src, target.encode(), None, flags, None), f"mount {source} -> {target}")
+    kind = fstype.encode() if fstype is not None else None
+    opts = data.encode() if data else None
+    result = _libc.mount(src, target.encode(), kind, flags, opts)
+    _check(result, f"mount {source} -> {target}")
+
+
+def _open_source(path: str) -> tuple[int, str]:
+    """An O_PATH descriptor of a mount source and the /proc path that names it."""
+    fd = os.open(path, os.O_PATH)
+    return fd, f"/proc/self/fd/{fd}"
+
+
+def _walled_parent(path: str) -> str | None:
+    """The outermost ancestor of `path` that other users cannot enter, if any."""
+    current = Path("/")
+    for part in Path(path).parts[1:-1]:
+        current = current / part
+        if not current.stat().st_mode & 0o001:
+            return str(current)
+    return None
+
+
+def expose_image(paths: list[str]) -> None:
+    """Make `paths` reachable for any uid inside this mount namespace (see above)."""
+    sources = {p: _open_source(p) for p in paths if Path(p).is_dir()}
+    # All walls first: once one is covered, the paths beneath it are gone.
+    walls = {_walled_parent(path) for path in sources}
+    masked = {wall for wall in walls if wall is not None}
+    for wall in sorted(masked):
+        _mount("tmpfs", wall, 0, "tmpfs", "mode=755")
+    for path, (fd, proc_path) in sources.items():
+        if any(path.startswith(wall + "/") for wall in masked):
+            _ensure_target(path, False)
+            _mount(proc_path, path, MS_BIND | MS_REC)
+            _mount(None, path, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
 
 
 def _ensure_target(target: str, is_file: bool) -> None:
@@ -61,11 +108,15 @@ def enter_pod(spec: dict[str, Any]) -> None:
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare(mount, uts)")
     # Our mounts must not propagate back to the host's mount namespace.
     _mount(None, "/", MS_REC | MS_PRIVATE)
-    for mount in spec["mounts"]:
+    sources = [_open_source(mount["source"]) for mount in spec["mounts"]]
+    if spec["uid"] != 0:
+        expose_image(spec.get("image_paths", []))
+    for mount, (fd, proc_path) in zip(spec["mounts"], sources, strict=True):
         _ensure_target(mount["target"], mount["is_file"])
-        _mount(mount["source"], mount["target"], MS_BIND | MS_REC)
+        _mount(proc_path, mount["target"], MS_BIND | MS_REC)
         if mount["read_only"]:
             _mount(None, mount["target"], MS_BIND | MS_REMOUNT | MS_RDONLY)
+        os.close(fd)
     hostname = spec["hostname"].encode()
     _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
 
@@ -82,6 +133,9 @@ def drop_privileges(spec: dict[str, Any]) -> None:
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[1]).read_text())
+    # Opened as root, before the pod's mounts hide the state dir and the uid changes;
+    # close-on-exec, so the container never sees it.
+    error_fd = os.open(spec["start_error_file"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         enter_pod(spec)
         os.chdir(spec["cwd"])
@@ -91,7 +145,7 @@ def main(argv: list[str]) -> int:
         message = f"process kubelet: cannot start container: {err}"
         print(message, file=sys.stderr, flush=True)
         # Tells the kubelet that the command never ran (StartError), whatever the status.
-        Path(spec["start_error_file"]).write_text(message)
+        os.write(error_fd, message.encode())
         return START_ERROR_EXIT
     return START_ERROR_EXIT  # not reached: exec replaced this process
 

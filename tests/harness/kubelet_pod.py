@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.harness.images import image_repository
 from tests.harness.kubelet_api import STRATEGIC_PATCH, ApiError, KubeApi
 from tests.harness.kubelet_dns import (
     pod_hostname,
@@ -71,6 +72,10 @@ class NodeContext:
     created_paths: Callable[[list[Path]], None]
     log: logging.Logger
     image_workdir: str = "/"  # the working directory when the container names none
+    # Host directories a container of any uid must reach (the venv, Python, shims).
+    image_paths: tuple[str, ...] = ()
+    # Image repository -> its ENTRYPOINT, for containers that name no command.
+    image_entrypoints: Mapping[str, list[str]] = field(default_factory=dict)
 
 
 def pod_dir(state_dir: Path, namespace: str, name: str) -> Path:
@@ -370,7 +375,8 @@ class PodWorker:
                 node_memory=self.ctx.node_memory,
             )
             env.setdefault("HOME", "/root" if uid == 0 else "/")
-            argv = expand_command(spec.get("command"), spec.get("args"), env)
+            entrypoint = self.ctx.image_entrypoints.get(image_repository(spec.get("image", "")))
+            argv = expand_command(spec.get("command"), spec.get("args"), env, entrypoint)
             pod_spec = self._pod_now()["spec"]
             mounts = self.sandbox.file_mounts()
             mounts += plan_mounts(spec, pod_spec.get("volumes") or [], self.run_dir / "volumes")
@@ -400,6 +406,7 @@ class PodWorker:
             start_error_file=start_error,
             no_new_privs=(spec.get("securityContext") or {}).get("allowPrivilegeEscalation")
             is False,
+            image_paths=self.ctx.image_paths,
         )
         item.env, item.uid, item.gid = env, uid, gid
         try:

@@ -65,8 +65,9 @@ class ContainerProcess:
 
     def start_failed(self) -> str | None:
         """The init's message if the command never started."""
+        # The init creates the file up front; only a message in it means a failed start.
         if self.start_error_file.exists():
-            return self.start_error_file.read_text()
+            return self.start_error_file.read_text() or None
         return None
 
     def signal_main(self, sig: int) -> None:
@@ -97,6 +98,7 @@ def write_spec(
     env: Mapping[str, str],
     start_error_file: Path,
     no_new_privs: bool = False,
+    image_paths: Sequence[str] = (),
 ) -> None:
     """The launch spec kubelet_init reads (root-only: it holds the container's secrets)."""
     data = {
@@ -111,6 +113,7 @@ def write_spec(
         "env": dict(env),
         "start_error_file": str(start_error_file),
         "no_new_privs": no_new_privs,
+        "image_paths": list(image_paths),
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:

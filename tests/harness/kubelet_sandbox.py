@@ -21,6 +21,20 @@ from tests.harness.kubelet_env import PodFacts
 from tests.harness.kubelet_volumes import Mount, VolumeSources, volume_files, volume_source_dir
 from tests.harness.network import PodNetwork
 
+# The user the kubetrain images create (Dockerfile: useradd --uid 65532 kubetrain). Pods
+# see the host's /etc/passwd and /etc/group plus this entry, as they would see the image's:
+# programs that look their uid up (getpass.getuser(), kopf's identity) find it.
+IMAGE_USER = "kubetrain"
+IMAGE_UID = 65532
+
+
+def with_image_user(text: str, line: str) -> str:
+    """`text` (a passwd or group file) with `line` added unless its id is taken."""
+    wanted = line.split(":")[2]
+    if any(row.split(":")[2:3] == [wanted] for row in text.splitlines()):
+        return text
+    return text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
+
 
 class PodObjects:
     """The API objects a pod's env and volumes read (Secrets, ConfigMaps, its token)."""
@@ -148,12 +162,21 @@ class PodSandbox:
             Mount(str(etc / "hosts"), "/etc/hosts", False, True),
             Mount(str(etc / "hostname"), "/etc/hostname", False, True),
             Mount(str(etc / "resolv.conf"), "/etc/resolv.conf", False, True),
+            Mount(str(etc / "passwd"), "/etc/passwd", True, True),
+            Mount(str(etc / "group"), "/etc/group", True, True),
         ]
 
     def _write_etc(self) -> None:
         etc = self.run_dir / "etc"
         (etc / "hostname").write_text(self.hostname + "\n")
         (etc / "resolv.conf").write_text(render_resolv_conf(self.objects.namespace))
+        user = f"{IMAGE_USER}:x:{IMAGE_UID}:{IMAGE_UID}::/tmp:/usr/sbin/nologin"
+        passwd = with_image_user(Path("/etc/passwd").read_text(), user)
+        (etc / "passwd").write_text(passwd)
+        group = with_image_user(Path("/etc/group").read_text(), f"{IMAGE_USER}:x:{IMAGE_UID}:")
+        (etc / "group").write_text(group)
+        for name in ("passwd", "group"):
+            (etc / name).chmod(0o644)
         if not (etc / "hosts").exists():
             (etc / "hosts").write_text("")
 

@@ -382,3 +382,17 @@ class PrometheusServer:
             raise RuntimeError(f"Prometheus query {expr!r} failed: {body}")
         result: list[dict[str, Any]] = body["data"]["result"]
         return result
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """Range query (what a dashboard panel runs); returns the `result` matrix."""
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step:g}"}
+        url = f"{self.url}/api/v1/query_range?" + urllib.parse.urlencode(params)
+        try:
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                body = json.load(resp)
+        except urllib.error.HTTPError as err:  # 400 on a bad expression: say which
+            raise RuntimeError(f"Prometheus query {expr!r} failed: {err.read()!r}") from err
+        if body.get("status") != "success":
+            raise RuntimeError(f"Prometheus query {expr!r} failed: {body}")
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result

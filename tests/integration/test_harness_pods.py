@@ -272,3 +272,95 @@ def test_pods_on_the_same_port_reach_each_other_by_hostname_and_subdomain(
     b = _log_line(cluster, namespace, "peer-b", "peer")
     assert a.get("answer") == "peer-b", a
     assert b.get("answer") == "peer-a", b
+
+
+# Runs as the image's user: imports the project, writes its scratch emptyDir, looks its
+# user up, reaches a ClusterIP Service by name, and cannot write the repository.
+_NON_ROOT = """
+import getpass, json, os, urllib.request
+import kubetrain_trainer
+with open("/tmp/scratch", "w") as out:
+    out.write("ok")
+try:
+    open("examples/written-by-a-pod", "w").close()
+    repo_writable = True
+except OSError:
+    repo_writable = False
+with urllib.request.urlopen("http://web:8080/", timeout=10) as resp:
+    answer = resp.read().decode()
+print(json.dumps({"uid": os.getuid(), "user": getpass.getuser(), "tmp": os.listdir("/tmp"),
+                  "repo_writable": repo_writable, "service": answer}), flush=True)
+"""
+
+
+def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
+    cluster: Cluster, namespace: str, kubectl: Kubectl
+) -> None:
+    kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    token = secrets.token_hex(8)
+    restricted = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "runAsGroup": 65532,
+            "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    container_context = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    server = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {
+            **restricted,
+            "containers": [
+                _container(
+                    "server",
+                    _HTTP_SERVER,
+                    env=[{"name": "TOKEN", "value": token}],
+                    ports=[{"containerPort": 8080}],
+                    readinessProbe={"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1},
+                    securityContext=container_context,
+                )
+            ],
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080}]},
+    }
+    client = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "client"},
+        "spec": {
+            **restricted,
+            "restartPolicy": "OnFailure",  # until the Service has its ready endpoint
+            "containers": [
+                _container(
+                    "client",
+                    _NON_ROOT,
+                    securityContext=container_context,
+                    volumeMounts=[{"name": "scratch", "mountPath": "/tmp"}],
+                )
+            ],
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+        },
+    }
+    _apply(kubectl, namespace, server, service, client)
+    cluster.wait_for_pod(namespace, "client", phases=("Succeeded",), timeout=180)
+    report = _log_line(cluster, namespace, "client", "client")
+    assert report == {
+        "uid": 65532,
+        "user": "kubetrain",
+        "tmp": ["scratch"],
+        "repo_writable": False,
+        "service": token,
+    }

@@ -156,7 +156,11 @@ def test_template_overrides_merge_without_taking_over_the_container() -> None:
     assert pod["spec"]["priorityClassName"] == "high"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert {"key": "gpu", "operator": "Exists"} in pod["spec"]["tolerations"]
-    assert {v["name"] for v in pod["spec"]["volumes"]} == {"kubetrain-config", "data"}
+    assert {v["name"] for v in pod["spec"]["volumes"]} == {
+        "kubetrain-config",
+        builders.SCRATCH_VOLUME,
+        "data",
+    }
     assert pod["metadata"]["labels"]["team"] == "a"
     assert pod["metadata"]["annotations"]["note"] == "x"
 
@@ -182,3 +186,47 @@ def test_default_command_needs_only_python_and_working_dir_is_optional() -> None
     assert "workingDir" not in container  # the image's WORKDIR
     pod = builders.build_pod(_job(), 0, RecoveryStatus(), Settings(working_dir="/src"))
     assert pod["spec"]["containers"][0]["workingDir"] == "/src"
+
+
+def test_pod_meets_the_restricted_pod_security_standard() -> None:
+    pod = builders.build_pod(_job(), 0, RecoveryStatus(), SETTINGS)
+    spec = pod["spec"]
+    assert spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = spec["containers"][0]
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert not any("hostPath" in v for v in spec["volumes"])
+
+
+def test_everything_the_trainer_writes_is_on_a_writable_empty_dir() -> None:
+    """readOnlyRootFilesystem holds only if the run dir, tempfiles and HOME are scratch."""
+    pod = builders.build_pod(_job(), 1, RecoveryStatus(), SETTINGS)
+    spec = pod["spec"]
+    container = spec["containers"][0]
+    empty_dirs = {v["name"] for v in spec["volumes"] if "emptyDir" in v}
+    writable = [
+        m["mountPath"]
+        for m in container["volumeMounts"]
+        if m["name"] in empty_dirs and not m.get("readOnly")
+    ]
+    env = _env(pod)
+    for path in (env["KUBETRAIN_RUN_DIR"], env["HOME"], "/tmp"):
+        assert any(path == w or path.startswith(w.rstrip("/") + "/") for w in writable), path
+
+
+def test_user_volumes_come_after_the_operator_volumes() -> None:
+    extra = {"name": "data", "emptyDir": {}}
+    pod = builders.build_pod(
+        _job(template={"spec": {"volumes": [extra]}}), 0, RecoveryStatus(), SETTINGS
+    )
+    names = [v["name"] for v in pod["spec"]["volumes"]]
+    assert names == ["kubetrain-config", builders.SCRATCH_VOLUME, "data"]

@@ -188,6 +188,9 @@ def test_all_features_render_monitoring_and_dashboards(all_docs: list[dict[str, 
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
         for text in config_map["data"].values():
             assert json.loads(text)["uid"].startswith("kubetrain-")
+    service_monitor = by_kind(all_docs, "ServiceMonitor")[0]["spec"]
+    # Per-job operator series name the job's namespace, not the operator pod's.
+    assert service_monitor["endpoints"][0]["honorLabels"] is True
     monitor = by_kind(all_docs, "PodMonitor")[0]["spec"]
     assert monitor["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     assert monitor["podMetricsEndpoints"][0]["port"] == "metrics"

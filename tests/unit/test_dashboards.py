@@ -34,7 +34,9 @@ PANELS = {
         "Checkpoint age",
         "Checkpoint save duration",
         "Rollbacks",
-        "Goodput (steps kept)",
+        "Goodput",
+        "Gang restarts",
+        "Gang restarts by cause",
     },
 }
 
