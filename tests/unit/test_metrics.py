@@ -124,7 +124,8 @@ def test_prometheus_text_after_updates() -> None:
     m.total_steps.set(100)
     m.observe_step(step=42, **TRAIN)
     m.update_val(1.25)
-    m.checkpoint_saved(40, seconds=0.3, timestamp=1_700_000_000.0)
+    m.checkpoint_stalled(0.3)
+    m.checkpoint_committed(40, upload_seconds=2.0, timestamp=1_700_000_000.0)
     m.checkpoint_good(30)
     m.nan_event("skip")
     m.nan_event("skip")
@@ -149,6 +150,7 @@ def test_prometheus_text_after_updates() -> None:
     assert _value(text, "kubetrain_checkpoint_save_seconds_count") == 1
     assert _value(text, "kubetrain_checkpoint_save_seconds_bucket", le="0.5") == 1
     assert _value(text, "kubetrain_checkpoint_save_seconds_bucket", le="0.25") == 0
+    assert _value(text, "kubetrain_checkpoint_upload_seconds_count") == 1
     assert _value(text, "kubetrain_nan_events_total", action="skip") == 2
     assert _value(text, "kubetrain_nan_events_total", action="restore") == 1
     assert _value(text, "kubetrain_nan_events_total", action="abort") == 0  # exists from start

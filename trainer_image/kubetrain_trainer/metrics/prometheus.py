@@ -135,19 +135,16 @@ class TrainerMetrics:
     def update_val(self, val_loss: float) -> None:
         self.val_loss.set(val_loss)
 
-    def checkpoint_saved(self, step: int, seconds: float, timestamp: float | None = None) -> None:
-        self.last_checkpoint_step.set(step)
-        self.last_checkpoint_timestamp.set(time.time() if timestamp is None else timestamp)
-        self.checkpoint_save_seconds.observe(seconds)
-
     def checkpoint_stalled(self, seconds: float) -> None:
         """The loop was blocked `seconds` by a checkpoint (snapshot, waiting, and the
         upload itself when uploads are synchronous)."""
         self.checkpoint_save_seconds.observe(seconds)
 
-    def checkpoint_committed(self, step: int, upload_seconds: float) -> None:
+    def checkpoint_committed(
+        self, step: int, upload_seconds: float, timestamp: float | None = None
+    ) -> None:
         self.last_checkpoint_step.set(step)
-        self.last_checkpoint_timestamp.set(time.time())
+        self.last_checkpoint_timestamp.set(time.time() if timestamp is None else timestamp)
         self.checkpoint_upload_seconds.observe(upload_seconds)
 
     def checkpoint_failed(self) -> None:
