@@ -29,7 +29,9 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class StepOutput:
     loss: float  # mean over micro-batches and ranks
-    grad_norm: float  # global norm before clipping (identical on every rank after all-reduce)
+    # Global norm before clipping (identical on every rank after all-reduce); None when
+    # fp16 gradients overflowed: GradScaler skips that update and lowers its scale.
+    grad_norm: float | None
     tokens: int  # tokens processed by all ranks
     samples: int  # sequences processed by all ranks
 
@@ -138,6 +140,8 @@ class StandardStrategy(TrainingStrategy):
         # One small all-reduce gives every rank the same loss, so all make the same guard decision.
         stats = mean_across_ranks(torch.stack([loss_sum, grad_norm.float().to(loss_sum.device)]))
         loss_value, norm_value = stats.tolist()
+        if self.scaler.is_enabled() and math.isfinite(loss_value) and not math.isfinite(norm_value):
+            norm_value = None  # loss scaling overflow: the scaler's business, not a NaN
         w = self.dist.world_size
         return StepOutput(
             loss=loss_value, grad_norm=norm_value, tokens=tokens * w, samples=samples * w
