@@ -5,14 +5,17 @@ process on the same model, data and seed, alternating sync and async rounds so t
 machine noise hits both alike. Each round trains `--steps` steps with a checkpoint
 every `--interval` steps to its own S3 prefix. The stall of a checkpoint is the time
 from the loop entering `save_checkpoint` to leaving it (callbacks on_checkpoint_begin
-and on_checkpoint_end): for sync the snapshot, upload and commit; for async the
-snapshot to local disk plus any wait for the previous upload. The final checkpoint
-(flushed at the end of training) is not a stall of the loop and is left out.
+and on_checkpoint_end): for sync the copy into RAM, DCP write, upload and commit; for
+async the copy of the state into RAM plus any wait for the previous save. The final
+checkpoint (flushed at the end of training) is not a stall of the loop and is left out.
+
+The first async checkpoint of a run also allocates the staging memory that every later
+one reuses, so its stall is reported apart from the later ones too.
 
     python benchmarks/checkpoint_stall.py [--steps 60] [--interval 20] [--rounds 2]
 
-Prints the median stall of each, the checkpoint size and the ratio async / sync
-(target <= 0.1).
+Prints the median stall of each, the checkpoint size, the extra RAM async holds (one
+copy of model + optimizer state) and the ratio async / sync (target <= 0.1).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 import torch
 from tests.integration.minio import new_bucket, running_minio, s3_env
+from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from kubetrain_trainer.callbacks import Callback, TrainerState
 from kubetrain_trainer.config import parse_config
@@ -84,7 +88,16 @@ def config(run_dir: str, uri: str, endpoint: str, steps: int, interval: int, *, 
     )
 
 
-def run(endpoint: str, bucket: str, args: argparse.Namespace, r: int, *, sync: bool) -> StallTimer:
+def state_bytes(trainer: Trainer) -> int:
+    """Bytes of the model + optimizer tensors: the copy a snapshot holds in RAM."""
+    model_state, optim_state = get_state_dict(trainer.raw_model, trainer.optimizer)
+    leaves = torch.utils._pytree.tree_leaves([model_state, optim_state])
+    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+
+
+def run(
+    endpoint: str, bucket: str, args: argparse.Namespace, r: int, *, sync: bool
+) -> tuple[StallTimer, int]:
     mode = "sync" if sync else "async"
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"s3://{bucket}/{mode}-{r}"
@@ -95,10 +108,11 @@ def run(endpoint: str, bucket: str, args: argparse.Namespace, r: int, *, sync: b
         trainer.callbacks.callbacks.append(timer)
         try:
             trainer.train()
+            size = state_bytes(trainer)
         finally:
             trainer.close()
         timer.stalls.pop(args.steps, None)  # the final checkpoint, flushed at the end
-        return timer
+        return timer, size
 
 
 def checkpoint_bytes(endpoint: str, bucket: str) -> int:
@@ -118,6 +132,9 @@ def main() -> None:
     args = parser.parse_args()
     stalls: dict[str, list[float]] = {"sync": [], "async": []}
     steps: dict[str, list[float]] = {"sync": [], "async": []}
+    first_async: list[float] = []
+    later_async: list[float] = []
+    snapshot_bytes = 0
     with tempfile.TemporaryDirectory() as work, running_minio(Path(work)) as server:
         os.environ.update(s3_env(server))
         bucket = new_bucket(server)
@@ -125,9 +142,13 @@ def main() -> None:
             # Alternate which runs first, so drift in machine load favours neither.
             for sync in (True, False) if r % 2 == 0 else (False, True):
                 mode = "sync" if sync else "async"
-                timer = run(server.endpoint, bucket, args, r, sync=sync)
+                timer, snapshot_bytes = run(server.endpoint, bucket, args, r, sync=sync)
                 stalls[mode] += timer.stalls.values()
                 steps[mode] += timer.steps
+                if not sync:
+                    ordered = [timer.stalls[step] for step in sorted(timer.stalls)]
+                    first_async += ordered[:1]
+                    later_async += ordered[1:]
                 shown = ", ".join(f"{s * 1e3:.0f}" for s in timer.stalls.values())
                 print(f"round {r + 1}/{args.rounds} {mode:5}: stalls ms [{shown}]", flush=True)
         size = checkpoint_bytes(server.endpoint, bucket)
@@ -145,6 +166,17 @@ def main() -> None:
         f"step {statistics.median(steps['async']) * 1e3:.0f} ms"
     )
     print(f"ratio async/sync: {a / s:.3f}   (target <= 0.1)")
+    if first_async and later_async:
+        first, later = statistics.median(first_async), statistics.median(later_async)
+        print(
+            f"async stall, first checkpoint of a run (allocates the staging memory): "
+            f"{first * 1e3:.1f} ms, ratio {first / s:.3f}"
+        )
+        print(
+            f"async stall, later checkpoints (reuse it): {later * 1e3:.1f} ms, "
+            f"ratio {later / s:.3f}"
+        )
+    print(f"extra RAM while async: {snapshot_bytes / 1e6:.0f} MB (one copy of model + AdamW)")
 
 
 if __name__ == "__main__":

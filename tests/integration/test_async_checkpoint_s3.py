@@ -7,6 +7,7 @@ whatever happened to the server while it was being written.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -237,3 +238,96 @@ def test_an_upload_that_outlasts_its_retries_stays_uncommitted(
     assert _verified(manager, tmp_path / "dl") == [5, 15]
     infos: list[CheckpointInfo] = manager.list(include_uncommitted=True)
     assert [i.step for i in infos] == [5, 15]  # the failed one's leftovers are rotated away
+
+
+# Two torchrun ranks (DDP on gloo): each snapshots, hands the snapshot to the worker and
+# keeps training (all-reduces on the training group) while the worker writes it with
+# DCP on the checkpoint group, uploads to MinIO and commits. Then both ranks restore.
+_TWO_RANK_WORKER = """
+import json, sys
+from pathlib import Path
+import torch, torch.distributed as dist
+from datetime import timedelta
+from torch import nn
+from kubetrain_trainer.checkpoint import CheckpointManager
+from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, group_collectives
+from kubetrain_trainer.checkpoint.state import read_state
+
+# A collective mixed up between the groups fails within a minute instead of hanging.
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+rank, world = dist.get_rank(), dist.get_world_size()
+root, uri = Path(sys.argv[1]), sys.argv[2]
+torch.manual_seed(0)
+model = nn.parallel.DistributedDataParallel(nn.Linear(64, 64))
+optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+
+def train(steps):
+    for _ in range(steps):
+        model(torch.randn(8, 64)).pow(2).mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+def all_gather_object(obj):
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+train(2)
+manager = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
+                            all_gather_object=all_gather_object)
+saver = AsyncCheckpointer(manager, collectives=group_collectives())
+snapshot = saver.snapshot(model, optimizer, {"step": 2}, rank)
+weights = model.module.weight.detach().clone()
+saver.submit(2, root / f"stage-rank{rank}", {"val_loss": 0.5}, snapshot=snapshot)
+train(30)  # all-reduces on the training group while the worker saves
+moved = not torch.equal(model.module.weight, weights)
+[result] = saver.wait()
+saver.close()
+loaded = manager.load_latest(root / f"local-rank{rank}")
+extra = read_state(loaded.path, model, optimizer, rank)
+# A file per rank: two ranks printing at once can share a line of torchrun's output.
+(root / f"result-rank{rank}.json").write_text(json.dumps({
+    "rank": rank,
+    "committed": result.committed,
+    "files": sorted(result.info.manifest.files),
+    "world_size": result.info.manifest.world_size,
+    "moved": moved,
+    "extra": extra,
+    "restored": torch.equal(model.module.weight, weights),
+}))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.usefixtures("s3_creds")
+def test_two_ranks_write_on_the_checkpoint_group_while_training_all_reduces(
+    minio: MinioServer, tmp_path: Path
+) -> None:
+    bucket = new_bucket(minio)
+    script = tmp_path / "worker.py"
+    script.write_text(_TWO_RANK_WORKER)
+    env = {
+        **os.environ,
+        **s3_env(minio),
+        "AWS_ENDPOINT_URL": minio.endpoint,
+        "PYTHONPATH": str(REPO / "trainer_image"),
+        "GLOO_SOCKET_IFNAME": "lo",  # rank-to-rank traffic stays on loopback
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", str(script), str(tmp_path), f"s3://{bucket}/two"]
+    done = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"result-rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["rank"] for r in results] == [0, 1]
+    for result in results:
+        assert result["committed"] and result["world_size"] == 2
+        assert result["moved"]  # training went on while the checkpoint was written
+        assert result["restored"]  # and the checkpoint holds the weights of step 2
+        assert result["extra"] == {"step": 2}
+        assert {"dcp/.metadata", "rng-rank0.pt", "rng-rank1.pt", "trainer_state.pt"} <= set(
+            result["files"]
+        )
+    assert _verified(_manager(minio, f"s3://{bucket}/two"), tmp_path / "dl") == [2]

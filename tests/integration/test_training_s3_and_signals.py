@@ -81,7 +81,14 @@ def test_checkpoints_go_to_s3_and_a_second_run_resumes_from_them(
 
 def test_rank0_serves_metrics_and_progress_while_training(tmp_path: Path) -> None:
     port = free_port()
-    cfg = tiny_config(tmp_path / "run", training={"max_steps": 50}, metrics={"port": port})
+    # Synchronous uploads: the loop records a commit, and the trainer hangs (below) right
+    # after step 10's checkpoint, so an async commit might never reach /progress.
+    cfg = tiny_config(
+        tmp_path / "run",
+        training={"max_steps": 50},
+        metrics={"port": port},
+        checkpoint={"async_upload": False},
+    )
     path = write_config(tmp_path / "c.yaml", cfg)
     # The trainer hangs at step 12 (fault injection) so the endpoints can be read at rest.
     proc = subprocess.Popen(

@@ -1,4 +1,5 @@
-"""The background checkpoint saver: ordering, one upload in flight, retries, failures.
+"""The background checkpoint saver: ordering, one save in flight, retries, failures, and
+the in-RAM snapshot that the worker writes while training goes on.
 
 Local storage and real torch on the CPU; a LocalStorage subclass holds uploads back
 or fails them on purpose so the tests control what is in flight.
@@ -14,7 +15,7 @@ import torch
 
 from kubetrain_trainer.checkpoint import GOOD_MARKER, MANIFEST, CheckpointManager, LocalStorage
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, RetryingStorage, SaveResult
-from kubetrain_trainer.checkpoint.state import read_state, write_state
+from kubetrain_trainer.checkpoint.state import TRAINER_STATE, read_state, rng_file, write_state
 from kubetrain_trainer.metrics import TrainerMetrics
 
 pytestmark = pytest.mark.timeout(60)
@@ -198,12 +199,23 @@ def test_retrying_storage_passes_missing_files_through(tmp_path: Path) -> None:
     assert calls == []  # an answer, not an outage
 
 
-def test_torch_state_round_trips_through_the_background_upload(tmp_path: Path) -> None:
+def _trained() -> tuple[torch.nn.Linear, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 4)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(2, 8)).sum().backward()
     optimizer.step()
+    return model, optimizer
+
+
+def _train_on(model: torch.nn.Linear, optimizer: torch.optim.Optimizer) -> None:
+    optimizer.zero_grad()
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+
+
+def test_torch_state_round_trips_through_the_background_upload(tmp_path: Path) -> None:
+    model, optimizer = _trained()
     staging = tmp_path / "staging"
     write_state(staging, model, optimizer, {"step": 7}, rank=0)
     saved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -226,6 +238,92 @@ def test_torch_state_round_trips_through_the_background_upload(tmp_path: Path) -
     assert extra["step"] == 7
     for name, tensor in fresh.state_dict().items():
         assert torch.equal(tensor, saved[name])
+
+
+def test_the_worker_writes_the_snapshot_taken_before_training_went_on(tmp_path: Path) -> None:
+    model, optimizer = _trained()
+    storage = GatedStorage(tmp_path / "store")
+    saver = _saver(storage)
+    snapshot = saver.snapshot(model, optimizer, {"step": 7}, rank=0)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v["exp_avg"].clone() for k, v in optimizer.state_dict()["state"].items()}
+    next_draw = torch.rand(3)
+
+    # The loop trains on before the worker has written anything.
+    for _ in range(3):
+        _train_on(model, optimizer)
+    assert not torch.equal(model.weight, weights["weight"])
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    saver.submit(7, staging, {"val_loss": 2.0}, snapshot=snapshot)
+    [result] = saver.wait()
+    saver.close()
+    assert result.committed and result.info is not None
+    assert not staging.exists()
+    files = result.info.manifest.files if result.info.manifest else {}
+    assert {TRAINER_STATE, rng_file(0), "dcp/.metadata"} <= set(files)
+
+    path = CheckpointManager(storage.root_uri).load(result.info, tmp_path / "restore")
+    fresh = torch.nn.Linear(8, 4)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    extra = read_state(path, fresh, fresh_optimizer, rank=0)
+    assert extra == {"step": 7}
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(tensor, weights[name]), name
+    for index, state in fresh_optimizer.state_dict()["state"].items():
+        assert torch.equal(state["exp_avg"], moments[index])
+    assert torch.equal(torch.rand(3), next_draw)  # the RNG as of the snapshot
+
+
+def test_a_new_snapshot_waits_until_the_one_in_flight_is_committed(tmp_path: Path) -> None:
+    model, optimizer = _trained()
+    storage = GatedStorage(tmp_path / "store")
+    saver = _saver(storage)
+    storage.gate.clear()
+    saver.submit(5, tmp_path / "staging-5", snapshot=saver.snapshot(model, optimizer, {}, 0))
+    storage.started.wait()
+    _train_on(model, optimizer)
+
+    committed_before_copy: list[bool] = []
+
+    def next_checkpoint() -> None:
+        # The copy reuses the memory that step 5 is written from: it must wait.
+        snapshot = saver.snapshot(model, optimizer, {}, 0)
+        committed_before_copy.append(storage.exists(f"step-00000005/{MANIFEST}"))
+        saver.submit(10, tmp_path / "staging-10", snapshot=snapshot)
+
+    second = threading.Thread(target=next_checkpoint)
+    second.start()
+    storage.gate.set()
+    second.join()
+    assert committed_before_copy == [True]
+    assert [r.step for r in saver.wait() if r.committed] == [5, 10]
+    saver.close()
+
+    manager = CheckpointManager(storage.root_uri)
+    fresh = torch.nn.Linear(8, 4)
+    latest = manager.load_latest(tmp_path / "restore")
+    assert latest is not None and latest.info.step == 10
+    read_state(latest.path, fresh, torch.optim.AdamW(fresh.parameters(), lr=0.1), rank=0)
+    assert torch.equal(fresh.weight, model.weight)
+
+
+def test_a_snapshot_that_cannot_be_written_is_not_committed(tmp_path: Path) -> None:
+    model, optimizer = _trained()
+    storage = GatedStorage(tmp_path / "store")
+    saver = _saver(storage)
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    saver.submit(5, blocker / "staging", snapshot=saver.snapshot(model, optimizer, {}, 0))
+    [failed] = saver.wait()
+    assert not failed.committed and failed.error and "writing" in failed.error
+    assert storage.writes == []  # nothing uploaded, no manifest
+
+    saver.submit(10, tmp_path / "staging", snapshot=saver.snapshot(model, optimizer, {}, 0))
+    [ok] = saver.wait()
+    saver.close()
+    assert ok.committed
+    assert [info.step for info in CheckpointManager(storage.root_uri).list()] == [10]
 
 
 def test_failure_counter_and_upload_histogram() -> None:

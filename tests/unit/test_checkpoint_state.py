@@ -1,4 +1,5 @@
-"""write_state/read_state: model, optimizer, loop state and RNG come back exactly (CPU)."""
+"""write_state/read_state and snapshot/write_snapshot: model, optimizer, loop state and RNG
+come back exactly (CPU)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from kubetrain_trainer.checkpoint import CheckpointManager
 from kubetrain_trainer.checkpoint.state import (
     TRAINER_STATE,
+    StateStager,
     capture_rng,
     read_state,
     restore_rng,
     rng_file,
+    write_snapshot,
     write_state,
 )
 
@@ -136,3 +140,48 @@ def test_n_steps_resume_n_steps_equals_2n_steps(tmp_path: Path) -> None:
     second_half = _loop(model, optimizer, scheduler, steps)
 
     assert first_half + second_half == straight
+
+
+def test_a_snapshot_is_the_state_when_taken_whatever_training_did_since(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model, optimizer, scheduler = _build()
+    _loop(model, optimizer, scheduler, 2)
+    stager = StateStager()
+    snapshot = stager.snapshot(model, optimizer, {"step": 2, "lr": scheduler.get_last_lr()}, 0)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    moments = {k: v["exp_avg_sq"].clone() for k, v in optimizer.state_dict()["state"].items()}
+    expected_draws = _draws()
+
+    _loop(model, optimizer, scheduler, 3)  # changes weights, moments and every RNG
+    write_snapshot(tmp_path, snapshot)
+    stager.close()
+
+    fresh, fresh_optimizer, _ = _build()
+    extra = read_state(tmp_path, fresh, fresh_optimizer, rank=0)
+    assert extra == {"step": 2, "lr": [pytest.approx(1e-2 * 3 / 5)]}
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    for index, state in fresh_optimizer.state_dict()["state"].items():
+        assert torch.equal(state["exp_avg_sq"], moments[index])
+    assert _draws() == expected_draws
+
+
+def test_snapshots_reuse_one_copy_of_the_state(tmp_path: Path) -> None:
+    model, optimizer, scheduler = _build()
+    _loop(model, optimizer, scheduler, 1)
+    stager = StateStager()
+    first = stager.snapshot(model, optimizer, {}, 0)
+    _loop(model, optimizer, scheduler, 1)
+    second = stager.snapshot(model, optimizer, {}, 0)
+
+    def pointers(tensors: dict[str, Any]) -> list[int]:
+        model_state, optim_state = tensors["model"], tensors["optimizer"]["state"]
+        found = [t.data_ptr() for t in model_state.values()]
+        return found + [s["exp_avg"].data_ptr() for s in optim_state.values()]
+
+    # The memory is allocated once and overwritten: one extra copy, however many saves.
+    assert pointers(second.tensors) == pointers(first.tensors)
+    live = [p.data_ptr() for p in model.parameters()]
+    assert not set(live) & set(pointers(second.tensors))  # a copy, not the live weights
+    assert torch.equal(second.tensors["model"]["body.0.weight"], model.body[0].weight)
+    stager.close()

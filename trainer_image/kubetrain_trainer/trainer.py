@@ -31,7 +31,7 @@ from kubetrain_trainer.checkpoint import (
     step_dir,
 )
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, SaveResult, group_collectives
-from kubetrain_trainer.checkpoint.state import read_state, write_state
+from kubetrain_trainer.checkpoint.state import read_state
 from kubetrain_trainer.config import ConfigError, TrainingConfig
 from kubetrain_trainer.contract import RESUME_FROM_SCRATCH, format_step_ranges, parse_faults
 from kubetrain_trainer.data.base import DatasetAdapter
@@ -284,18 +284,23 @@ class Trainer:
         return val_loss
 
     def save_checkpoint(self) -> CheckpointInfo:
-        """Snapshot the state now (the step boundary keeps it consistent) and have it
-        uploaded and committed: in the background with checkpoint.async_upload, else
-        before returning. The info returned is committed only in the second case."""
+        """Copy the state into RAM now (the step boundary keeps it consistent) and have
+        it written, uploaded and committed: in the background with
+        checkpoint.async_upload, else before returning. The info returned is committed
+        only in the second case."""
         self.callbacks.on_checkpoint_begin(self.state)
         started = time.monotonic()
-        self._checkpoint_results(self.saver.wait())  # one upload in flight per rank
+        self._checkpoint_results(self.saver.wait())  # one snapshot in flight per rank
+        snapshot = self.saver.snapshot(
+            self.raw_model, self.optimizer, self._extra_state(), self.dist.rank
+        )
         staging = self.scratch / f"save-{self.step}"
-        write_state(staging, self.raw_model, self.optimizer, self._extra_state(), self.dist.rank)
+        staging.mkdir(parents=True, exist_ok=True)
         if self.dist.is_main:
             self.dataset.tokenizer.save(staging / TOKENIZER_FILE)
         metrics = {k: v for k, v in self.state.metrics.items() if k.startswith("val_")}
-        self.saver.submit(self.step, staging, metrics)  # deletes staging when done
+        # The worker writes the snapshot into staging, uploads, commits, deletes staging.
+        self.saver.submit(self.step, staging, metrics, snapshot=snapshot)
         if not self.cfg.checkpoint.async_upload:
             self._checkpoint_results(self.saver.wait())
         info = self.last_checkpoint

@@ -1,14 +1,20 @@
-"""Checkpoint uploads in a background thread, one in flight per rank.
+"""Checkpoint writes and uploads in a background thread, one in flight per rank.
 
-The loop snapshots its state to a local staging directory at the step boundary (fast,
-consistent); `AsyncCheckpointer.submit` hands that directory to a worker thread that
-uploads it, commits the manifest (CheckpointManager.save) and deletes it. The snapshot
-lives on disk, not in RAM, and a new submit first waits for the previous upload, so
-at most one staging directory per rank is waiting for storage.
+At the step boundary the loop only copies its state into RAM
+(`AsyncCheckpointer.snapshot`: torch's DCP stager, pinned memory for CUDA state).
+`submit` hands that copy to a worker thread that writes it with DCP into a local
+staging directory, uploads the directory, commits the manifest (CheckpointManager.save)
+and deletes it. Training goes on meanwhile: the copy is detached from the live model.
 
-The worker's collectives (barrier, all_gather of hashes) run on a process group of
-their own (gloo, created once by every rank): on the training group they could
-interleave with the loop's collectives in a different order on different ranks.
+Memory is the trade-off: each rank holds one extra copy of its model + optimizer state
+in CPU RAM (pinned when on CUDA), allocated at the first checkpoint and reused by every
+later one. It never grows: a new snapshot first waits for the previous one to be
+written, uploaded and committed, so at most one snapshot per rank is in flight.
+
+The worker's collectives (the DCP save, barrier, all_gather of hashes) run on a gloo
+process group of its own (group_collectives, created once by every rank): on the
+training group they could interleave with the loop's collectives in a different order
+on different ranks.
 
 Storage errors are retried with backoff around every storage call (on top of
 botocore's own retries); a save that still fails is logged and counted, never
@@ -29,12 +35,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 
-from kubetrain_trainer.checkpoint.manager import CheckpointInfo, CheckpointManager
+from kubetrain_trainer.checkpoint.manager import CheckpointError, CheckpointInfo, CheckpointManager
+from kubetrain_trainer.checkpoint.state import Snapshot, StateStager, write_snapshot
 from kubetrain_trainer.checkpoint.storage import Storage
 
-__all__ = ["AsyncCheckpointer", "RetryingStorage", "SaveResult", "group_collectives"]
+__all__ = [
+    "AsyncCheckpointer",
+    "CheckpointGroup",
+    "RetryingStorage",
+    "SaveResult",
+    "group_collectives",
+]
 
 log = logging.getLogger(__name__)
 
@@ -130,28 +144,30 @@ class RetryingStorage(Storage):
         self._call(f"delete of {prefix}/", lambda: self.inner.delete_prefix(prefix))
 
 
-Collectives = tuple[Callable[[], None], Callable[[Any], builtins.list[Any]]]
+@dataclass(frozen=True)
+class CheckpointGroup:
+    """The checkpoint worker's own process group and the collectives it runs on it."""
+
+    process_group: dist.ProcessGroup
+
+    def barrier(self) -> None:
+        dist.barrier(group=self.process_group)
+
+    def all_gather_object(self, obj: Any) -> builtins.list[Any]:
+        out: list[Any] = [None] * dist.get_world_size(self.process_group)
+        dist.all_gather_object(out, obj, group=self.process_group)
+        return out
 
 
-def group_collectives(timeout: timedelta = _GROUP_TIMEOUT) -> Collectives | None:
-    """barrier/all_gather_object on a new gloo group for checkpoint coordination, or
-    None without a process group. A collective itself: every rank must call it."""
+def group_collectives(timeout: timedelta = _GROUP_TIMEOUT) -> CheckpointGroup | None:
+    """A new gloo group spanning every rank for the checkpoint worker, or None without
+    a process group. A collective itself: every rank must call it."""
     if not (dist.is_available() and dist.is_initialized()):
         return None
     group = dist.new_group(backend="gloo", timeout=timeout)
     if not isinstance(group, dist.ProcessGroup):  # every rank is a member of this one
         raise RuntimeError("this rank is not in the checkpoint process group")
-    size = dist.get_world_size()
-
-    def barrier() -> None:
-        dist.barrier(group=group)
-
-    def all_gather_object(obj: Any) -> builtins.list[Any]:
-        out: list[Any] = [None] * size
-        dist.all_gather_object(out, obj, group=group)
-        return out
-
-    return barrier, all_gather_object
+    return CheckpointGroup(group)
 
 
 @dataclass(frozen=True)
@@ -159,7 +175,7 @@ class SaveResult:
     """How one submitted checkpoint ended: committed (`info`) or failed (`error`)."""
 
     step: int
-    upload_seconds: float
+    upload_seconds: float  # in the worker: DCP write + upload + commit
     info: CheckpointInfo | None = None
     error: str | None = None
 
@@ -169,22 +185,25 @@ class SaveResult:
 
 
 class AsyncCheckpointer:
-    """Uploads and commits staged checkpoints in one worker thread.
+    """Writes, uploads and commits checkpoints in one worker thread.
 
     `manager` is the loop's manager; the worker uses a twin of it on `collectives`
-    (see group_collectives) and a RetryingStorage over the same storage. `on_done`
-    runs in the worker after each save (keep it thread-safe: metrics, attributes).
+    (see group_collectives; required with more than one rank) and a RetryingStorage
+    over the same storage. `on_done` runs in the worker after each save (keep it
+    thread-safe: metrics, attributes).
     """
 
     def __init__(
         self,
         manager: CheckpointManager,
         *,
-        collectives: Collectives | None = None,
+        collectives: CheckpointGroup | None = None,
         on_done: Callable[[SaveResult], None] | None = None,
         retry: Mapping[str, Any] | None = None,
     ) -> None:
-        barrier, gather = collectives if collectives else (None, None)
+        self._group = collectives
+        barrier = collectives.barrier if collectives else None
+        gather = collectives.all_gather_object if collectives else None
         storage = manager.storage
         if not isinstance(storage, RetryingStorage):
             storage = RetryingStorage(storage, **dict(retry or {}))
@@ -207,11 +226,26 @@ class AsyncCheckpointer:
         self._inflight_step: int | None = None
         self._good_after_commit: set[int] = set()
         self._finished: list[SaveResult] = []
+        self._stager = StateStager()
 
     @property
     def busy(self) -> bool:
-        """Whether an upload is still running."""
+        """Whether a save (write, upload, commit) is still running."""
         return self._inflight is not None and not self._inflight.done()
+
+    def snapshot(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        extra: dict[str, Any],
+        rank: int,
+    ) -> Snapshot:
+        """Copy this rank's state into RAM for `submit` (the loop's only stall).
+
+        Waits for the snapshot in flight first: the copy reuses its memory.
+        """
+        self._join()
+        return self._stager.snapshot(model, optimizer, extra, rank)
 
     def submit(
         self,
@@ -220,17 +254,19 @@ class AsyncCheckpointer:
         metrics: Mapping[str, float] | None = None,
         *,
         epoch: int = 0,
+        snapshot: Snapshot | None = None,
     ) -> None:
-        """Start uploading `staging` (deleted afterwards) as checkpoint `step`.
+        """Start saving checkpoint `step`: write `snapshot` (if any) into the local
+        directory `staging`, upload everything in it, commit, delete `staging`.
 
-        Waits for the previous upload first: one in flight per rank. Every rank must
+        Waits for the previous save first: one in flight per rank. Every rank must
         submit the same steps in the same order (the worker runs collectives).
         """
         self._join()
         with self._lock:
             self._inflight_step = step
             self._inflight = self._pool.submit(
-                self._run, step, Path(staging), dict(metrics or {}), epoch
+                self._run, step, Path(staging), dict(metrics or {}), epoch, snapshot
             )
 
     def wait(self) -> builtins.list[SaveResult]:
@@ -272,14 +308,39 @@ class AsyncCheckpointer:
             log.exception("marking checkpoint at step %d good failed", step)
 
     def close(self) -> None:
-        """Wait for the upload in flight and stop the worker."""
+        """Wait for the save in flight, stop the worker and free the snapshot memory."""
         self.wait()
         self._pool.shutdown(wait=True)
+        self._stager.close()
 
-    def _run(self, step: int, staging: Path, metrics: dict[str, float], epoch: int) -> SaveResult:
+    def _write(self, staging: Path, snapshot: Snapshot) -> None:
+        """Write the snapshot on every rank; raises on all of them if any one failed
+        (the manager's collectives must not start on some ranks only)."""
+        error: str | None = None
+        try:
+            group = self._group.process_group if self._group else None
+            write_snapshot(staging, snapshot, process_group=group)
+        except Exception as exc:
+            error = f"rank {self.manager.rank} writing {staging}: {exc!r}"
+            log.exception("writing the checkpoint snapshot to %s failed", staging)
+        gather = self._group.all_gather_object if self._group else lambda obj: [obj]
+        errors = [e for e in gather(error) if e]
+        if errors:
+            raise CheckpointError("; ".join(errors))
+
+    def _run(
+        self,
+        step: int,
+        staging: Path,
+        metrics: dict[str, float],
+        epoch: int,
+        snapshot: Snapshot | None,
+    ) -> SaveResult:
         started = time.monotonic()
         log.info("uploading checkpoint at step %d", step)
         try:
+            if snapshot is not None:
+                self._write(staging, snapshot)
             info = self.manager.save(step, staging, metrics, epoch=epoch)
             result = SaveResult(step, time.monotonic() - started, info=info)
         except Exception as error:  # the loop goes on; the next checkpoint tries again

@@ -11,21 +11,28 @@ module, DDP (no "module." prefix) and sharded models (FSDP/DTensor), so resuming
 a change of wrapping works. Without an initialised process group DCP runs in
 single-process mode. Exact resume needs all three parts: with them, N steps + resume +
 N steps reproduce the losses of 2N steps.
+
+Saving has two halves so that the loop only pays for the first: `StateStager.snapshot`
+copies the state into CPU memory at the step boundary (torch's DCP stager, pinned when
+the state is on CUDA), and `write_snapshot` writes that copy to disk later, from any
+thread. `write_state` does both at once.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import logging
 import random
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.filesystem import FileSystemWriter
+from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
@@ -33,10 +40,13 @@ from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 __all__ = [
     "DCP_DIR",
     "TRAINER_STATE",
+    "Snapshot",
+    "StateStager",
     "capture_rng",
     "read_state",
     "restore_rng",
     "rng_file",
+    "write_snapshot",
     "write_state",
 ]
 
@@ -98,12 +108,114 @@ def _no_dist() -> bool:
     return not (dist.is_available() and dist.is_initialized())
 
 
-@contextmanager
-def _quiet_single_process() -> Iterator[None]:
+def _quiet_single_process() -> None:
     # DCP warns on every call without a process group; single-process is intended here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        yield
+    # A process-wide filter (re-applied per call, in case filters were reset), because
+    # saves also run in the upload thread and catch_warnings is not thread-safe.
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One rank's checkpoint state as of a step boundary, detached from the live model
+    and optimizer: training may go on while `write_snapshot` writes it."""
+
+    rank: int
+    tensors: dict[str, Any]  # {"model": ..., "optimizer": ...} for DCP
+    rng: bytes  # torch.save of capture_rng()
+    extra: bytes | None  # torch.save of the loop's `extra` dict; rank 0 only
+
+
+def _serialized(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def _capture(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], rank: int
+) -> tuple[dict[str, Any], Snapshot]:
+    """The live model/optimizer state dict, and a Snapshot whose `tensors` are still it."""
+    model_state, optim_state = get_state_dict(model, optimizer)
+    live = {"model": model_state, "optimizer": optim_state}
+    extra_bytes = _serialized(extra) if rank == 0 else None
+    return live, Snapshot(rank, live, _serialized(capture_rng()), extra_bytes)
+
+
+class StateStager:
+    """Copies model + optimizer state into CPU memory that it keeps and reuses.
+
+    torch's DCP DefaultStager does the copy (synchronously: the optimizer may change
+    the weights right after), into pinned memory with non-blocking copies when the
+    state is on CUDA. After the first snapshot it holds one copy of the state per rank
+    for the life of the stager, and each snapshot overwrites the previous one: take
+    the next only once the previous has been written. Use it from one thread.
+    """
+
+    def __init__(self) -> None:
+        self._stager: DefaultStager | None = None
+
+    def _torch_stager(self, model: torch.nn.Module) -> DefaultStager:
+        if self._stager is None:
+            cuda = any(p.device.type == "cuda" for p in model.parameters())
+            self._stager = DefaultStager(
+                StagingOptions(
+                    use_pinned_memory=cuda,
+                    use_shared_memory=False,  # the writer is a thread, not a process
+                    use_async_staging=False,
+                    use_non_blocking_copy=cuda,  # still synchronized before returning
+                )
+            )
+        return self._stager
+
+    def snapshot(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        extra: dict[str, Any],
+        rank: int,
+    ) -> Snapshot:
+        """Copy this rank's state (model, optimizer, RNG, and `extra` on rank 0) now."""
+        live, snapshot = _capture(model, optimizer, extra, rank)
+        staged = self._torch_stager(model).stage(live)
+        if not isinstance(staged, dict):  # a Future only with use_async_staging
+            raise TypeError(f"DCP staging returned {type(staged).__name__}, not a dict")
+        return Snapshot(rank, staged, snapshot.rng, snapshot.extra)
+
+    def close(self) -> None:
+        """Free the staging memory."""
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
+
+
+def write_snapshot(
+    directory: Path,
+    snapshot: Snapshot,
+    *,
+    process_group: dist.ProcessGroup | None = None,
+) -> None:
+    """Write a snapshot into the local `directory` (a collective on `process_group`, by
+    default the default group when one is initialised: every rank must call it).
+
+    From a thread other than the training loop's, pass a group of its own: collectives
+    on the training group could interleave with the loop's in a different order on
+    different ranks.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    # The files are uploaded and then deleted: no fsync (the manifest hashes what is read).
+    writer = FileSystemWriter(directory / DCP_DIR, sync_files=False)
+    _quiet_single_process()
+    dcp_save(
+        snapshot.tensors,
+        storage_writer=writer,
+        process_group=process_group,
+        no_dist=process_group is None and _no_dist(),
+    )
+    if snapshot.extra is not None:
+        (directory / TRAINER_STATE).write_bytes(snapshot.extra)
+    (directory / rng_file(snapshot.rank)).write_bytes(snapshot.rng)
 
 
 def write_state(
@@ -114,24 +226,13 @@ def write_state(
     rank: int,
 ) -> None:
     """Write this rank's part of a checkpoint into the local `directory` (a collective
-    when a process group is initialised: every rank must call it).
+    when a process group is initialised: every rank must call it), without a copy.
 
     Use a fresh directory per rank and step (outside the checkpoint URI): the manager
     uploads everything in it. `extra` may hold tensors, python scalars, strings and
     lists/tuples/dicts of them (it is read back with torch.load(weights_only=True)).
     """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model_state, optim_state = get_state_dict(model, optimizer)
-    with _quiet_single_process():
-        dcp_save(
-            {"model": model_state, "optimizer": optim_state},
-            checkpoint_id=directory / DCP_DIR,
-            no_dist=_no_dist(),
-        )
-    if rank == 0:
-        torch.save(extra, directory / TRAINER_STATE)
-    torch.save(capture_rng(), directory / rng_file(rank))
+    write_snapshot(directory, _capture(model, optimizer, extra, rank)[1])
 
 
 def read_state(
@@ -149,8 +250,8 @@ def read_state(
     # get_state_dict gives the optimizer its (lazy) state, so DCP has tensors to fill.
     model_state, optim_state = get_state_dict(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
-    with _quiet_single_process():
-        dcp_load(state, checkpoint_id=directory / DCP_DIR, no_dist=_no_dist())
+    _quiet_single_process()
+    dcp_load(state, checkpoint_id=directory / DCP_DIR, no_dist=_no_dist())
     set_state_dict(
         model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
     )

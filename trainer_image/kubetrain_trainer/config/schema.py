@@ -244,7 +244,9 @@ class CheckpointConfig(Section):
     resume: bool = True
     """Resume from the newest committed checkpoint under uri when one exists."""
     async_upload: bool = True
-    """Upload and commit in a background thread (one in flight); false blocks the loop."""
+    """The loop only copies its state into RAM; a background thread writes, uploads and
+    commits it (one in flight, one extra copy of model + optimizer state per rank).
+    false: the loop waits for the whole save."""
     s3: S3Config = S3Config()
 
 
