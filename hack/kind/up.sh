@@ -54,6 +54,7 @@ helm upgrade --install kubetrain "${ROOT}/helm/kubetrain" \
   --set operator.image.pullPolicy=Never \
   --set trainer.image.repository="${TRAINER_IMAGE}" \
   --set trainer.image.tag="${TAG}" \
+  --set dashboards.enabled=true \
   --wait --timeout 5m
 helm test kubetrain --namespace "${NAMESPACE}" --logs
 
