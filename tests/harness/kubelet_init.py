@@ -91,6 +91,17 @@ def expose_image(paths: list[str]) -> None:
         os.close(fd)
 
 
+def _restore_image(image: dict[str, tuple[int, str]], targets: list[str]) -> None:
+    """Bind image directories back over volumes mounted above them: a real image's
+    files are never under a pod's volume, but the harness's "image" (the clone, the
+    venv) may live under /tmp, where the trainer mounts an emptyDir."""
+    for path, (fd, proc_path) in image.items():
+        if any(path.startswith(target.rstrip("/") + "/") for target in targets):
+            _ensure_target(path, False)
+            _mount(proc_path, path, MS_BIND | MS_REC)
+        os.close(fd)
+
+
 def _ensure_target(target: str, is_file: bool) -> None:
     path = Path(target)
     if is_file:
@@ -109,14 +120,17 @@ def enter_pod(spec: dict[str, Any]) -> None:
     # Our mounts must not propagate back to the host's mount namespace.
     _mount(None, "/", MS_REC | MS_PRIVATE)
     sources = [_open_source(mount["source"]) for mount in spec["mounts"]]
+    image_paths = [p for p in spec.get("image_paths", []) if Path(p).is_dir()]
+    image = {path: _open_source(path) for path in image_paths}
     if spec["uid"] != 0:
-        expose_image(spec.get("image_paths", []))
+        expose_image(image_paths)
     for mount, (fd, proc_path) in zip(spec["mounts"], sources, strict=True):
         _ensure_target(mount["target"], mount["is_file"])
         _mount(proc_path, mount["target"], MS_BIND | MS_REC)
         if mount["read_only"]:
             _mount(None, mount["target"], MS_BIND | MS_REMOUNT | MS_RDONLY)
         os.close(fd)
+    _restore_image(image, [mount["target"] for mount in spec["mounts"]])
     hostname = spec["hostname"].encode()
     _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.harness.cluster import Cluster, Kubectl
+from tests.harness.cluster import REPO_ROOT, Cluster, Kubectl
 from tests.harness.services import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration]
@@ -288,7 +288,7 @@ except OSError:
     repo_writable = False
 with urllib.request.urlopen("http://web:8080/", timeout=10) as resp:
     answer = resp.read().decode()
-print(json.dumps({"uid": os.getuid(), "user": getpass.getuser(), "tmp": os.listdir("/tmp"),
+print(json.dumps({"uid": os.getuid(), "user": getpass.getuser(), "tmp": sorted(os.listdir("/tmp")),
                   "repo_writable": repo_writable, "service": answer}), flush=True)
 """
 
@@ -336,6 +336,14 @@ def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
         "metadata": {"name": "web"},
         "spec": {"selector": {"app": "web"}, "ports": [{"port": 8080}]},
     }
+    # A volume above the clone (the scratch one when the clone is under /tmp, else one
+    # at its parent) must not hide the project: the harness binds it back.
+    mounts = [{"name": "scratch", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "scratch", "emptyDir": {}}]
+    under_tmp = REPO_ROOT.is_relative_to("/tmp")
+    if not under_tmp and REPO_ROOT.parent != Path("/"):
+        mounts.append({"name": "cover", "mountPath": str(REPO_ROOT.parent)})
+        volumes.append({"name": "cover", "emptyDir": {}})
     client = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -348,19 +356,23 @@ def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
                     "client",
                     _NON_ROOT,
                     securityContext=container_context,
-                    volumeMounts=[{"name": "scratch", "mountPath": "/tmp"}],
+                    volumeMounts=mounts,
                 )
             ],
-            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "volumes": volumes,
         },
     }
     _apply(kubectl, namespace, server, service, client)
     cluster.wait_for_pod(namespace, "client", phases=("Succeeded",), timeout=180)
     report = _log_line(cluster, namespace, "client", "client")
+    # Besides its own file, the fresh emptyDir shows only the mount points of the
+    # "image" directories that live under /tmp (the clone, the cluster's Python shims).
+    image_dirs = [REPO_ROOT, cluster.state_dir or REPO_ROOT]
+    stubs = {p.relative_to("/tmp").parts[0] for p in image_dirs if p.is_relative_to("/tmp")}
+    assert set(report.pop("tmp")) - stubs == {"scratch"}
     assert report == {
         "uid": 65532,
         "user": "kubetrain",
-        "tmp": ["scratch"],
         "repo_writable": False,
         "service": token,
     }
