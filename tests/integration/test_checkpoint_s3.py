@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from botocore.exceptions import ClientError
 from tests.harness.services import MinioServer
 from tests.integration.minio import new_bucket, running_minio, s3_env
 from torch import nn
@@ -50,6 +51,20 @@ def _objects(minio: MinioServer, bucket: str) -> list[str]:
 
 def _step_dirs(minio: MinioServer, bucket: str, prefix: str) -> list[str]:
     return sorted({key[len(prefix) + 1 :].split("/")[0] for key in _objects(minio, bucket)})
+
+
+def test_each_storage_reads_the_credentials_of_its_time(
+    minio: MinioServer, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """boto3's default session would keep the first keys it saw for the whole process
+    (a test, an operator reading several buckets): every storage gets a fresh chain."""
+    right = os.environ["AWS_SECRET_ACCESS_KEY"]
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(ClientError):
+        S3Storage(bucket, "creds", endpoint=minio.endpoint).put_bytes("x", b"1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", right)
+    S3Storage(bucket, "creds", endpoint=minio.endpoint).put_bytes("x", b"1")
+    assert _objects(minio, bucket) == ["creds/x"]
 
 
 def test_s3_storage_operations(minio: MinioServer, bucket: str, tmp_path: Path) -> None:

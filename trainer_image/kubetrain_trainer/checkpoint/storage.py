@@ -219,7 +219,10 @@ class S3Storage(Storage):
             s3={"addressing_style": "path" if self.endpoint else "auto"},
         )
         # region None: boto3 takes AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.
-        self.client: Any = boto3.client(
+        # A session of its own: boto3's default one caches the credentials it first
+        # resolved for the whole process, so a storage for another endpoint or
+        # account would sign with stale keys.
+        self.client: Any = boto3.session.Session().client(
             "s3", endpoint_url=self.endpoint, region_name=region, config=config
         )
         self.transfer = TransferConfig(
