@@ -10,11 +10,11 @@ are left to their pods' hostname/subdomain records (kubelet_dns).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tests.harness.kubelet_dns import HostRecord, HostRegistry
+from tests.harness.poller import Poller
 
 _SERVICE_LABEL = "kubernetes.io/service-name"
 
@@ -59,28 +59,18 @@ class ServiceNames:
         self._list_services = list_services
         self._list_slices = list_slices
         self._published: dict[str, HostRecord] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._poller = Poller(self._sync, name="service-names")
 
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="service-names", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._poller.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                records = service_records(self._list_services(), self._list_slices())
-            except Exception:  # the API server may be restarting; try again next round
-                continue
-            for owner in set(self._published) - set(records):
-                self._names.withdraw(owner)
-            for owner, record in records.items():
-                self._names.publish(owner, record)
-            self._published = records
+    def _sync(self) -> None:
+        records = service_records(self._list_services(), self._list_slices())
+        for owner in set(self._published) - set(records):
+            self._names.withdraw(owner)
+        for owner, record in records.items():
+            self._names.publish(owner, record)
+        self._published = records

@@ -7,7 +7,6 @@ import os
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -15,6 +14,8 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.harness.poller import Poller
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -279,31 +280,21 @@ class PodTargetWriter:
     ) -> None:
         self._list_pods = list_pods
         self._path = directory / "pods.json"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._written = ""
+        self._poller = Poller(self._sync, name="pod-targets")
 
     def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._write(json.dumps([]))
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="pod-targets", daemon=True)
-        self._thread.start()
+        self._poller.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._poller.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(1.0):
-            try:
-                text = json.dumps(scrape_targets(self._list_pods()), indent=1)
-            except Exception:  # the API server may be restarting; try again next round
-                continue
-            if text != self._written:
-                self._write(text)
+    def _sync(self) -> None:
+        text = json.dumps(scrape_targets(self._list_pods()), indent=1)
+        if text != self._written:
+            self._write(text)
 
     def _write(self, text: str) -> None:
         # Rename, so that Prometheus never reads a half-written file.
