@@ -112,6 +112,17 @@ def _ensure_target(target: str, is_file: bool) -> None:
         path.mkdir(parents=True, exist_ok=True)
 
 
+def make_root_read_only() -> None:
+    """readOnlyRootFilesystem: the root mount becomes read-only in this namespace only.
+
+    Done last: the volumes and image binds above are mounts of their own and stay as
+    they are; a bind made after this from a path on the root would inherit read-only.
+    """
+    # ST_NOSUID, ST_NODEV, ST_NOEXEC have the values of MS_NOSUID, MS_NODEV, MS_NOEXEC.
+    kept = os.statvfs("/").f_flag & (os.ST_NOSUID | os.ST_NODEV | os.ST_NOEXEC)
+    _mount(None, "/", MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
+
+
 def enter_pod(spec: dict[str, Any]) -> None:
     netns_fd = os.open(spec["netns"], os.O_RDONLY)
     _check(_libc.setns(netns_fd, CLONE_NEWNET), "setns(net)")
@@ -131,6 +142,8 @@ def enter_pod(spec: dict[str, Any]) -> None:
             _mount(None, mount["target"], MS_BIND | MS_REMOUNT | MS_RDONLY)
         os.close(fd)
     _restore_image(image, [mount["target"] for mount in spec["mounts"]])
+    if spec.get("read_only_root"):
+        make_root_read_only()
     hostname = spec["hostname"].encode()
     _check(_libc.sethostname(hostname, len(hostname)), "sethostname")
 

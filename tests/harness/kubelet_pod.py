@@ -391,6 +391,7 @@ class PodWorker:
         mounts.append(Mount(str(term_file), term_path, False, True))
         self.ctx.created_paths(ensure_mount_points(mounts))
         spec_path = self.run_dir / "specs" / f"{rec.name}.json"
+        security = spec.get("securityContext") or {}
         start_error = self.run_dir / "specs" / f"{rec.name}.start-error"
         write_spec(
             spec_path,
@@ -404,8 +405,8 @@ class PodWorker:
             argv=argv,
             env=env,
             start_error_file=start_error,
-            no_new_privs=(spec.get("securityContext") or {}).get("allowPrivilegeEscalation")
-            is False,
+            no_new_privs=security.get("allowPrivilegeEscalation") is False,
+            read_only_root=security.get("readOnlyRootFilesystem") is True,
             image_paths=self.ctx.image_paths,
         )
         item.env, item.uid, item.gid = env, uid, gid

@@ -98,6 +98,7 @@ def write_spec(
     env: Mapping[str, str],
     start_error_file: Path,
     no_new_privs: bool = False,
+    read_only_root: bool = False,
     image_paths: Sequence[str] = (),
 ) -> None:
     """The launch spec kubelet_init reads (root-only: it holds the container's secrets)."""
@@ -113,6 +114,7 @@ def write_spec(
         "env": dict(env),
         "start_error_file": str(start_error_file),
         "no_new_privs": no_new_privs,
+        "read_only_root": read_only_root,
         "image_paths": list(image_paths),
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

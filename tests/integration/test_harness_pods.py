@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import shutil
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -275,9 +276,10 @@ def test_pods_on_the_same_port_reach_each_other_by_hostname_and_subdomain(
 
 
 # Runs as the image's user: imports the project, writes its scratch emptyDir, looks its
-# user up, reaches a ClusterIP Service by name, and cannot write the repository.
+# user up, reaches a ClusterIP Service by name, and can write neither the repository
+# nor the root filesystem (readOnlyRootFilesystem).
 _NON_ROOT = """
-import getpass, json, os, urllib.request
+import errno, getpass, json, os, urllib.request
 import kubetrain_trainer
 with open("/tmp/scratch", "w") as out:
     out.write("ok")
@@ -286,15 +288,20 @@ try:
     repo_writable = True
 except OSError:
     repo_writable = False
+try:  # a directory on the root filesystem that any uid could write to on the host
+    open(os.path.join(os.environ["OPEN_DIR"], "written-by-a-pod"), "w").close()
+    root_fs = "writable"
+except OSError as err:
+    root_fs = errno.errorcode[err.errno]
 with urllib.request.urlopen("http://web:8080/", timeout=10) as resp:
     answer = resp.read().decode()
 print(json.dumps({"uid": os.getuid(), "user": getpass.getuser(), "tmp": sorted(os.listdir("/tmp")),
-                  "repo_writable": repo_writable, "service": answer}), flush=True)
+                  "repo_writable": repo_writable, "root_fs": root_fs, "service": answer}), flush=True)
 """
 
 
 def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
-    cluster: Cluster, namespace: str, kubectl: Kubectl
+    cluster: Cluster, namespace: str, kubectl: Kubectl, request: pytest.FixtureRequest
 ) -> None:
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     token = secrets.token_hex(8)
@@ -344,6 +351,12 @@ def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
     if not under_tmp and REPO_ROOT.parent != Path("/"):
         mounts.append({"name": "cover", "mountPath": str(REPO_ROOT.parent)})
         volumes.append({"name": "cover", "emptyDir": {}})
+    # World-writable on the host's root filesystem (not under /tmp, which the client's
+    # emptyDir covers), so only readOnlyRootFilesystem keeps uid 65532 out of it.
+    open_dir = Path("/var/tmp") / f"kubetrain-open-{token}"
+    open_dir.mkdir(mode=0o1777)
+    open_dir.chmod(0o1777)  # mkdir's mode passes through the umask
+    request.addfinalizer(lambda: shutil.rmtree(open_dir, ignore_errors=True))
     client = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -355,6 +368,7 @@ def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
                 _container(
                     "client",
                     _NON_ROOT,
+                    env=[{"name": "OPEN_DIR", "value": str(open_dir)}],
                     securityContext=container_context,
                     volumeMounts=mounts,
                 )
@@ -374,5 +388,6 @@ def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
         "uid": 65532,
         "user": "kubetrain",
         "repo_writable": False,
+        "root_fs": "EROFS",
         "service": token,
     }
