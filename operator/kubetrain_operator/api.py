@@ -116,7 +116,9 @@ class FaultToleranceSpec(ApiModel):
     nodeFailureTolerationSeconds: int = Field(30, ge=0, le=3600)
     """Workers tolerate a NotReady/unreachable node this long before eviction."""
     progressDeadlineSeconds: int | None = Field(None, ge=10, le=86400)
-    """No step progress for this long counts as a hang and restarts the gang."""
+    """No step progress for this long counts as a hang and restarts the gang. The clock
+    starts when the gang is Running, so it also covers start-up and resuming: set it
+    above the time those take."""
 
 
 class RunPolicy(ApiModel):
