@@ -1,4 +1,4 @@
-"""A daemon thread that calls a function every second until stopped."""
+"""A daemon thread that calls a function at a fixed interval until stopped."""
 
 from __future__ import annotations
 

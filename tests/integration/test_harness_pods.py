@@ -354,8 +354,8 @@ def test_restricted_non_root_pod_runs_the_project_and_reaches_a_service_by_name(
     # World-writable on the host's root filesystem (not under /tmp, which the client's
     # emptyDir covers), so only readOnlyRootFilesystem keeps uid 65532 out of it.
     open_dir = Path("/var/tmp") / f"kubetrain-open-{token}"
-    open_dir.mkdir(mode=0o1777)
-    open_dir.chmod(0o1777)  # mkdir's mode passes through the umask
+    open_dir.mkdir()
+    open_dir.chmod(0o1777)  # not mkdir's mode, which passes through the umask
     request.addfinalizer(lambda: shutil.rmtree(open_dir, ignore_errors=True))
     client = {
         "apiVersion": "v1",
