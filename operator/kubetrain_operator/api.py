@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kubetrain_trainer.config import TrainingConfig
+from kubetrain_trainer.config.schema import CHECKPOINT_URI_PATTERN, ENDPOINT_PATTERN
 
 GROUP = "kubetrain.io"
 VERSION = "v1alpha1"
@@ -72,8 +73,8 @@ class ApiModel(BaseModel):
 class S3Settings(ApiModel):
     """S3 connection for s3:// checkpoint URIs (MinIO or AWS)."""
 
-    endpoint: str | None = Field(None, max_length=2048, pattern=r"^https?://")
-    """S3 endpoint URL (e.g. http://minio.minio:9000); empty means AWS."""
+    endpoint: str | None = Field(None, max_length=2048, pattern=ENDPOINT_PATTERN)
+    """S3 endpoint URL (e.g. http://minio.minio:9000, no credentials in it); empty means AWS."""
     region: str | None = Field(None, max_length=64)
     """S3 region."""
     credentialsSecretName: str | None = Field(None, max_length=253, pattern=DNS1123)
@@ -83,14 +84,18 @@ class S3Settings(ApiModel):
 class CheckpointSpec(ApiModel):
     """Job-level checkpoint settings; they override spec.trainer.checkpoint."""
 
-    uri: str | None = Field(
-        None, max_length=2048, pattern=r"^(s3://[a-z0-9][-a-z0-9.]{1,61}[a-z0-9](/.*)?|file:///.*)$"
-    )
-    """Where checkpoints go: s3://bucket/prefix or file:///path (a volume shared by all workers)."""
+    uri: str | None = Field(None, max_length=2048, pattern=CHECKPOINT_URI_PATTERN)
+    """Where checkpoints go: s3://bucket/prefix or file:///path (a volume shared by all
+    workers). Unset: the operator's default base + <namespace>/<name>/<uid>. Two jobs
+    must not share one: the second is refused."""
     intervalSteps: int | None = Field(None, ge=1, le=1_000_000_000)
     """Overrides spec.trainer.checkpoint.interval_steps."""
     keepLast: int | None = Field(None, ge=1, le=10_000)
     """Overrides spec.trainer.checkpoint.keep_last."""
+    signingKeySecretName: str | None = Field(None, max_length=253, pattern=DNS1123)
+    """Secret whose key `checkpoint-key` signs the job's manifests. Unset: the operator
+    creates a Secret <name>-checkpoint-key for the job (deleted with it); name one of your
+    own to let a re-created job resume the checkpoints of an earlier one."""
     s3: S3Settings = S3Settings()
 
 
@@ -258,6 +263,8 @@ class Progress(ApiModel):
     tokensPerSecond: float | None = Field(None, ge=0, le=1e15)
     """Training throughput of the whole gang."""
     lastCheckpoint: CheckpointRef | None = None
+    resumedFrom: str | None = Field(None, max_length=2048)
+    """The checkpoint the running attempt started from; empty: it started at step 0."""
     updateTime: Timestamp | None = None
     """When the operator last read the progress; cleared when the gang stops."""
     lastStepTime: Timestamp | None = None
@@ -297,8 +304,10 @@ class RecoveryStatus(ApiModel):
 
     attempt: int = Field(0, ge=0, le=1_000_000)
     """Gang generation: pods of attempt N are labelled kubetrain.io/attempt=N."""
-    resumeFrom: str | None = Field(None, max_length=2048)
-    """Checkpoint URI the attempt resumes from (rollback target); empty = newest committed."""
+    rollbackBeforeStep: int | None = Field(None, ge=0, le=2**62)
+    """The last NaN rollback: resume from the newest good checkpoint before this step."""
+    rollbackId: str | None = Field(None, max_length=128)
+    """That rollback request's id; the trainer applies each id once."""
     skipBatches: str = Field("", max_length=4096)
     """Step ranges whose batches are skipped."""
     lrScale: float = Field(1.0, gt=0, le=1)

@@ -44,12 +44,11 @@ def common_labels(job_name: str) -> dict[str, str]:
 
 
 def owner_reference(job: TrainingJob) -> Obj:
-    uid = job.metadata.model_extra.get("uid", "") if job.metadata.model_extra else ""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
         "name": job.metadata.name,
-        "uid": uid,
+        "uid": job_uid(job),
         "controller": True,
         "blockOwnerDeletion": True,
     }
@@ -64,16 +63,42 @@ def _meta(job: TrainingJob, name: str, labels: dict[str, str] | None = None) -> 
     }
 
 
+def job_uid(job: TrainingJob) -> str:
+    return str((job.metadata.model_extra or {}).get("uid", ""))
+
+
 def checkpoint_uri(job: TrainingJob, settings: Settings) -> str | None:
-    """spec.checkpoint.uri, else the operator's default base + <namespace>/<name>."""
+    """spec.checkpoint.uri, else the operator's default base + <namespace>/<name>/<uid>:
+    a re-created job (a new UID) starts a store of its own."""
     if job.spec.checkpoint.uri:
         return job.spec.checkpoint.uri
     if job.spec.trainer.checkpoint.uri and "://" in job.spec.trainer.checkpoint.uri:
         return job.spec.trainer.checkpoint.uri
     if settings.default_checkpoint_uri:
         base = settings.default_checkpoint_uri.rstrip("/")
-        return f"{base}/{job.metadata.namespace}/{job.metadata.name}"
+        return f"{base}/{job.metadata.namespace}/{job.metadata.name}/{job_uid(job)}"
     return None
+
+
+SIGNING_KEY = "checkpoint-key"  # the data key of the signing Secret
+
+
+def signing_secret_name(job: TrainingJob) -> str:
+    return job.spec.checkpoint.signingKeySecretName or f"{job.metadata.name}-checkpoint-key"
+
+
+def build_signing_secret(job: TrainingJob, key: str) -> Obj | None:
+    """The Secret holding the job's manifest signing key (`key`: fresh random text from
+    the caller), or None when the job names a Secret of its own."""
+    if job.spec.checkpoint.signingKeySecretName:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(job, signing_secret_name(job)),
+        "stringData": {SIGNING_KEY: key},
+    }
 
 
 def credentials_secret(job: TrainingJob, settings: Settings) -> str | None:
@@ -150,6 +175,7 @@ def build_env(
     env: list[Obj] = [
         {"name": Env.JOB_NAME, "value": job.metadata.name},
         {"name": Env.NAMESPACE, "value": job.metadata.namespace or ""},
+        {"name": Env.JOB_UID, "value": job_uid(job)},
         {"name": Env.RESTART_COUNT, "value": str(recovery.attempt)},
         {"name": Env.SKIP_BATCHES, "value": recovery.skipBatches},
         {"name": Env.LR_SCALE, "value": repr(recovery.lrScale)},
@@ -162,8 +188,11 @@ def build_env(
     ]
     if uri:
         env.append({"name": Env.CHECKPOINT_URI, "value": uri})
-    if recovery.resumeFrom:
-        env.append({"name": Env.RESUME_FROM, "value": recovery.resumeFrom})
+    if recovery.rollbackBeforeStep is not None:
+        env.append({"name": Env.ROLLBACK_BEFORE, "value": str(recovery.rollbackBeforeStep)})
+        env.append({"name": Env.ROLLBACK_ID, "value": recovery.rollbackId or ""})
+    key_ref = {"secretKeyRef": {"name": signing_secret_name(job), "key": SIGNING_KEY}}
+    env.append({"name": Env.CHECKPOINT_KEY, "valueFrom": key_ref})
     secret = credentials_secret(job, settings)
     if secret:
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):

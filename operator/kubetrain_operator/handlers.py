@@ -9,6 +9,7 @@ nothing: the status schema is strict, and the status is patched explicitly.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections import defaultdict
@@ -23,7 +24,6 @@ from pydantic import ValidationError
 
 from kubetrain_operator import builders, operator_metrics
 from kubetrain_operator.api import GROUP, PLURAL, VERSION, TrainingJob
-from kubetrain_operator.policy import Checkpoint
 from kubetrain_operator.progress import read_progress
 from kubetrain_operator.reconcile import (
     Action,
@@ -118,8 +118,9 @@ def reconcile_job(namespace: str, name: str) -> None:
             now=datetime.now(UTC),
             progress=_progress(job, pods),
             lost_nodes=frozenset() if finished else _lost_nodes(pods),
+            signing_key=secrets.token_urlsafe(32),
         )
-        actions = reconcile(job, observed, SETTINGS, lambda: _checkpoints(job))
+        actions = reconcile(job, observed, SETTINGS)
         status = body.get("status") or {}
         for action in actions:
             _apply(job, body, action)
@@ -140,6 +141,7 @@ def _apply_to(ns: str, name: str, body: dict[str, Any], action: Action) -> None:
             "Pod": core.create_namespaced_pod,
             "Service": core.create_namespaced_service,
             "ConfigMap": core.create_namespaced_config_map,
+            "Secret": core.create_namespaced_secret,
         }[kind]
         try:
             create(ns, action.body)
@@ -282,20 +284,6 @@ def _lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
         if not ready or ready[0].status != "True":
             lost.add(node)
     return frozenset(lost)
-
-
-def _checkpoints(job: TrainingJob) -> list[Checkpoint]:
-    """Committed checkpoints, for NaN rollbacks. The operator reads the bucket with its
-    own credentials (boto3's chain), never the job's Secret."""
-    from kubetrain_trainer.checkpoint import CheckpointManager  # boto3: only when needed
-    from kubetrain_trainer.config import S3Config
-
-    uri = builders.checkpoint_uri(job, SETTINGS)
-    if not uri:
-        return []
-    endpoint = job.spec.checkpoint.s3.endpoint or SETTINGS.default_s3_endpoint
-    manager = CheckpointManager(uri, S3Config(endpoint=endpoint))
-    return [Checkpoint(i.step, i.uri, i.good) for i in manager.list()]
 
 
 def _load_kube_config() -> None:

@@ -2,19 +2,21 @@
 
 The gang becomes one torchrun in standalone mode with the job's total process
 count; after each attempt the same pure policy the operator uses decides to
-finish, fail, restart, or roll back to an older checkpoint.
+finish, fail, restart, or ask the trainer to roll back to an older checkpoint.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from kubetrain_operator.api import TrainingJob
-from kubetrain_operator.policy import Checkpoint, RecoveryState, classify, decide, record
+from kubetrain_operator.policy import RecoveryState, classify, decide, record
 from kubetrain_trainer.config import to_yaml
 from kubetrain_trainer.contract import Env, ExitCode, TerminationMessage
 
@@ -36,25 +38,30 @@ def trainer_config_for(job: TrainingJob, run_dir: Path) -> str:
     return to_yaml(cfg)
 
 
-def list_checkpoints(config_path: Path) -> list[Checkpoint]:
-    from kubetrain_trainer.checkpoint import CheckpointManager
-    from kubetrain_trainer.config import load_config
+def signing_key(run_dir: Path) -> str:
+    """The run dir's manifest signing key, made on the first run (readable by you only)."""
+    path = run_dir / "checkpoint.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
-    cfg = load_config(config_path)
-    manager = CheckpointManager(cfg.checkpoint.uri or "", cfg.checkpoint.s3)
-    return [Checkpoint(i.step, i.uri, i.good) for i in manager.list()]
 
-
-def run_local(job: TrainingJob, runs_root: Path = Path("runs")) -> int:
+def run_local(job: TrainingJob, runs_root: Path = Path("runs"), from_scratch: bool = False) -> int:
+    """Train `job` here; `from_scratch` starts a new timeline beside the old checkpoints."""
     name = job.metadata.name
     run_dir = (runs_root / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if from_scratch:
+        job = job.model_copy(deep=True)
+        job.spec.trainer.checkpoint.resume = False
+    key = signing_key(run_dir)
     config_path = run_dir / "trainer.yaml"
     config_path.write_text(trainer_config_for(job, run_dir))
     nproc = job.spec.numNodes * job.spec.procs_per_node()
     termination = run_dir / "termination-log.json"
     state = RecoveryState()
-    resume_from: str | None = None
     print(f"kubetrain run: {name}: {nproc} process(es), run dir {run_dir}", flush=True)
     while True:
         termination.unlink(missing_ok=True)
@@ -67,10 +74,13 @@ def run_local(job: TrainingJob, runs_root: Path = Path("runs")) -> int:
             Env.SKIP_BATCHES: state.skip_batches,
             Env.LR_SCALE: str(state.lr_scale),
             Env.TERMINATION_LOG: str(termination),
+            Env.CHECKPOINT_KEY: key,
         }
-        env.pop(Env.RESUME_FROM, None)
-        if resume_from:
-            env[Env.RESUME_FROM] = resume_from
+        for var in (Env.ROLLBACK_BEFORE, Env.ROLLBACK_ID):
+            env.pop(var, None)
+        if state.rollback is not None:
+            env[Env.ROLLBACK_BEFORE] = str(state.rollback.before_step)
+            env[Env.ROLLBACK_ID] = state.rollback.id
         command = [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
             f"--nproc-per-node={nproc}", "-m", "kubetrain_trainer", "train", "--config",
@@ -81,14 +91,11 @@ def run_local(job: TrainingJob, runs_root: Path = Path("runs")) -> int:
             TerminationMessage.from_json(termination.read_text()) if termination.exists() else None
         )
         cause = classify(code, message)
-        decision = decide(
-            job.spec.faultTolerance, state, cause, message, list_checkpoints(config_path)
-        )
+        decision = decide(job.spec.faultTolerance, state, cause, message, uuid.uuid4().hex)
         print(f"kubetrain run: {decision.reason}: {decision.message}", flush=True)
         if decision.action == "succeed":
             return 0
         if decision.action == "fail":
             return int(ExitCode.CONFIG_INVALID if decision.reason == "ConfigInvalid" else 1)
         state = record(state, decision)
-        resume_from = decision.resume_from
         time.sleep(min(2 ** state.restarts["total"], 30) / 4)  # short backoff: the gang is local

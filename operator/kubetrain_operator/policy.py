@@ -1,7 +1,9 @@
 """Pure recovery policy: what to do after an attempt of the gang ended.
 
 Shared by the operator and `kubetrain run`, so a job recovers the same way on a
-cluster and on a laptop. No I/O here: callers pass what they observed.
+cluster and on a laptop. No I/O here: callers pass what they observed. A NaN
+rollback is a request ("the newest good checkpoint before step S"): the trainer,
+which reads the checkpoint store with the job's own settings, chooses which one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from enum import StrEnum
 
 from kubetrain_operator.api import FaultToleranceSpec
 from kubetrain_trainer.contract import (
-    RESUME_FROM_SCRATCH,
     ExitCode,
     TerminationMessage,
     format_step_ranges,
@@ -59,10 +60,12 @@ def classify(exit_code: int, message: TerminationMessage | None) -> Cause:
 
 
 @dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    uri: str
-    good: bool
+class Rollback:
+    """Resume from the newest good checkpoint before `before_step`. Every later attempt
+    is given the same request; the trainer applies the one with this `id` once."""
+
+    before_step: int
+    id: str
 
 
 @dataclass
@@ -74,6 +77,7 @@ class RecoveryState:
     )
     skip_batches: str = ""
     lr_scale: float = 1.0
+    rollback: Rollback | None = None
 
 
 @dataclass(frozen=True)
@@ -82,7 +86,7 @@ class Decision:
     reason: str
     message: str
     cause: Cause
-    resume_from: str | None = None  # rollback target; None = newest committed checkpoint
+    rollback: Rollback | None = None
     skip_batches: str = ""
     lr_scale: float = 1.0
 
@@ -92,16 +96,17 @@ def decide(
     state: RecoveryState,
     cause: Cause,
     message: TerminationMessage | None,
-    checkpoints: list[Checkpoint],
+    rollback_id: str = "",
 ) -> Decision:
-    """Succeed, fail with a reason, or restart the gang (maybe from an older checkpoint)."""
+    """Succeed, fail with a reason, or restart the gang; a NaN restart asks for a rollback
+    named `rollback_id` (unique per job and attempt)."""
     text = message.message if message else ""
     if cause is Cause.SUCCEEDED:
         return Decision("succeed", "Succeeded", "training finished", cause)
     if cause is Cause.CONFIG_INVALID:
         return Decision("fail", "ConfigInvalid", text or "the trainer rejected its config", cause)
     if cause is Cause.NAN:
-        return _rollback(policy, state, message, checkpoints)
+        return _rollback(policy, state, message, rollback_id)
     key = RESTART_KEYS[cause]
     if state.restarts["total"] - state.restarts["nan"] >= policy.maxRestarts:
         return Decision(
@@ -115,6 +120,7 @@ def decide(
         f"Restart{cause.value}",
         f"restarting the gang after {cause.value} (restart {state.restarts[key] + 1})",
         cause,
+        rollback=state.rollback,
         skip_batches=state.skip_batches,
         lr_scale=state.lr_scale,
     )
@@ -124,7 +130,7 @@ def _rollback(
     policy: FaultToleranceSpec,
     state: RecoveryState,
     message: TerminationMessage | None,
-    checkpoints: list[Checkpoint],
+    rollback_id: str,
 ) -> Decision:
     nan = policy.nan
     if nan.action == "Fail":
@@ -136,30 +142,24 @@ def _rollback(
             f"loss stayed non-finite after {nan.maxRollbacks} rollbacks",
             Cause.NAN,
         )
-    failed_step = _step_of(message.failed_checkpoint, checkpoints) if message else None
-    good = [c for c in checkpoints if c.good]
-    older = [c for c in good if failed_step is None or c.step < failed_step]
-    candidates = older or good
-    target = max(candidates, key=lambda c: c.step) if candidates else None
+    # Older than what the failing attempt last loaded: that checkpoint led to NaN again.
+    before = 0
+    if message is not None:
+        before = message.restored_step if message.restored_step is not None else message.step or 0
     ranges = parse_step_ranges(state.skip_batches)
     for lo, hi in parse_step_ranges(message.skip_batches or "") if message else []:
         ranges.append((lo, hi + nan.skipBatches))
     skip = format_step_ranges(sorted(set(ranges)))
-    lr_scale = state.lr_scale * nan.lrScalePercent / 100
-    where = f"checkpoint step {target.step}" if target else "the start"
     return Decision(
         "restart",
         "RollbackNaN",
-        f"non-finite loss: rolling back to {where}, skipping batches {skip or 'none'}",
+        f"non-finite loss: rolling back to the newest good checkpoint before step {before} "
+        f"(step 0 if there is none), skipping batches {skip or 'none'}",
         Cause.NAN,
-        resume_from=target.uri if target else RESUME_FROM_SCRATCH,
+        rollback=Rollback(before, rollback_id),
         skip_batches=skip,
-        lr_scale=lr_scale,
+        lr_scale=state.lr_scale * nan.lrScalePercent / 100,
     )
-
-
-def _step_of(uri: str | None, checkpoints: list[Checkpoint]) -> int | None:
-    return next((c.step for c in checkpoints if c.uri == uri), None)
 
 
 def record(state: RecoveryState, decision: Decision) -> RecoveryState:
@@ -169,4 +169,4 @@ def record(state: RecoveryState, decision: Decision) -> RecoveryState:
     restarts = dict(state.restarts)
     restarts["total"] += 1
     restarts[RESTART_KEYS[decision.cause]] += 1
-    return RecoveryState(restarts, decision.skip_batches, decision.lr_scale)
+    return RecoveryState(restarts, decision.skip_batches, decision.lr_scale, decision.rollback)

@@ -15,7 +15,7 @@ from kubetrain_operator.api import CheckpointRef, Progress
 
 def parse_progress(data: dict[str, Any]) -> Progress | None:
     """The trainer's JSON -> Progress; unknown keys are ignored, bad values drop the read."""
-    fields = ("step", "totalSteps", "epoch", "loss", "valLoss", "tokensPerSecond")
+    fields = ("step", "totalSteps", "epoch", "loss", "valLoss", "tokensPerSecond", "resumedFrom")
     values = {k: data[k] for k in fields if data.get(k) is not None}
     for key in ("loss", "valLoss", "epoch", "tokensPerSecond"):
         if isinstance(values.get(key), float):

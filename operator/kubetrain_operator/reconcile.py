@@ -9,7 +9,6 @@ so an operator restarted at any moment converges without duplicates.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -24,7 +23,7 @@ from kubetrain_operator.api import (
     TrainingJobStatus,
     WorkerCounts,
 )
-from kubetrain_operator.policy import Cause, Checkpoint, RecoveryState, classify, decide, record
+from kubetrain_operator.policy import Cause, RecoveryState, Rollback, classify, decide, record
 from kubetrain_operator.settings import Settings
 from kubetrain_operator.status import (
     get_condition,
@@ -89,6 +88,7 @@ class Observed:
     now: datetime
     progress: Progress | None = None  # rank 0's /progress; None when not reachable
     lost_nodes: frozenset[str] = frozenset()  # nodes of these pods that are not Ready
+    signing_key: str = ""  # fresh random text, for the job's signing Secret if it is created
 
 
 # --- reading pods --------------------------------------------------------------------
@@ -195,21 +195,13 @@ class _Step:
             self.deletes.append(DeletePods(tuple(_name(p) for p in pods), reason, force))
 
 
-def reconcile(
-    job: TrainingJob,
-    observed: Observed,
-    settings: Settings,
-    checkpoints: Callable[[], list[Checkpoint]] = list,
-) -> list[Action]:
-    """Actions that move the cluster toward the job's spec, in the order to carry them out.
-
-    `checkpoints` lists the job's committed checkpoints; it is only called for a NaN
-    rollback (the one decision that needs them)."""
+def reconcile(job: TrainingJob, observed: Observed, settings: Settings) -> list[Action]:
+    """Actions that move the cluster toward the job's spec, in the order to carry them out."""
     meta = job.metadata.model_extra or {}
     before = job.status or TrainingJobStatus()
     step = _Step(job, meta.get("generation"), observed.now, before.model_copy(deep=True))
     step.status.observedGeneration = step.generation
-    _run(step, observed, settings, checkpoints)
+    _run(step, observed, settings)
     step.status.state = state_of(step.status.conditions)
     actions: list[Action] = list(step.actions)
     if step.status.model_dump() != before.model_dump() or job.status is None:
@@ -247,12 +239,7 @@ def reject_invalid(body: Obj, message: str, now: datetime) -> list[Action]:
     ]
 
 
-def _run(
-    step: _Step,
-    observed: Observed,
-    settings: Settings,
-    checkpoints: Callable[[], list[Checkpoint]],
-) -> None:
+def _run(step: _Step, observed: Observed, settings: Settings) -> None:
     job, st, now = step.job, step.status, observed.now
     spec = job.spec
     pods = observed.pods
@@ -318,12 +305,12 @@ def _run(
             cause, message = Cause.NODE_FAILURE, TerminationMessage("NodeFailure", text)
         elif cause is Cause.ERROR and _settling(live, failed, now, settings):
             return  # a peer that still looks alive may sit on a node that just died
-        _gang_failed(step, pods, list(live.values()), cause, message, settings, checkpoints)
+        _gang_failed(step, pods, list(live.values()), cause, message, settings)
         return
     if _hung(step, live):
         secs = spec.faultTolerance.progressDeadlineSeconds
         message = TerminationMessage("Hang", f"no step progress for {secs} s")
-        _gang_failed(step, pods, list(live.values()), Cause.HANG, message, settings, checkpoints)
+        _gang_failed(step, pods, list(live.values()), Cause.HANG, message, settings)
         return
 
     # Create what is missing, once every pod of older attempts is gone (same names).
@@ -335,6 +322,9 @@ def _run(
         body = builders.build_pod(job, index, st.recovery, settings)
         if index not in current and body["metadata"]["name"] not in names:
             step.creates.append(CreateObject(body))
+    secret = builders.build_signing_secret(job, observed.signing_key) if step.creates else None
+    if secret is not None:  # before the pods that read it; 409 when it exists already
+        step.creates.insert(0, CreateObject(secret))
     if step.creates and not st.startTime:
         st.startTime = timestamp(now)
     if step.creates:
@@ -436,16 +426,19 @@ def _gang_failed(  # noqa: PLR0917 (one call site per cause)
     cause: Cause,
     message: TerminationMessage | None,
     settings: Settings,
-    checkpoints: Callable[[], list[Checkpoint]],
 ) -> None:
     """Any failed worker fails the whole gang (torchrun's world is static): restart it
     from the latest committed checkpoint, roll back, or fail, by policy."""
     st, spec = step.status, step.job.spec
-    state = RecoveryState(
-        dict(st.restarts.model_dump()), st.recovery.skipBatches, st.recovery.lrScale
+    rec = st.recovery
+    earlier = (
+        Rollback(rec.rollbackBeforeStep, rec.rollbackId or "")
+        if rec.rollbackBeforeStep is not None
+        else None
     )
-    found = checkpoints() if cause is Cause.NAN else []
-    decision = decide(spec.faultTolerance, state, cause, message, found)
+    state = RecoveryState(dict(st.restarts.model_dump()), rec.skipBatches, rec.lrScale, earlier)
+    request_id = f"{builders.job_uid(step.job)}/{rec.attempt + 1}"  # unique per job and attempt
+    decision = decide(spec.faultTolerance, state, cause, message, request_id)
     if decision.action == "succeed":
         _succeed(step, pods, gang[0])
         return
@@ -464,7 +457,8 @@ def _gang_failed(  # noqa: PLR0917 (one call site per cause)
         attempt=st.recovery.attempt + 1,
         highestStep=st.recovery.highestStep,
         productiveSeconds=st.recovery.productiveSeconds,
-        resumeFrom=decision.resume_from,
+        rollbackBeforeStep=decision.rollback.before_step if decision.rollback else None,
+        rollbackId=decision.rollback.id if decision.rollback else None,
         skipBatches=new.skip_batches,
         lrScale=new.lr_scale,
         restartAfter=timestamp(step.now + timedelta(seconds=backoff)),

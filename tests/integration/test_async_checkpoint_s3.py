@@ -30,7 +30,7 @@ from tests.integration.trainer_runs import (
     write_config,
 )
 
-from kubetrain_trainer.checkpoint import CheckpointInfo, CheckpointManager, S3Storage
+from kubetrain_trainer.checkpoint import CheckpointInfo, CheckpointManager, ResumeRequest, S3Storage
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer
 from kubetrain_trainer.config.schema import S3Config
 
@@ -117,7 +117,7 @@ def test_async_uploads_commit_what_sync_does_and_resume_is_exact(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = [r for r in records(runs["async"], "event") if r["event"] == "resume"]
-    assert resumed and resumed[-1]["uri"] == f"s3://{bucket}/async/step-00000020"
+    assert resumed and resumed[-1]["uri"] == f"s3://{bucket}/async/step-00000020-t0"
     after = {s: v for s, v in losses_by_step(runs["async"]).items() if s > 20}
     reference = losses_by_step(runs["reference"])
     assert sorted(after) == list(range(21, 31))
@@ -200,7 +200,7 @@ def test_minio_outage_during_training_breaks_no_checkpoint(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     resumed = [r for r in records(run, "event") if r["event"] == "resume"]
-    assert resumed[-1]["uri"] == f"{uri}/step-{newest:08d}"
+    assert resumed[-1]["uri"] == f"{uri}/step-{newest:08d}-t0"
 
 
 @pytest.mark.usefixtures("s3_creds")
@@ -211,6 +211,7 @@ def test_an_upload_that_outlasts_its_retries_stays_uncommitted(
     # One botocore attempt and three quick outer tries: the outage outlasts them.
     storage = S3Storage(bucket, "direct", endpoint=minio.endpoint, max_attempts=1)
     manager = CheckpointManager(storage.root_uri, keep_last=10, storage=storage)
+    manager.start(ResumeRequest(), tmp_path / "none")
     saver = AsyncCheckpointer(manager, retry={"attempts": 3, "base_delay": 0.1})
 
     def staged(step: int) -> Path:
@@ -229,14 +230,13 @@ def test_an_upload_that_outlasts_its_retries_stays_uncommitted(
     assert not (tmp_path / "staging-10").exists()
     minio.start()
 
-    leftover = manager.get(10)
-    assert leftover is None or not leftover.committed
+    assert all(not i.committed for i in manager.scan() if i.step == 10)
     saver.submit(15, staged(15))
     [ok] = saver.wait()
     saver.close()
     assert ok.committed
     assert _verified(manager, tmp_path / "dl") == [5, 15]
-    infos: list[CheckpointInfo] = manager.list(include_uncommitted=True)
+    infos: list[CheckpointInfo] = manager.scan()
     assert [i.step for i in infos] == [5, 15]  # the failed one's leftovers are rotated away
 
 
@@ -249,7 +249,7 @@ from pathlib import Path
 import torch, torch.distributed as dist
 from datetime import timedelta
 from torch import nn
-from kubetrain_trainer.checkpoint import CheckpointManager
+from kubetrain_trainer.checkpoint import CheckpointManager, ResumeRequest
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, group_collectives
 from kubetrain_trainer.checkpoint.state import read_state
 
@@ -275,6 +275,7 @@ def all_gather_object(obj):
 train(2)
 manager = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
                             all_gather_object=all_gather_object)
+manager.start(ResumeRequest(), root / f"none-rank{rank}")
 saver = AsyncCheckpointer(manager, collectives=group_collectives())
 snapshot = saver.snapshot(model, optimizer, {"step": 2}, rank)
 weights = model.module.weight.detach().clone()
@@ -283,7 +284,9 @@ train(30)  # all-reduces on the training group while the worker saves
 moved = not torch.equal(model.module.weight, weights)
 [result] = saver.wait()
 saver.close()
-loaded = manager.load_latest(root / f"local-rank{rank}")
+reader = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
+                           all_gather_object=all_gather_object)
+loaded = reader.start(ResumeRequest(), root / f"local-rank{rank}")
 extra = read_state(loaded.path, model, optimizer, rank)
 # A file per rank: two ranks printing at once can share a line of torchrun's output.
 (root / f"result-rank{rank}.json").write_text(json.dumps({

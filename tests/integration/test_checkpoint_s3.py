@@ -1,5 +1,6 @@
 """Checkpoints through S3Storage against a real MinIO server: save, list, load, verify,
-rotate; corruption is detected and an interrupted save is never resumed from."""
+rotate; corruption is detected, an interrupted save is never resumed from, term claims
+are conditional writes, and a dead writer's multipart uploads are aborted."""
 
 from __future__ import annotations
 
@@ -20,9 +21,12 @@ from torch import nn
 from kubetrain_trainer.checkpoint import (
     CheckpointManager,
     CorruptCheckpoint,
+    NoUsableCheckpoint,
+    ResumeRequest,
     S3Storage,
-    step_dir,
+    checkpoint_dir,
 )
+from kubetrain_trainer.checkpoint.claims import claim_key
 from kubetrain_trainer.checkpoint.state import read_state, write_state
 from kubetrain_trainer.config.schema import CheckpointConfig, S3Config
 
@@ -50,7 +54,13 @@ def _objects(minio: MinioServer, bucket: str) -> list[str]:
 
 
 def _step_dirs(minio: MinioServer, bucket: str, prefix: str) -> list[str]:
-    return sorted({key[len(prefix) + 1 :].split("/")[0] for key in _objects(minio, bucket)})
+    dirs = {key[len(prefix) + 1 :].split("/")[0] for key in _objects(minio, bucket)}
+    return sorted(d for d in dirs if d.startswith("step-"))
+
+
+def _started(manager: CheckpointManager, local: Path) -> CheckpointManager:
+    manager.start(ResumeRequest(), local)
+    return manager
 
 
 def test_each_storage_reads_the_credentials_of_its_time(
@@ -123,7 +133,7 @@ def _save(
     step: int,
     val_loss: float,
 ) -> None:
-    stage = stage_root / step_dir(step)
+    stage = stage_root / f"step-{step}"
     write_state(stage, model, optimizer, {"step": step}, rank=0)
     manager.save(step, stage, {"val_loss": val_loss}, epoch=step // 20)
 
@@ -135,7 +145,7 @@ def test_save_list_load_rotate(minio: MinioServer, bucket: str, tmp_path: Path) 
         keep_best=1,
         s3=S3Config(endpoint=minio.endpoint),
     )
-    manager = CheckpointManager.from_config(cfg)
+    manager = _started(CheckpointManager.from_config(cfg, cfg.uri or ""), tmp_path / "none")
     torch.manual_seed(0)
     model, optimizer = _model()
     losses = {10: 3.0, 20: 1.0, 30: 2.0, 40: 2.5, 50: 2.2}
@@ -149,9 +159,11 @@ def test_save_list_load_rotate(minio: MinioServer, bucket: str, tmp_path: Path) 
 
     # last two (40, 50) + best (20) + newest good (30)
     assert [info.step for info in manager.list()] == [20, 30, 40, 50]
-    assert _step_dirs(minio, bucket, "jobs/demo") == [step_dir(s) for s in (20, 30, 40, 50)]
+    assert _step_dirs(minio, bucket, "jobs/demo") == [
+        checkpoint_dir(s, 0) for s in (20, 30, 40, 50)
+    ]
     latest = manager.latest()
-    assert latest is not None and latest.uri == f"s3://{bucket}/jobs/demo/step-00000050"
+    assert latest is not None and latest.uri == f"s3://{bucket}/jobs/demo/step-00000050-t0"
     assert latest.epoch == 2 and latest.metric("val_loss") == 2.2
     good = manager.latest(good_only=True)
     assert good is not None and good.step == 30
@@ -159,30 +171,33 @@ def test_save_list_load_rotate(minio: MinioServer, bucket: str, tmp_path: Path) 
     # A fresh process resumes from the newest one, verified.
     torch.manual_seed(1)
     fresh, fresh_optimizer = _model()
-    reader = CheckpointManager.from_config(cfg)
-    loaded = reader.load_latest(tmp_path / "local")
-    assert loaded is not None and loaded.info.step == 50
+    reader = CheckpointManager.from_config(cfg, cfg.uri or "")
+    loaded = reader.start(ResumeRequest(), tmp_path / "local")
+    assert loaded is not None and loaded.info.step == 50 and reader.term == 1
     extra = read_state(loaded.path, fresh, fresh_optimizer, rank=0)
     assert extra == {"step": 50}
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, saved[50][key]), key
 
-    # Rollback target named by URI (KUBETRAIN_RESUME_FROM).
-    target = reader.resolve(f"s3://{bucket}/jobs/demo/step-00000030")
-    read_state(reader.load(target, tmp_path / "local"), fresh, fresh_optimizer, rank=0)
+    # A rollback to before step 40: the newest good one before it.
+    rolled = CheckpointManager.from_config(cfg, cfg.uri or "")
+    target = rolled.start(ResumeRequest(rollback_before=40, rollback_id="r"), tmp_path / "l2")
+    assert target is not None and target.info.step == 30
+    read_state(target.path, fresh, fresh_optimizer, rank=0)
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, saved[30][key]), key
 
 
 def test_corrupted_object_is_detected(minio: MinioServer, bucket: str, tmp_path: Path) -> None:
-    manager = CheckpointManager(f"s3://{bucket}/c", S3Config(endpoint=minio.endpoint), keep_last=5)
+    s3 = S3Config(endpoint=minio.endpoint)
+    manager = _started(CheckpointManager(f"s3://{bucket}/c", s3, keep_last=5), tmp_path / "l0")
     model, optimizer = _model()
     for step in (10, 20):
         _train_step(model, optimizer)
         _save(manager, model, optimizer, tmp_path / "stage", step=step, val_loss=1.0)
 
     client = minio.client()
-    key = "c/step-00000020/dcp/__0_0.distcp"
+    key = "c/step-00000020-t0/dcp/__0_0.distcp"
     data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
     data[len(data) // 2] ^= 0xFF
     client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
@@ -191,13 +206,15 @@ def test_corrupted_object_is_detected(minio: MinioServer, bucket: str, tmp_path:
     assert newest is not None and newest.step == 20 and newest.committed
     with pytest.raises(CorruptCheckpoint, match="sha256"):
         manager.load(newest, tmp_path / "local")
-    loaded = manager.load_latest(tmp_path / "local")
+    loaded = CheckpointManager(f"s3://{bucket}/c", s3).start(ResumeRequest(), tmp_path / "local")
     assert loaded is not None and loaded.info.step == 10
 
-    client.delete_object(Bucket=bucket, Key="c/step-00000010/trainer_state.pt")
+    client.delete_object(Bucket=bucket, Key="c/step-00000010-t0/trainer_state.pt")
     with pytest.raises(CorruptCheckpoint, match="missing"):
         manager.load(loaded.info, tmp_path / "local")
-    assert manager.load_latest(tmp_path / "local") is None
+    with pytest.raises(NoUsableCheckpoint):  # nothing usable: never a silent start over
+        CheckpointManager(f"s3://{bucket}/c", s3).start(ResumeRequest(), tmp_path / "local")
+    assert _step_dirs(minio, bucket, "c") == [checkpoint_dir(10, 0), checkpoint_dir(20, 0)]
 
 
 class _Killed(BaseException):
@@ -218,7 +235,7 @@ def test_interrupted_save_is_not_resumed_from(
 ) -> None:
     uri = f"s3://{bucket}/i"
     s3 = S3Config(endpoint=minio.endpoint)
-    manager = CheckpointManager(uri, s3)
+    manager = _started(CheckpointManager(uri, s3), tmp_path / "l0")
     model, optimizer = _model()
     _train_step(model, optimizer)
     _save(manager, model, optimizer, tmp_path / "stage", step=10, val_loss=1.0)
@@ -226,22 +243,48 @@ def test_interrupted_save_is_not_resumed_from(
 
     _train_step(model, optimizer)
     crashing = CheckpointManager(uri, storage=_CrashBeforeCommit(bucket, "i", minio.endpoint))
+    crashing.start(ResumeRequest(), tmp_path / "l1")  # term 1
     with pytest.raises(_Killed):
         _save(crashing, model, optimizer, tmp_path / "stage", step=20, val_loss=1.0)
-    assert any(k.startswith("i/step-00000020/") for k in _objects(minio, bucket))
+    assert any(k.startswith("i/step-00000020-t1/") for k in _objects(minio, bucket))
 
     restarted = CheckpointManager(uri, s3)
-    assert [info.step for info in restarted.list(include_uncommitted=True)] == [10, 20]
-    loaded = restarted.load_latest(tmp_path / "local")
+    assert [(i.step, i.torn) for i in restarted.scan()] == [(10, False), (20, True)]
+    loaded = restarted.start(ResumeRequest(), tmp_path / "local")
     assert loaded is not None and loaded.info.step == 10
     fresh, fresh_optimizer = _model()
     assert read_state(loaded.path, fresh, fresh_optimizer, rank=0) == {"step": 10}
     for key, value in fresh.state_dict().items():
         assert torch.equal(value, committed_weights[key]), key
 
-    # The next commit cleans up the torn leftover (older than it).
+    # The next commit cleans up the torn leftover: its writer (term 1) is fenced out.
     _save(restarted, model, optimizer, tmp_path / "stage", step=30, val_loss=1.0)
-    assert _step_dirs(minio, bucket, "i") == [step_dir(10), step_dir(30)]
+    assert _step_dirs(minio, bucket, "i") == [checkpoint_dir(10, 0), checkpoint_dir(30, 2)]
+
+
+def test_claims_are_conditional_writes(minio: MinioServer, bucket: str) -> None:
+    storage = S3Storage(bucket, "cond", minio.endpoint)
+    assert storage.put_bytes_if_absent(claim_key(0), b"first")
+    assert not storage.put_bytes_if_absent(claim_key(0), b"second")
+    assert storage.get_bytes(claim_key(0)) == b"first"
+
+
+def test_a_dead_writers_multipart_upload_is_aborted_by_the_next_term(
+    minio: MinioServer, bucket: str, tmp_path: Path
+) -> None:
+    s3 = S3Config(endpoint=minio.endpoint)
+    first = _started(CheckpointManager(f"s3://{bucket}/mp", s3), tmp_path / "l0")
+    client = minio.client()
+    # Term 0 was killed in the middle of a multipart upload: its parts stay in the bucket.
+    key = f"mp/{checkpoint_dir(10, first.term)}/dcp/__0_0.distcp"
+    upload = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    client.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * _MIB)
+    assert [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])] == [
+        key
+    ]
+
+    _started(CheckpointManager(f"s3://{bucket}/mp", s3), tmp_path / "l1")  # term 1
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 # One torchrun worker: DDP on gloo, save through MinIO, then resume from it.
@@ -250,7 +293,7 @@ import json, sys
 from pathlib import Path
 import torch, torch.distributed as dist
 from torch import nn
-from kubetrain_trainer.checkpoint import CheckpointManager
+from kubetrain_trainer.checkpoint import CheckpointManager, ResumeRequest
 from kubetrain_trainer.checkpoint.state import read_state, write_state
 
 def all_gather_object(obj):
@@ -270,6 +313,7 @@ for _ in range(2):
     optimizer.zero_grad()
 manager = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
                             all_gather_object=all_gather_object)
+manager.start(ResumeRequest(), root / f"none-rank{rank}")
 stage = root / f"stage-rank{rank}"
 write_state(stage, model, optimizer, {"step": 10}, rank)
 info = manager.save(10, stage, {"val_loss": 0.5})
@@ -279,7 +323,9 @@ next_random = torch.rand(3)
 with torch.no_grad():
     model.module.weight.zero_()
 torch.manual_seed(1000)
-loaded = manager.load_latest(root / f"local-rank{rank}")
+reader = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
+                           all_gather_object=all_gather_object)
+loaded = reader.start(ResumeRequest(), root / f"local-rank{rank}")
 extra = read_state(loaded.path, model, optimizer, rank)
 # One file per rank: two ranks printing at once can share a line of torchrun's stdout.
 (root / f"result-rank{rank}.json").write_text(json.dumps({
@@ -330,6 +376,7 @@ def test_two_ddp_ranks_save_and_resume_through_minio(
         assert result["files"] == expected_files
         assert result["loaded_step"] == 10 and result["extra"] == {"step": 10}
         assert result["weights"] and result["exp_avg"] and result["rng"], result
+    claims = [f"ddp/{claim_key(term)}" for term in (0, 1)]  # the writer's and the reader's
     assert _objects(minio, bucket) == sorted(
-        [f"ddp/step-00000010/{name}" for name in [*expected_files, "manifest.json"]]
+        [*claims, *(f"ddp/step-00000010-t0/{name}" for name in [*expected_files, "manifest.json"])]
     )

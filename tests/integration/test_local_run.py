@@ -45,14 +45,15 @@ def test_nan_past_the_in_process_budget_rolls_back_and_completes(tmp_path: Path)
         fault_tolerance={"nan": {"maxRollbacks": 2, "skipBatches": 2}},
         recovery={"max_consecutive_skips": 1, "max_restores": 0},
     )
-    # Batches 12..15 are bad. The trainer skips 12, gives up at 13 (exit 65, bad 12-13);
-    # the policy rolls back to a good checkpoint older than step 10 and skips 12-15.
+    # Batches 12..15 are bad. The trainer skips 12, gives up at 13 (exit 65, bad 12-13,
+    # no checkpoint restored); the policy asks for the newest good checkpoint before step
+    # 13 and skips 12-15; the trainer finds step 10 (2 healthy steps followed it).
     code, out = run(path, tmp_path / "runs", KUBETRAIN_FAULT_INJECT="nan@step=12,times=4")
     assert code == 0, out[-3000:]
     assert out.count("RollbackNaN") == 1
     run_dir = tmp_path / "runs" / "tiny"
     resumes = [r for r in records(run_dir, "event") if r["event"] == "resume"]
-    assert resumes[-1]["uri"].endswith("step-00000005")
+    assert resumes[-1]["uri"].endswith("step-00000010-t0")
     assert max(losses_by_step(run_dir)) == 20  # the exact final step count
     assert max(committed_steps(run_dir / "checkpoints")) == 20
 
@@ -81,3 +82,41 @@ def test_two_process_job_runs_under_torchrun_standalone(tmp_path: Path) -> None:
     code, out = run(path, tmp_path / "runs")
     assert code == 0, out[-3000:]
     assert committed_steps(tmp_path / "runs" / "tiny" / "checkpoints") == [5, 10]
+
+
+def _checkpoint_files(run_dir: Path) -> dict[str, bytes]:
+    root = run_dir / "checkpoints"
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_a_changed_model_shape_is_one_clear_config_error_and_keeps_the_checkpoints(
+    tmp_path: Path,
+) -> None:
+    # As a new user would: run the example, raise seq_len (and max_seq_len) and run again.
+    path = job(tmp_path, fault_tolerance={}, training={"max_steps": 10})
+    code, out = run(path, tmp_path / "runs")
+    assert code == 0, out[-3000:]
+    run_dir = tmp_path / "runs" / "tiny"
+    before = _checkpoint_files(run_dir)
+
+    doc = yaml.safe_load(path.read_text())
+    doc["spec"]["trainer"]["data"]["seq_len"] = 64
+    doc["spec"]["trainer"]["model"]["max_seq_len"] = 64
+    path.write_text(yaml.safe_dump(doc))
+    code, out = run(path, tmp_path / "runs")
+    assert code == 64, out[-3000:]
+    assert out.count("failed (exitcode: 64)") == 1  # one attempt: never retried
+    assert "model.max_seq_len: 32 -> 64" in out
+    assert "--from-scratch" in out  # the way out
+    assert "ConfigInvalid" in out and "Restart" not in out
+    assert _checkpoint_files(run_dir) == before  # nothing deleted, nothing rewritten
+
+    # The way out starts a new timeline beside the old checkpoints.
+    result = kubetrain(
+        "run", str(path), "--runs-dir", str(tmp_path / "runs"), "--from-scratch",
+        env=env_with(), timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    after = _checkpoint_files(run_dir)
+    assert all(after[name] == data for name, data in before.items() if "/good.json" not in name)
+    assert any(name.startswith("step-00000010-t1/") for name in after)

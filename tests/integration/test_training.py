@@ -101,7 +101,8 @@ def test_nan_past_the_budget_exits_with_the_nan_code_and_message(tmp_path: Path)
     message = json.loads(log.read_text())
     assert message["reason"] == "NaNUnrecoverable"
     assert message["skip_batches"].startswith("12-")
-    assert message["last_good_checkpoint"].endswith("step-00000010")
+    assert message["step"] == 13 and message["restored_step"] is None  # never loaded one
+    assert message["resumed_from"] is None
 
 
 def test_corrupted_checkpoint_is_detected_and_the_previous_one_used(tmp_path: Path) -> None:
@@ -110,16 +111,17 @@ def test_corrupted_checkpoint_is_detected_and_the_previous_one_used(tmp_path: Pa
     run_ok(path)
     ckpts = tmp_path / "run" / "checkpoints"
     assert committed_steps(ckpts) == [5, 10]
-    victim = max((ckpts / "step-00000010").rglob("*.distcp"), key=lambda p: p.stat().st_size)
+    victim = max((ckpts / "step-00000010-t0").rglob("*.distcp"), key=lambda p: p.stat().st_size)
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(data)
 
     result = kubetrain("train", "--config", str(path), "training.max_steps=12")
     assert result.returncode == 0, result.stderr
-    assert "step-00000010" in result.stdout + result.stderr  # the corruption is reported
+    assert "step-00000010-t0" in result.stdout + result.stderr  # the corruption is reported
     resumes = [r for r in records(tmp_path / "run", "event") if r["event"] == "resume"]
-    assert resumes[-1]["uri"].endswith("step-00000005")
+    assert resumes[-1]["uri"].endswith("step-00000005-t0")
+    assert victim.exists()  # kept, never deleted
     assert max(losses_by_step(tmp_path / "run")) == 12
 
 
@@ -138,7 +140,7 @@ def test_two_process_torchrun_on_cpu(tmp_path: Path) -> None:
     train = records(tmp_path / "run", "train")
     assert [r["step"] for r in train] == [5, 10]  # rank 0 alone writes the log
     assert committed_steps(tmp_path / "run" / "checkpoints") == [5, 10]
-    manifest = json.loads((tmp_path / "run/checkpoints/step-00000010/manifest.json").read_text())
+    manifest = json.loads((tmp_path / "run/checkpoints/step-00000010-t0/manifest.json").read_text())
     assert manifest["world_size"] == 2
 
 

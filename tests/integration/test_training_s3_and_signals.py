@@ -67,15 +67,15 @@ def test_checkpoints_go_to_s3_and_a_second_run_resumes_from_them(
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     manifests = sorted(k for k in keys if k.endswith("manifest.json"))
     assert manifests == [
-        "jobs/tiny/step-00000005/manifest.json",
-        "jobs/tiny/step-00000010/manifest.json",
+        "jobs/tiny/step-00000005-t0/manifest.json",
+        "jobs/tiny/step-00000010-t0/manifest.json",
     ]
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing went to local disk
 
     second = kubetrain("train", "--config", str(path), "training.max_steps=15", env=env)
     assert second.returncode == 0, second.stderr[-2000:]
     resume = [r for r in records(tmp_path / "run", "event") if r["event"] == "resume"]
-    assert resume and resume[-1]["uri"] == f"s3://{bucket}/jobs/tiny/step-00000010"
+    assert resume and resume[-1]["uri"] == f"s3://{bucket}/jobs/tiny/step-00000010-t0"
     assert max(losses_by_step(tmp_path / "run")) == 15
 
 

@@ -7,14 +7,22 @@ or fails them on purpose so the tests control what is in flight.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from pathlib import Path
 
 import pytest
 import torch
 
-from kubetrain_trainer.checkpoint import GOOD_MARKER, MANIFEST, CheckpointManager, LocalStorage
-from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, RetryingStorage, SaveResult
+from kubetrain_trainer.checkpoint import (
+    GOOD_MARKER,
+    MANIFEST,
+    CheckpointManager,
+    LocalStorage,
+    ResumeRequest,
+    RetryingStorage,
+)
+from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, SaveResult
 from kubetrain_trainer.checkpoint.state import TRAINER_STATE, read_state, rng_file, write_state
 from kubetrain_trainer.metrics import TrainerMetrics
 
@@ -66,8 +74,14 @@ def _staging(root: Path, step: int) -> Path:
     return staging
 
 
+def _claimed(manager: CheckpointManager) -> CheckpointManager:
+    """The manager of an attempt that has started: it owns a term."""
+    manager.start(ResumeRequest(), Path(tempfile.mkdtemp(prefix="resume-")))
+    return manager
+
+
 def _saver(storage: GatedStorage, retry: dict[str, object] | None = None) -> AsyncCheckpointer:
-    manager = CheckpointManager(storage.root_uri, keep_last=10, storage=storage)
+    manager = _claimed(CheckpointManager(storage.root_uri, keep_last=10, storage=storage))
     return AsyncCheckpointer(manager, retry=retry or NO_WAIT)
 
 
@@ -80,13 +94,13 @@ def test_submit_returns_while_the_upload_runs_and_commits_later(tmp_path: Path) 
     saver.submit(5, staging, {"val_loss": 1.5})
     storage.started.wait()
     assert saver.busy
-    assert not storage.exists(f"step-00000005/{MANIFEST}")  # not committed yet
+    assert not storage.exists(f"step-00000005-t0/{MANIFEST}")  # not committed yet
 
     storage.gate.set()
     [result] = saver.wait()
     assert result.committed and result.step == 5 and result.info is not None
     assert result.info.metric("val_loss") == 1.5
-    assert storage.exists(f"step-00000005/{MANIFEST}")
+    assert storage.exists(f"step-00000005-t0/{MANIFEST}")
     assert not staging.exists()  # bounded disk: the snapshot goes once uploaded
     assert not saver.busy
     saver.close()
@@ -104,17 +118,17 @@ def test_one_upload_in_flight_and_commits_in_order(tmp_path: Path) -> None:
     storage.gate.set()
     second.join()
     # submit(10) returned, so step 5 had committed before step 10 could start.
-    assert storage.exists(f"step-00000005/{MANIFEST}")
+    assert storage.exists(f"step-00000005-t0/{MANIFEST}")
     results = saver.wait()
     assert [r.step for r in results] == [5, 10]
     assert all(r.committed for r in results)
     assert storage.max_active == 1
     order = [w for w in storage.writes if w.endswith(MANIFEST) or w.endswith("weights.bin")]
     assert order == [
-        "step-00000005/weights.bin",
-        "step-00000005/manifest.json",
-        "step-00000010/weights.bin",
-        "step-00000010/manifest.json",
+        "step-00000005-t0/weights.bin",
+        "step-00000005-t0/manifest.json",
+        "step-00000010-t0/weights.bin",
+        "step-00000010-t0/manifest.json",
     ]
     saver.close()
 
@@ -135,7 +149,7 @@ def test_transient_errors_are_retried(tmp_path: Path) -> None:
 def test_a_failed_upload_is_not_committed_and_the_next_one_is(tmp_path: Path) -> None:
     storage = GatedStorage(tmp_path / "store")
     failures: list[SaveResult] = []
-    manager = CheckpointManager(storage.root_uri, keep_last=10, storage=storage)
+    manager = _claimed(CheckpointManager(storage.root_uri, keep_last=10, storage=storage))
     saver = AsyncCheckpointer(
         manager,
         retry={"attempts": 3, **NO_WAIT},
@@ -147,7 +161,7 @@ def test_a_failed_upload_is_not_committed_and_the_next_one_is(tmp_path: Path) ->
     [failed] = saver.wait()
     assert not failed.committed and failed.error and "injected outage" in failed.error
     assert failures == [failed]
-    assert not storage.exists(f"step-00000005/{MANIFEST}")
+    assert not storage.exists(f"step-00000005-t0/{MANIFEST}")
     assert not staging.exists()
     assert manager.list() == []
 
@@ -156,7 +170,7 @@ def test_a_failed_upload_is_not_committed_and_the_next_one_is(tmp_path: Path) ->
     assert ok.committed
     assert [info.step for info in manager.list()] == [10]
     # The failed step's leftovers are an uncommitted directory, rotated away.
-    assert manager.get(5) is None
+    assert [(i.step, i.term) for i in manager.scan()] == [(10, 0)]
     saver.close()
 
 
@@ -169,25 +183,30 @@ def test_mark_good_while_uploading_waits_for_the_commit(tmp_path: Path) -> None:
     saver.mark_good(5)  # deferred to the commit, not lost
     storage.gate.set()
     saver.wait()
-    assert storage.exists(f"step-00000005/{GOOD_MARKER}")
-    storage.delete(f"step-00000005/{GOOD_MARKER}")
+    assert storage.exists(f"step-00000005-t0/{GOOD_MARKER}")
+    storage.delete(f"step-00000005-t0/{GOOD_MARKER}")
     saver.mark_good(5)  # committed: written by the worker next
     saver.wait()
-    assert storage.exists(f"step-00000005/{GOOD_MARKER}")
+    assert storage.exists(f"step-00000005-t0/{GOOD_MARKER}")
     saver.close()
 
 
 def test_mark_good_during_an_outage_is_logged_not_raised(tmp_path: Path) -> None:
     class Down(LocalStorage):
+        down = False
+
         def list_keys(self, prefix: str = "") -> list[str]:
-            raise ConnectionError("injected outage")
+            if self.down:
+                raise ConnectionError("injected outage")
+            return super().list_keys(prefix)
 
     storage = Down(tmp_path / "store")
-    manager = CheckpointManager(storage.root_uri, storage=storage)
+    manager = _claimed(CheckpointManager(storage.root_uri, storage=storage))
+    storage.down = True
     saver = AsyncCheckpointer(manager, retry={"attempts": 2, **NO_WAIT})
     saver.mark_good(5)
     assert saver.wait() == []
-    assert not storage.exists(f"step-00000005/{GOOD_MARKER}")
+    assert not storage.exists(f"step-00000005-t0/{GOOD_MARKER}")
     saver.close()
 
 
@@ -231,7 +250,7 @@ def test_torch_state_round_trips_through_the_background_upload(tmp_path: Path) -
     assert result.info is not None
     saver.close()
 
-    manager = CheckpointManager(storage.root_uri)
+    manager = _claimed(CheckpointManager(storage.root_uri))
     path = manager.load(result.info, tmp_path / "restore")
     fresh = torch.nn.Linear(8, 4)
     extra = read_state(path, fresh, torch.optim.AdamW(fresh.parameters(), lr=0.1), rank=0)
@@ -289,7 +308,7 @@ def test_a_new_snapshot_waits_until_the_one_in_flight_is_committed(tmp_path: Pat
     def next_checkpoint() -> None:
         # The copy reuses the memory that step 5 is written from: it must wait.
         snapshot = saver.snapshot(model, optimizer, {}, 0)
-        committed_before_copy.append(storage.exists(f"step-00000005/{MANIFEST}"))
+        committed_before_copy.append(storage.exists(f"step-00000005-t0/{MANIFEST}"))
         saver.submit(10, tmp_path / "staging-10", snapshot=snapshot)
 
     second = threading.Thread(target=next_checkpoint)
@@ -300,9 +319,8 @@ def test_a_new_snapshot_waits_until_the_one_in_flight_is_committed(tmp_path: Pat
     assert [r.step for r in saver.wait() if r.committed] == [5, 10]
     saver.close()
 
-    manager = CheckpointManager(storage.root_uri)
     fresh = torch.nn.Linear(8, 4)
-    latest = manager.load_latest(tmp_path / "restore")
+    latest = CheckpointManager(storage.root_uri).start(ResumeRequest(), tmp_path / "restore")
     assert latest is not None and latest.info.step == 10
     read_state(latest.path, fresh, torch.optim.AdamW(fresh.parameters(), lr=0.1), rank=0)
     assert torch.equal(fresh.weight, model.weight)

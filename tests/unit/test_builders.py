@@ -80,14 +80,15 @@ def test_env_carries_the_contract_and_recovery_state() -> None:
         checkpoint={"uri": "s3://ckpt/run", "s3": {"credentialsSecretName": "s3-creds"}},
     )
     recovery = RecoveryStatus(
-        attempt=3, resumeFrom="s3://ckpt/run/step-00000050", skipBatches="51-53", lrScale=0.5
+        attempt=3, rollbackBeforeStep=50, rollbackId="u/3", skipBatches="51-53", lrScale=0.5
     )
     env = _env(builders.build_pod(job, 0, recovery, SETTINGS))
     assert env["KUBETRAIN_JOB_NAME"] == NAME
     assert env["KUBETRAIN_NAMESPACE"] == "team-a"
     assert env["KUBETRAIN_CHECKPOINT_URI"] == "s3://ckpt/run"
     assert env["KUBETRAIN_RESTART_COUNT"] == "3"
-    assert env["KUBETRAIN_RESUME_FROM"] == "s3://ckpt/run/step-00000050"
+    assert env["KUBETRAIN_ROLLBACK_BEFORE"] == "50"
+    assert env["KUBETRAIN_ROLLBACK_ID"] == "u/3"
     assert env["KUBETRAIN_SKIP_BATCHES"] == "51-53"
     assert float(env["KUBETRAIN_LR_SCALE"]) == 0.5
     assert env["KUBETRAIN_METRICS_PORT"] == "9090"
@@ -97,9 +98,9 @@ def test_env_carries_the_contract_and_recovery_state() -> None:
     assert env["EXTRA"] == "1"
 
 
-def test_no_resume_from_without_a_rollback_target() -> None:
+def test_no_rollback_request_without_a_rollback() -> None:
     env = _env(builders.build_pod(_job(), 0, RecoveryStatus(), SETTINGS))
-    assert "KUBETRAIN_RESUME_FROM" not in env
+    assert "KUBETRAIN_ROLLBACK_BEFORE" not in env and "KUBETRAIN_ROLLBACK_ID" not in env
     assert "KUBETRAIN_CHECKPOINT_URI" not in env  # no URI anywhere: the trainer's default
 
 
@@ -111,11 +112,12 @@ def test_operator_default_checkpoint_uri_and_credentials() -> None:
     )
     job = _job()
     env = _env(builders.build_pod(job, 0, RecoveryStatus(), settings))
-    assert env["KUBETRAIN_CHECKPOINT_URI"] == f"s3://kubetrain/team-a/{NAME}"
+    # A re-created job (new UID) gets a store of its own.
+    assert env["KUBETRAIN_CHECKPOINT_URI"] == f"s3://kubetrain/team-a/{NAME}/1234-abcd"
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "kubetrain-s3"
     config = builders.build_configmap(job, settings)["data"]["trainer.yaml"]
     cfg = parse_config(yaml.safe_load(config))
-    assert cfg.checkpoint.uri == f"s3://kubetrain/team-a/{NAME}"
+    assert cfg.checkpoint.uri == f"s3://kubetrain/team-a/{NAME}/1234-abcd"
     assert cfg.checkpoint.s3.endpoint == "http://minio:9000"
 
 

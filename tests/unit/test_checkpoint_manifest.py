@@ -13,10 +13,14 @@ from kubetrain_trainer.checkpoint.manifest import (
     GoodMarker,
     Manifest,
     ManifestError,
+    Unauthenticated,
+    Writer,
+    checkpoint_dir,
     describe_files,
-    parse_step_dir,
-    step_dir,
+    parse_checkpoint_dir,
 )
+
+KEY = b"k" * 32
 
 
 def _manifest() -> Manifest:
@@ -28,6 +32,7 @@ def _manifest() -> Manifest:
             "dcp/.metadata": FileEntry("a" * 64, 10, 0),
             "rng-rank3.pt": FileEntry("b" * 64, 5, 3),
         },
+        writer=Writer(term=3, attempt=2, job_uid="uid"),
         metrics={"val_loss": 1.5, "diverged": math.nan},
         meta={"tokens": 1000},
     )
@@ -53,6 +58,10 @@ def test_round_trip_keeps_every_field() -> None:
         lambda d: d["files"]["rng-rank3.pt"].update(sha256="xyz"),
         lambda d: d["files"]["rng-rank3.pt"].update(size=-5),
         lambda d: d.update(metrics={"val_loss": "low"}),
+        lambda d: d.update(metrics={"val_loss": True}),
+        lambda d: d.pop("writer"),
+        lambda d: d["writer"].update(term=-1),
+        lambda d: d.update(time=None),
     ],
 )
 def test_malformed_manifests_do_not_parse(mutate: object) -> None:
@@ -68,13 +77,34 @@ def test_truncated_manifest_does_not_parse() -> None:
         Manifest.from_json(raw[: len(raw) // 2])
 
 
-def test_step_dir_names_sort_and_parse() -> None:
-    assert step_dir(120) == "step-00000120"
-    assert parse_step_dir("step-00000120") == 120
-    assert parse_step_dir("s3://b/p/step-123456789/") == 123456789
-    assert parse_step_dir("step-12") is None
-    assert parse_step_dir("good.json") is None
-    assert sorted([step_dir(s) for s in (100, 20, 3)]) == [step_dir(s) for s in (3, 20, 100)]
+def test_checkpoint_dir_names_sort_and_parse() -> None:
+    assert checkpoint_dir(120, 3) == "step-00000120-t3"
+    assert parse_checkpoint_dir("step-00000120-t3") == (120, 3)
+    assert parse_checkpoint_dir("s3://b/p/step-123456789-t0/") == (123456789, 0)
+    for name in ("step-12-t1", "step-00000120", "step-00000120-t", "good.json", "_kubetrain"):
+        assert parse_checkpoint_dir(name) is None
+    names = [checkpoint_dir(s, s % 7) for s in (100, 20, 3)]
+    assert sorted(names) == [checkpoint_dir(s, s % 7) for s in (3, 20, 100)]
+
+
+def test_signed_manifest_round_trips_and_any_change_breaks_it() -> None:
+    raw = _manifest().to_json(KEY)
+    assert Manifest.from_json(raw, KEY) == _manifest().__class__.from_json(raw)
+    data = json.loads(raw)
+    data["files"]["rng-rank3.pt"]["sha256"] = "c" * 64  # point at another file
+    with pytest.raises(Unauthenticated, match="does not match"):
+        Manifest.from_json(json.dumps(data).encode(), KEY)
+    with pytest.raises(Unauthenticated, match="does not match"):
+        Manifest.from_json(raw, b"another job's key")
+    with pytest.raises(Unauthenticated, match="not signed"):
+        Manifest.from_json(_manifest().to_json(), KEY)
+
+
+def test_good_marker_is_signed_too() -> None:
+    marker = GoodMarker(step=40, healthy_steps=20)
+    assert GoodMarker.from_json(marker.to_json(KEY), KEY) == marker
+    with pytest.raises(Unauthenticated):
+        GoodMarker.from_json(marker.to_json(), KEY)
 
 
 def test_describe_files_hashes_content(tmp_path: Path) -> None:

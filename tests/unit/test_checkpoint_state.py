@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from kubetrain_trainer.checkpoint import CheckpointManager
+from kubetrain_trainer.checkpoint import CheckpointManager, ResumeRequest
 from kubetrain_trainer.checkpoint.state import (
     TRAINER_STATE,
     StateStager,
@@ -125,6 +125,7 @@ def test_n_steps_resume_n_steps_equals_2n_steps(tmp_path: Path) -> None:
     extra = {"step": steps, "scheduler": scheduler.state_dict()}
     write_state(tmp_path / "stage", model, optimizer, extra, rank=0)
     manager = CheckpointManager(str(tmp_path / "ckpt"))
+    manager.start(ResumeRequest(), tmp_path / "unused")
     manager.save(steps, tmp_path / "stage")
     del model, optimizer, scheduler
 
@@ -132,7 +133,7 @@ def test_n_steps_resume_n_steps_equals_2n_steps(tmp_path: Path) -> None:
     torch.manual_seed(99)
     random.seed(99)
     model, optimizer, scheduler = _build()
-    loaded = manager.load_latest(tmp_path / "local")
+    loaded = CheckpointManager(str(tmp_path / "ckpt")).start(ResumeRequest(), tmp_path / "local")
     assert loaded is not None and loaded.info.step == steps
     assert {TRAINER_STATE, rng_file(0), "dcp/.metadata"} <= set(loaded.info.manifest.files)  # type: ignore[union-attr]
     restored = read_state(loaded.path, model, optimizer, rank=0)

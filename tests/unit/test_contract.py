@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+import pytest
+import yaml
+
+from kubetrain_trainer.checkpoint import Owner
+from kubetrain_trainer.config import ConfigError, load_config
 from kubetrain_trainer.contract import (
     Fault,
     TerminationMessage,
@@ -54,14 +59,41 @@ def test_garbage_termination_message_reads_as_none() -> None:
 
 def test_runtime_from_env() -> None:
     env = {
+        "KUBETRAIN_JOB_NAME": "bert",
+        "KUBETRAIN_NAMESPACE": "team-a",
+        "KUBETRAIN_JOB_UID": "u-1",
         "KUBETRAIN_RESTART_COUNT": "2",
         "KUBETRAIN_SKIP_BATCHES": "5-6",
         "KUBETRAIN_LR_SCALE": "0.5",
-        "KUBETRAIN_RESUME_FROM": "s3://b/p/step-00000010",
-        "KUBETRAIN_CHECKPOINT_URI": "s3://b/p",
+        "KUBETRAIN_ROLLBACK_BEFORE": "30",
+        "KUBETRAIN_ROLLBACK_ID": "u-1/2",
+        "KUBETRAIN_CHECKPOINT_KEY": "secret",
+        "KUBETRAIN_CHECKPOINT_URI": "s3://b/p #1",
         "KUBETRAIN_METRICS_PORT": "9100",
     }
     rt = Runtime.from_env(env)
     assert (rt.restart_count, rt.skip_ranges, rt.lr_scale) == (2, [(5, 6)], 0.5)
-    assert rt.resume_from == "s3://b/p/step-00000010"
-    assert rt.config_overrides(env) == ["checkpoint.uri=s3://b/p", "metrics.port=9100"]
+    assert (rt.rollback_before, rt.rollback_id) == (30, "u-1/2")
+    assert rt.owner == Owner("team-a", "bert", "u-1")
+    assert rt.checkpoint_key == b"secret" and "secret" not in repr(rt)
+    # Strings stay strings: nothing after "#" is dropped as a YAML comment.
+    assert rt.overrides == {"checkpoint.uri": "s3://b/p #1", "metrics.port": 9100}
+
+
+@pytest.mark.parametrize(
+    "name", ["KUBETRAIN_RESTART_COUNT", "KUBETRAIN_ROLLBACK_BEFORE", "KUBETRAIN_METRICS_PORT"]
+)
+def test_malformed_numbers_in_the_env_name_the_variable(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Runtime.from_env({name: "ten"})
+
+
+def test_a_uri_with_a_comment_is_rejected_not_truncated(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": "x"}, "training": {"max_steps": 1}}))
+    env = Runtime.from_env({"KUBETRAIN_CHECKPOINT_URI": "s3://bucket/team-a #1"})
+    for values, overrides in ((env.overrides, []), ({}, ["checkpoint.uri=s3://bucket/team-a #1"])):
+        with pytest.raises(ConfigError, match=r"checkpoint\.uri"):
+            load_config(config, overrides, values=values)
+    cfg = load_config(config, ["checkpoint.uri=s3://bucket/x", "training.max_steps=7"])
+    assert cfg.checkpoint.uri == "s3://bucket/x" and cfg.training.max_steps == 7

@@ -10,7 +10,6 @@ import yaml
 
 from kubetrain_operator import builders
 from kubetrain_operator.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
-from kubetrain_operator.policy import Checkpoint
 from kubetrain_operator.progress import parse_progress
 from kubetrain_operator.reconcile import (
     Action,
@@ -93,11 +92,17 @@ def _running_status(**recovery: Any) -> dict[str, Any]:
     }
 
 
-def test_new_job_creates_service_configmap_and_the_gang() -> None:
-    observed = Observed(pods=[], service=False, configmap=False, now=NOW)
+def test_new_job_creates_service_configmap_signing_key_and_the_gang() -> None:
+    observed = Observed(pods=[], service=False, configmap=False, now=NOW, signing_key="k3y")
     actions = reconcile(_job(), observed, SETTINGS)
     kinds = [a.body["kind"] for a in actions if isinstance(a, CreateObject)]
-    assert kinds == ["Service", "ConfigMap", "Pod", "Pod"]
+    assert kinds == ["Service", "ConfigMap", "Secret", "Pod", "Pod"]
+    secret = next(
+        a.body for a in actions if isinstance(a, CreateObject) and a.body["kind"] == "Secret"
+    )
+    assert secret["metadata"]["name"] == f"{NAME}-checkpoint-key"
+    assert secret["stringData"] == {"checkpoint-key": "k3y"}
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u1"  # deleted with the job
     assert _created_pods(actions) == [f"{NAME}-0", f"{NAME}-1"]
     status = _status(actions)
     assert status.state == "Created" and status.startTime == "2026-01-01T12:00:00Z"
@@ -155,7 +160,7 @@ def test_next_attempt_waits_for_old_pods_and_backoff() -> None:
     labels = [
         a.body["metadata"]["labels"][builders.ATTEMPT_LABEL]
         for a in actions
-        if isinstance(a, CreateObject)
+        if isinstance(a, CreateObject) and a.body["kind"] == "Pod"
     ]
     assert labels == ["1", "1"]
 
@@ -196,35 +201,35 @@ def test_config_invalid_fails_at_once_with_the_trainers_message() -> None:
     assert any(isinstance(a, EmitEvent) and a.type == "Warning" for a in actions)
 
 
-def test_nan_rolls_back_to_an_older_good_checkpoint() -> None:
+def test_nan_asks_the_trainer_for_a_good_checkpoint_before_the_failed_one() -> None:
     msg = TerminationMessage(
-        "NaNUnrecoverable",
-        "nan",
-        step=41,
-        failed_checkpoint="s3://ckpt/step-40",
-        skip_batches="40-41",
+        "NaNUnrecoverable", "nan", step=41, restored_step=40, skip_batches="40-41"
     )
-    calls: list[int] = []
-
-    def checkpoints() -> list[Checkpoint]:
-        calls.append(1)
-        return [
-            Checkpoint(20, "s3://ckpt/step-20", True),
-            Checkpoint(40, "s3://ckpt/step-40", True),
-        ]
-
-    job = _job(_running_status())
+    job = _job(_running_status(attempt=2))
     actions = _run(
-        job,
-        [_pod(0, "Failed", **_terminated(1, msg)), _pod(1, "Failed", **_terminated(1))],
-        checkpoints=checkpoints,
+        job, [_pod(0, "Failed", 2, **_terminated(1, msg)), _pod(1, "Failed", 2, **_terminated(1))]
     )
     st = _status(actions)
-    assert calls == [1]
-    assert st.recovery.resumeFrom == "s3://ckpt/step-20"
+    # The operator never lists the store: it says "before step 40", the trainer picks.
+    assert st.recovery.rollbackBeforeStep == 40
+    assert st.recovery.rollbackId == "u1/3"  # unique per job and attempt
+    assert st.recovery.attempt == 3
     assert st.recovery.skipBatches == "40-43"  # skipBatches: 2 from the example
     assert st.recovery.lrScale == 0.5
     assert st.restarts.nan == 1
+    restarted = next(c for c in st.conditions if c.type == "Restarting")
+    assert "before step 40" in restarted.message
+
+
+def test_pods_carry_the_rollback_request_and_the_signing_key_reference() -> None:
+    recovery = RecoveryStatus(attempt=3, rollbackBeforeStep=40, rollbackId="u1/3")
+    pod = builders.build_pod(_job(), 0, recovery, SETTINGS)
+    env = {e["name"]: e for e in pod["spec"]["containers"][0]["env"]}
+    assert env["KUBETRAIN_ROLLBACK_BEFORE"]["value"] == "40"
+    assert env["KUBETRAIN_ROLLBACK_ID"]["value"] == "u1/3"
+    assert env["KUBETRAIN_JOB_UID"]["value"] == "u1"
+    ref = env["KUBETRAIN_CHECKPOINT_KEY"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": f"{NAME}-checkpoint-key", "key": "checkpoint-key"}
 
 
 def test_success_needs_rank_zero_and_sets_completion_time() -> None:

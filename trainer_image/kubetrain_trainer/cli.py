@@ -24,6 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="run a TrainingJob YAML locally, without a cluster")
     run.add_argument("file", type=Path, help="TrainingJob YAML")
     run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    run.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="start a new timeline at step 0; the run's earlier checkpoints are kept",
+    )
     run.set_defaults(func=_run)
 
     validate = sub.add_parser("validate", help="check a TrainingJob or trainer config offline")
@@ -80,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    return run_local(job, args.runs_dir)
+    return run_local(job, args.runs_dir, from_scratch=args.from_scratch)
 
 
 def _validate(args: argparse.Namespace) -> int:

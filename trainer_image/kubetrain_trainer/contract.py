@@ -17,15 +17,10 @@ class ExitCode(IntEnum):
     """Trainer exit codes the operator and `kubetrain run` act on."""
 
     SUCCEEDED = 0
-    RETRYABLE = 1  # anything not listed here is retryable too
+    RETRYABLE = 1  # anything not listed here is retryable too (Error, Fenced)
     CONFIG_INVALID = 64  # never retried: the job fails with the trainer's message
     NAN_UNRECOVERABLE = 65  # tier-1 budget spent: roll back to an older checkpoint
     PREEMPTED = 143  # SIGTERM: saved a checkpoint (when time allowed) and stopped; retryable
-
-
-# KUBETRAIN_RESUME_FROM's value for a rollback with no good checkpoint to go back to:
-# start over from step 0 (every checkpoint of the abandoned timeline is discarded).
-RESUME_FROM_SCRATCH = "scratch"
 
 
 class Env:
@@ -33,9 +28,12 @@ class Env:
 
     JOB_NAME = "KUBETRAIN_JOB_NAME"
     NAMESPACE = "KUBETRAIN_NAMESPACE"
+    JOB_UID = "KUBETRAIN_JOB_UID"  # with the name: whose checkpoint store this is
     CHECKPOINT_URI = "KUBETRAIN_CHECKPOINT_URI"  # overrides checkpoint.uri
-    RESTART_COUNT = "KUBETRAIN_RESTART_COUNT"
-    RESUME_FROM = "KUBETRAIN_RESUME_FROM"  # a committed checkpoint URI (rollback target)
+    CHECKPOINT_KEY = "KUBETRAIN_CHECKPOINT_KEY"  # HMAC key for manifests (from a Secret)
+    RESTART_COUNT = "KUBETRAIN_RESTART_COUNT"  # the attempt number
+    ROLLBACK_BEFORE = "KUBETRAIN_ROLLBACK_BEFORE"  # resume from a good checkpoint before it
+    ROLLBACK_ID = "KUBETRAIN_ROLLBACK_ID"  # the rollback request's id: applied once
     SKIP_BATCHES = "KUBETRAIN_SKIP_BATCHES"  # step ranges whose batches are skipped: "40-45,80-81"
     LR_SCALE = "KUBETRAIN_LR_SCALE"  # multiplies the scheduled LR (rollback recipes)
     METRICS_PORT = "KUBETRAIN_METRICS_PORT"  # overrides metrics.port
@@ -51,11 +49,11 @@ DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 class TerminationMessage:
     """JSON the trainer writes to the termination log before a non-zero exit."""
 
-    reason: str  # Succeeded | ConfigInvalid | NaNUnrecoverable | Error | Preempted
+    reason: str  # Succeeded | ConfigInvalid | NaNUnrecoverable | Error | Preempted | Fenced
     message: str
     step: int | None = None
-    last_good_checkpoint: str | None = None  # URI of the newest proven checkpoint
-    failed_checkpoint: str | None = None  # the checkpoint the failing attempt resumed from
+    resumed_from: str | None = None  # the checkpoint this attempt started from; null: step 0
+    restored_step: int | None = None  # step of the checkpoint it last loaded; null: none
     skip_batches: str | None = None  # step ranges whose batches produced NaN: "40-45,80"
 
     def to_json(self) -> str:
@@ -100,28 +98,30 @@ def format_step_ranges(ranges: list[tuple[int, int]]) -> str:
 class Fault:
     """A fault the trainer injects on purpose (KUBETRAIN_FAULT_INJECT), for recovery tests."""
 
-    kind: str  # nan | crash | hang | exit
+    kind: str  # nan | crash | hang | exit | stall
     step: int
     times: int | None = None  # nan: how many consecutive steps; None = every step from `step` on
     rank: int | None = None  # only on this global rank (default: all)
     code: int = 1  # exit: the exit code
+    seconds: int = 60  # stall: how long the commit of the checkpoint at `step` waits
 
 
-_FAULT = re.compile(r"^(nan|crash|hang|exit)@step=(\d+)((?:,[a-z]+=\d+)*)$")
+_FAULT = re.compile(r"^(nan|crash|hang|exit|stall)@step=(\d+)((?:,[a-z]+=\d+)*)$")
+_OPTIONS = {"times", "rank", "code", "seconds"}
 
 
 def parse_faults(text: str) -> list[Fault]:
-    """Parse "nan@step=30,times=2;crash@step=50,rank=1" into Faults."""
+    """Parse "nan@step=30,times=2;crash@step=50,rank=1;stall@step=20,seconds=90" into Faults."""
     faults = []
     for item in filter(None, (s.strip() for s in text.split(";"))):
         m = _FAULT.match(item)
         if not m:
             raise ValueError(
                 f"{Env.FAULT_INJECT}: cannot parse {item!r}; expected KIND@step=N[,times=N]"
-                "[,rank=N][,code=N] with KIND one of nan, crash, hang, exit"
+                "[,rank=N][,code=N][,seconds=N] with KIND one of nan, crash, hang, exit, stall"
             )
         opts = dict(kv.split("=") for kv in m.group(3).split(",") if kv)
-        unknown = set(opts) - {"times", "rank", "code"}
+        unknown = set(opts) - _OPTIONS
         if unknown:
             raise ValueError(f"{Env.FAULT_INJECT}: unknown option(s) {sorted(unknown)} in {item!r}")
         faults.append(
@@ -131,6 +131,7 @@ def parse_faults(text: str) -> list[Fault]:
                 times=int(opts["times"]) if "times" in opts else None,
                 rank=int(opts["rank"]) if "rank" in opts else None,
                 code=int(opts.get("code", 1)),
+                seconds=int(opts.get("seconds", 60)),
             )
         )
     return faults

@@ -15,9 +15,14 @@ log = logging.getLogger("kubetrain")
 
 
 def train_main(config_path: Path, overrides: list[str]) -> int:
-    runtime = Runtime.from_env()
     try:
-        cfg = load_config(config_path, runtime.config_overrides() + overrides)
+        runtime = Runtime.from_env()
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        TerminationMessage("ConfigInvalid", str(err)).write(Runtime().termination_log)
+        return ExitCode.CONFIG_INVALID
+    try:
+        cfg = load_config(config_path, overrides, values=runtime.overrides)
     except ConfigError as err:
         print(err, file=sys.stderr)
         TerminationMessage("ConfigInvalid", str(err)).write(runtime.termination_log)
@@ -25,6 +30,7 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
 
     # torch is imported only once the config is known to be good.
     from kubetrain_trainer import distributed
+    from kubetrain_trainer.checkpoint import Fenced, StoreConflict
     from kubetrain_trainer.metrics import print_summary
     from kubetrain_trainer.trainer import NaNUnrecoverable, Preempted, Trainer
 
@@ -37,7 +43,7 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
     try:
         trainer = Trainer(cfg, runtime, dist_info)
         summary = trainer.train()
-    except ConfigError as err:  # e.g. data path or sizes found unusable while building
+    except (ConfigError, StoreConflict) as err:  # e.g. unusable data, another job's store
         print(err, file=sys.stderr)
         TerminationMessage("ConfigInvalid", str(err)).write(runtime.termination_log)
         return ExitCode.CONFIG_INVALID
@@ -47,12 +53,16 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
                 "NaNUnrecoverable",
                 str(err),
                 step=err.step,
-                last_good_checkpoint=trainer.newest_good_uri(),
-                failed_checkpoint=trainer.last_checkpoint.uri if trainer.last_checkpoint else None,
+                resumed_from=trainer.resumed_from.uri if trainer.resumed_from else None,
+                restored_step=trainer.restored_step,
                 skip_batches=",".join(f"{a}-{b}" for a, b in err.skip_ranges),
             ).write(runtime.termination_log)
         log.error("%s", err)
         return ExitCode.NAN_UNRECOVERABLE
+    except Fenced as err:  # replaced by a newer attempt: stop, touching nothing
+        log.error("%s", err)
+        TerminationMessage("Fenced", str(err)).write(runtime.termination_log)
+        return ExitCode.RETRYABLE
     except Preempted as err:
         step = trainer.step if trainer else None
         TerminationMessage("Preempted", str(err), step=step).write(runtime.termination_log)

@@ -12,8 +12,11 @@ Kinds (grammar in ``contract.parse_faults``):
   as when the trainer decides to exit with C.
 * ``hang@step=N``: stop making progress forever (the metrics thread keeps
   answering), for the operator's progress deadline.
+* ``stall@step=N,seconds=S``: the upload worker waits S seconds before it
+  commits the checkpoint at step N, so that a replaced attempt's commit
+  arrives late (the fence must refuse it).
 
-For crash, exit and hang, ``times=T`` means "on the first T attempts"
+For crash, exit, hang and stall, ``times=T`` means "on the first T attempts"
 (restart count < T, from ``KUBETRAIN_RESTART_COUNT``) and no ``times`` means
 on every attempt: ``crash@step=20,times=1`` is a transient failure that a
 restart cures, ``crash@step=20`` one that exhausts the restart budget.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from kubetrain_trainer.contract import Env, Fault, parse_faults
@@ -76,7 +80,7 @@ class FaultInjector:
     def maybe_fail(self, step: int) -> None:
         """Crash, exit or hang here if a fault is due at ``step``; otherwise return."""
         for f in self.faults:
-            if f.step != step or f.kind == "nan":
+            if f.step != step or f.kind in ("nan", "stall"):
                 continue
             self._announce(f)
             if f.kind == "crash":
@@ -86,8 +90,17 @@ class FaultInjector:
             if f.kind == "hang":
                 self._hang()
 
+    def stall_commit(self, step: int) -> None:
+        """Called by the upload worker before committing the checkpoint at `step`."""
+        for f in self.faults:
+            if f.kind == "stall" and f.step == step:
+                self._announce(f)
+                time.sleep(f.seconds)
+
     def _announce(self, fault: Fault) -> None:
-        detail = f" code {fault.code}" if fault.kind == "exit" else ""
+        detail = {"exit": f" code {fault.code}", "stall": f" of {fault.seconds} s"}.get(
+            fault.kind, ""
+        )
         print(
             f"kubetrain: fault injection: {fault.kind}{detail} at step {fault.step} "
             f"(rank {self.rank}, restart {self.restart_count})",

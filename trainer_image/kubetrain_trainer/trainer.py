@@ -28,12 +28,18 @@ from kubetrain_trainer.checkpoint import (
     CheckpointError,
     CheckpointInfo,
     CheckpointManager,
-    step_dir,
+    Fenced,
+    LoadedCheckpoint,
+    ResumeRequest,
+    RetryingStorage,
+    checkpoint_dir,
+    open_storage,
 )
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, SaveResult, group_collectives
 from kubetrain_trainer.checkpoint.state import read_state
 from kubetrain_trainer.config import ConfigError, TrainingConfig
-from kubetrain_trainer.contract import RESUME_FROM_SCRATCH, format_step_ranges, parse_faults
+from kubetrain_trainer.config.compat import changed_fields, shape_of
+from kubetrain_trainer.contract import format_step_ranges, parse_faults
 from kubetrain_trainer.data.base import DatasetAdapter
 from kubetrain_trainer.distributed import DistInfo, all_gather_object, barrier
 from kubetrain_trainer.faults import FaultInjector
@@ -94,24 +100,34 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"kubetrain-rank{dist_info.rank}-"))
         torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
+        self.shape = shape_of(cfg)
 
-        self.checkpoints = CheckpointManager(
-            cfg.checkpoint.uri or str(self.run_dir / "checkpoints"),
-            cfg.checkpoint.s3,
-            keep_last=cfg.checkpoint.keep_last,
-            keep_best=cfg.checkpoint.keep_best,
-            best_metric=cfg.checkpoint.best_metric,
+        uri = cfg.checkpoint.uri or str(self.run_dir / "checkpoints")
+        self.checkpoints = CheckpointManager.from_config(
+            cfg.checkpoint,
+            uri,
+            storage=RetryingStorage(open_storage(uri, cfg.checkpoint.s3)),
             rank=dist_info.rank,
             world_size=dist_info.world_size,
             barrier=barrier,
             all_gather_object=all_gather_object,
+            key=runtime.checkpoint_key,
+            owner=runtime.owner,
+            attempt=runtime.restart_count,
+        )
+        self.faults = FaultInjector(
+            parse_faults(runtime.fault_spec), dist_info.rank, runtime.restart_count
         )
         # Uploads run in a worker thread with collectives of their own (a collective call).
         self.saver = AsyncCheckpointer(
-            self.checkpoints, collectives=group_collectives(), on_done=self._checkpoint_done
+            self.checkpoints,
+            collectives=group_collectives(),
+            on_done=self._checkpoint_done,
+            before_commit=self.faults.stall_commit,
         )
+        self.restored_step: int | None = None  # the checkpoint last loaded (resume or restore)
         resume = self._resume_point()
-        self.resumed_from = resume[0] if resume else None
+        self.resumed_from = resume.info if resume else None
 
         tokenizer_cls = registry.TOKENIZERS.get(cfg.data.tokenizer.kind)
         tokenizer = tokenizer_cls.load(resume[1] / TOKENIZER_FILE) if resume else None
@@ -152,9 +168,6 @@ class Trainer:
 
         self.guard = NanGuard(cfg.recovery)
         self.health = HealthTracker(cfg.recovery.good_after_steps)
-        self.faults = FaultInjector(
-            parse_faults(runtime.fault_spec), dist_info.rank, runtime.restart_count
-        )
         self.step = 0
         self.loss_ema: float | None = None
         self.best_val = math.inf
@@ -181,7 +194,7 @@ class Trainer:
 
         if resume:
             self._load(*resume, restore_counters=True)
-            if runtime.resume_from and runtime.lr_scale != 1.0:
+            if self.checkpoints.rolled_back and runtime.lr_scale != 1.0:
                 # A rollback recipe (PaLM/OPT): lower the LR once, from the rollback point on.
                 scale_lr(self.scheduler, runtime.lr_scale)
         # Serve /progress only once resumed: a step of 0 while the checkpoint loads
@@ -299,15 +312,17 @@ class Trainer:
         if self.dist.is_main:
             self.dataset.tokenizer.save(staging / TOKENIZER_FILE)
         metrics = {k: v for k, v in self.state.metrics.items() if k.startswith("val_")}
-        # The worker writes the snapshot into staging, uploads, commits, deletes staging.
-        self.saver.submit(self.step, staging, metrics, snapshot=snapshot)
+        # The worker writes the snapshot into staging, uploads, commits, deletes staging;
+        # the manifest records the config's shape, which a resume must match.
+        meta = {"config": self.shape}
+        self.saver.submit(self.step, staging, metrics, snapshot=snapshot, meta=meta)
         if not self.cfg.checkpoint.async_upload:
             self._checkpoint_results(self.saver.wait())
         info = self.last_checkpoint
         if info is None or info.step != self.step:
-            info = CheckpointInfo(
-                self.step, self.checkpoints.storage.uri(step_dir(self.step)), False
-            )
+            term = self.checkpoints.term
+            uri = self.checkpoints.storage.uri(checkpoint_dir(self.step, term))
+            info = CheckpointInfo(self.step, term, uri, False)
         for good_step in self.health.checkpoint_saved(self.step):
             self._mark_good(good_step)  # deferred to the commit while uploading
         self.metrics.checkpoint_stalled(time.monotonic() - started)
@@ -323,7 +338,11 @@ class Trainer:
             self.metrics.checkpoint_failed()
 
     def _checkpoint_results(self, results: list[SaveResult]) -> None:
+        """Count and log the saves that ended; a fenced one stops this process."""
         for result in results:
+            if result.fenced:
+                self.log.event("checkpoint_fenced", step=result.step, error=result.error)
+                raise Fenced(f"{result.error}: this attempt was replaced and stops here")
             if result.info is not None:
                 self.counters["checkpoints"] += 1
                 self.log.event(
@@ -353,13 +372,9 @@ class Trainer:
             "lastCheckpoint": {"step": ckpt.step, "uri": ckpt.uri, "time": ckpt.time}
             if ckpt
             else None,
+            "resumedFrom": self.resumed_from.uri if self.resumed_from else None,
             "restarts": self.runtime.restart_count,
         }
-
-    def newest_good_uri(self) -> str | None:
-        self._flush_checkpoints()  # an upload in flight may commit (and be marked) yet
-        good = self.checkpoints.latest(good_only=True)
-        return good.uri if good else None
 
     def close(self) -> None:
         self.saver.close()  # an upload in flight still reads from scratch
@@ -380,23 +395,33 @@ class Trainer:
         )
         return max(1, math.ceil((loop.num_epochs or 1.0) * per_epoch))
 
-    def _resume_point(self) -> tuple[CheckpointInfo, Path] | None:
-        """The explicit rollback target, else the newest committed checkpoint (if resuming)."""
-        local = self.scratch / "resume"
-        if self.runtime.resume_from == RESUME_FROM_SCRATCH:
-            self.checkpoints.discard_after(0)  # none was proven good: start over
-            barrier()
-            return None
-        if self.runtime.resume_from:
-            info = self.checkpoints.resolve(self.runtime.resume_from)
-            path = self.checkpoints.load(info, local)
-            # Newer checkpoints belong to the abandoned timeline: never resume from them again.
-            self.checkpoints.discard_after(info.step)
-            barrier()
-            return info, path
-        if not self.cfg.checkpoint.resume:
-            return None
-        return self.checkpoints.load_latest(local)
+    def _resume_point(self) -> LoadedCheckpoint | None:
+        """The checkpoint this attempt starts from (None: step 0), chosen by the manager
+        from what the store holds and what the operator asked (env)."""
+        rt = self.runtime
+        request = ResumeRequest(
+            # resume: false starts a new timeline once, on the job's first attempt.
+            fresh=not self.cfg.checkpoint.resume and rt.restart_count == 0,
+            rollback_before=rt.rollback_before,
+            rollback_id=rt.rollback_id,
+        )
+        return self.checkpoints.start(request, self.scratch / "resume", check=self._check_shape)
+
+    def _check_shape(self, info: CheckpointInfo) -> None:
+        saved = info.manifest.meta.get("config") if info.manifest else None
+        changed = changed_fields(saved, self.shape)
+        if changed:
+            raise ConfigError(
+                "checkpoint.uri",
+                [
+                    f"{info.uri} was written with another model shape, which this config "
+                    "cannot resume:",
+                    *(f"  {line}" for line in changed),
+                    "Start elsewhere (another run dir or checkpoint.uri), or start over "
+                    "beside it with checkpoint.resume: false (kubetrain run --from-scratch); "
+                    "its checkpoints are kept either way.",
+                ],
+            )
 
     def _load(self, info: CheckpointInfo, path: Path, *, restore_counters: bool) -> None:
         extra = read_state(path, self.raw_model, self.optimizer, self.dist.rank)
@@ -412,6 +437,7 @@ class Trainer:
                 if tuple(r) not in self.skip_ranges:
                     self.skip_ranges.append((int(r[0]), int(r[1])))
         self.last_checkpoint = info
+        self.restored_step = info.step
         if not info.good:  # it still has to prove itself with healthy steps
             self.health.checkpoint_saved(info.step)
         self.state.step = self.step
@@ -426,9 +452,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)  # the bad step's gradients must not leak
         local = self.scratch / f"restore-{self.counters['restores']}"
         self._flush_checkpoints()  # the newest checkpoint may still be uploading
-        point = self.checkpoints.load_latest(local, good_only=True) or self.checkpoints.load_latest(
-            local
-        )
+        point = self.checkpoints.restore(local)  # forks a new term from it
         if point is None:
             raise NaNUnrecoverable(self.step, self._all_skip_ranges())
         bad = self.guard.batches_to_skip()

@@ -1,15 +1,20 @@
-"""Checkpoints: storage backends, the manifest commit protocol, the manager, torch state.
+"""Checkpoints: storage backends, the manifest commit protocol, terms and lineage, the
+manager, torch state.
 
-`state` (model/optimizer/RNG through torch.distributed.checkpoint) is not imported
-here, so the operator can list and verify checkpoints without torch.
+`state` and `async_save` (torch) are not imported here, so the checkpoint protocol
+stays usable without torch.
 """
 
+from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
+from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
 from kubetrain_trainer.checkpoint.manager import (
     CheckpointError,
     CheckpointInfo,
     CheckpointManager,
     CorruptCheckpoint,
     LoadedCheckpoint,
+    NoUsableCheckpoint,
+    ResumeRequest,
 )
 from kubetrain_trainer.checkpoint.manifest import (
     GOOD_MARKER,
@@ -18,9 +23,12 @@ from kubetrain_trainer.checkpoint.manifest import (
     GoodMarker,
     Manifest,
     ManifestError,
-    parse_step_dir,
-    step_dir,
+    Unauthenticated,
+    Writer,
+    checkpoint_dir,
+    parse_checkpoint_dir,
 )
+from kubetrain_trainer.checkpoint.retrying import RetryingStorage
 from kubetrain_trainer.checkpoint.storage import LocalStorage, S3Storage, Storage, open_storage
 
 __all__ = [
@@ -29,16 +37,27 @@ __all__ = [
     "CheckpointError",
     "CheckpointInfo",
     "CheckpointManager",
+    "Claim",
     "CorruptCheckpoint",
+    "Fenced",
     "FileEntry",
     "GoodMarker",
+    "Lineage",
     "LoadedCheckpoint",
     "LocalStorage",
     "Manifest",
     "ManifestError",
+    "NoUsableCheckpoint",
+    "Owner",
+    "ResumeRequest",
+    "RetryingStorage",
     "S3Storage",
     "Storage",
+    "StoreConflict",
+    "StoreUnreadable",
+    "Unauthenticated",
+    "Writer",
+    "checkpoint_dir",
     "open_storage",
-    "parse_step_dir",
-    "step_dir",
+    "parse_checkpoint_dir",
 ]

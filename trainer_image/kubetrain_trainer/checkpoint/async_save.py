@@ -19,6 +19,8 @@ on different ranks.
 Storage errors are retried with backoff around every storage call (on top of
 botocore's own retries); a save that still fails is logged and counted, never
 committed (no manifest), and training goes on: the next checkpoint tries again.
+A save refused by the fence (a newer attempt owns the store) ends in a result
+marked `fenced`, and the loop stops the process.
 """
 
 from __future__ import annotations
@@ -33,115 +35,32 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from kubetrain_trainer.checkpoint.manager import CheckpointError, CheckpointInfo, CheckpointManager
+from kubetrain_trainer.checkpoint.manager import (
+    CheckpointError,
+    CheckpointInfo,
+    CheckpointManager,
+    Fenced,
+)
+from kubetrain_trainer.checkpoint.retrying import RetryingStorage
 from kubetrain_trainer.checkpoint.state import Snapshot, StateStager, write_snapshot
-from kubetrain_trainer.checkpoint.storage import Storage
 
 __all__ = [
     "AsyncCheckpointer",
     "CheckpointGroup",
-    "RetryingStorage",
     "SaveResult",
     "group_collectives",
 ]
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 # A collective that waits longer than this on the checkpoint group raises instead of
 # hanging the worker forever (e.g. a peer whose upload failed before the barrier).
 _GROUP_TIMEOUT = timedelta(minutes=15)
-
-
-class RetryingStorage(Storage):
-    """A Storage whose every call is retried with exponential backoff.
-
-    FileNotFoundError and ValueError are answers, not outages: they pass through.
-    With the defaults a call is tried 5 times over about a minute (2+4+8+16+30 s waits
-    are capped by `max_delay`).
-    """
-
-    def __init__(
-        self,
-        inner: Storage,
-        *,
-        attempts: int = 5,
-        base_delay: float = 2.0,
-        max_delay: float = 30.0,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if attempts < 1:
-            raise ValueError("attempts must be >= 1")
-        self.inner = inner
-        self.attempts = attempts
-        self.base_delay = base_delay
-        self.max_delay = max_delay
-        self._sleep = sleep
-
-    def __repr__(self) -> str:
-        return f"RetryingStorage({self.inner!r})"
-
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        for attempt in range(1, self.attempts + 1):
-            try:
-                return fn()
-            except (FileNotFoundError, ValueError):
-                raise
-            except Exception as error:
-                if attempt == self.attempts:
-                    raise
-                delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
-                log.warning(
-                    "%s on %s failed (attempt %d/%d), retrying in %.1fs: %s",
-                    what,
-                    self.inner.root_uri,
-                    attempt,
-                    self.attempts,
-                    delay,
-                    error,
-                )
-                self._sleep(delay)
-        raise AssertionError("unreachable")
-
-    @property
-    def root_uri(self) -> str:
-        return self.inner.root_uri
-
-    def uri(self, key: str = "") -> str:
-        return self.inner.uri(key)
-
-    def put_file(self, key: str, path: Path) -> None:
-        self._call(f"upload of {key}", lambda: self.inner.put_file(key, path))
-
-    def get_file(self, key: str, path: Path) -> None:
-        self._call(f"download of {key}", lambda: self.inner.get_file(key, path))
-
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._call(f"write of {key}", lambda: self.inner.put_bytes(key, data))
-
-    def get_bytes(self, key: str) -> bytes:
-        return self._call(f"read of {key}", lambda: self.inner.get_bytes(key))
-
-    def exists(self, key: str) -> bool:
-        return self._call(f"lookup of {key}", lambda: self.inner.exists(key))
-
-    def list_keys(self, prefix: str = "") -> builtins.list[str]:
-        return self._call(f"listing of {prefix!r}", lambda: self.inner.list_keys(prefix))
-
-    def list_dirs(self, prefix: str = "") -> builtins.list[str]:
-        return self._call(f"listing of {prefix!r}", lambda: self.inner.list_dirs(prefix))
-
-    def delete(self, key: str) -> None:
-        self._call(f"delete of {key}", lambda: self.inner.delete(key))
-
-    def delete_prefix(self, prefix: str) -> None:
-        self._call(f"delete of {prefix}/", lambda: self.inner.delete_prefix(prefix))
 
 
 @dataclass(frozen=True)
@@ -178,6 +97,7 @@ class SaveResult:
     upload_seconds: float  # in the worker: DCP write + upload + commit
     info: CheckpointInfo | None = None
     error: str | None = None
+    fenced: bool = False  # a newer attempt owns the store: this process must stop
 
     @property
     def committed(self) -> bool:
@@ -200,6 +120,7 @@ class AsyncCheckpointer:
         collectives: CheckpointGroup | None = None,
         on_done: Callable[[SaveResult], None] | None = None,
         retry: Mapping[str, Any] | None = None,
+        before_commit: Callable[[int], None] | None = None,
     ) -> None:
         self._group = collectives
         barrier = collectives.barrier if collectives else None
@@ -207,18 +128,9 @@ class AsyncCheckpointer:
         storage = manager.storage
         if not isinstance(storage, RetryingStorage):
             storage = RetryingStorage(storage, **dict(retry or {}))
-        self.manager = CheckpointManager(
-            manager.uri,
-            keep_last=manager.keep_last,
-            keep_best=manager.keep_best,
-            best_metric=manager.best_metric,
-            rank=manager.rank,
-            world_size=manager.world_size,
-            barrier=barrier,
-            all_gather_object=gather,
-            storage=storage,
-        )
+        self.manager = manager.twin(storage, barrier, gather)
         self._on_done = on_done
+        self._before_commit = before_commit  # fault injection: delay a commit
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-upload")
         self._lock = threading.Lock()
         self._inflight: Future[SaveResult] | None = None
@@ -255,9 +167,11 @@ class AsyncCheckpointer:
         *,
         epoch: int = 0,
         snapshot: Snapshot | None = None,
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         """Start saving checkpoint `step`: write `snapshot` (if any) into the local
-        directory `staging`, upload everything in it, commit, delete `staging`.
+        directory `staging`, upload everything in it, commit (with `meta` in the
+        manifest), delete `staging`.
 
         Waits for the previous save first: one in flight per rank. Every rank must
         submit the same steps in the same order (the worker runs collectives).
@@ -266,7 +180,13 @@ class AsyncCheckpointer:
         with self._lock:
             self._inflight_step = step
             self._inflight = self._pool.submit(
-                self._run, step, Path(staging), dict(metrics or {}), epoch, snapshot
+                self._run,
+                step,
+                Path(staging),
+                dict(metrics or {}),
+                epoch=epoch,
+                snapshot=snapshot,
+                meta=meta,
             )
 
     def wait(self) -> builtins.list[SaveResult]:
@@ -333,16 +253,23 @@ class AsyncCheckpointer:
         step: int,
         staging: Path,
         metrics: dict[str, float],
+        *,
         epoch: int,
         snapshot: Snapshot | None,
+        meta: Mapping[str, Any] | None,
     ) -> SaveResult:
         started = time.monotonic()
         log.info("uploading checkpoint at step %d", step)
         try:
             if snapshot is not None:
                 self._write(staging, snapshot)
-            info = self.manager.save(step, staging, metrics, epoch=epoch)
+            if self._before_commit is not None:
+                self._before_commit(step)
+            info = self.manager.save(step, staging, metrics, epoch=epoch, meta=meta)
             result = SaveResult(step, time.monotonic() - started, info=info)
+        except Fenced as error:
+            log.error("checkpoint at step %d was not committed: %s", step, error)
+            result = SaveResult(step, time.monotonic() - started, error=str(error), fenced=True)
         except Exception as error:  # the loop goes on; the next checkpoint tries again
             log.exception("checkpoint at step %d was not committed", step)
             result = SaveResult(step, time.monotonic() - started, error=repr(error))

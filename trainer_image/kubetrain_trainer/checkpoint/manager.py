@@ -1,14 +1,20 @@
-"""Committed, verifiable, rotated checkpoints on any Storage (the operator/trainer contract).
+"""Committed, verifiable, fenced checkpoints on any Storage (the operator/trainer contract).
 
-Layout under the checkpoint URI, one directory per step:
+Layout under the checkpoint URI:
 
-    step-00000120/<state files of every rank>
-    step-00000120/manifest.json   written LAST by rank 0: the commit
-    step-00000120/good.json       written later, once K healthy steps followed it
+    _kubetrain/term-00000007.json      the claim of the attempt writing now (claims.py)
+    step-00000120-t7/<state files of every rank>
+    step-00000120-t7/manifest.json     written LAST by rank 0: the commit (signed)
+    step-00000120-t7/good.json         written later, once K healthy steps followed it
 
-The manager never touches torch: ranks hand it local files (state.py writes them), it
-uploads, commits, lists, verifies and rotates. Saving is two separable halves, a local
-write and an upload, so the upload can later move to a background thread.
+An attempt calls `start` once: it reads the newest claim, picks the checkpoint to
+resume from (the newest of its lineage, a good one before a rollback step, or none),
+verifies it, and claims the next term continuing from it. `save` commits into the
+term's own directories and `rotate` deletes only within the writer's own lineage
+(retention.py); both stop once a newer term exists. Nothing is ever deleted to
+abandon a timeline: lineage (lineage.py) hides it instead.
+
+The manager never touches torch: ranks hand it local files (state.py writes them).
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ import logging
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from kubetrain_trainer.checkpoint import claims, retention
+from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
+from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
 from kubetrain_trainer.checkpoint.manifest import (
     GOOD_MARKER,
     MANIFEST,
@@ -30,10 +39,11 @@ from kubetrain_trainer.checkpoint.manifest import (
     GoodMarker,
     Manifest,
     ManifestError,
+    Writer,
+    checkpoint_dir,
     describe_files,
-    parse_step_dir,
+    parse_checkpoint_dir,
     sha256_file,
-    step_dir,
 )
 from kubetrain_trainer.checkpoint.storage import Storage, open_storage
 
@@ -45,10 +55,16 @@ __all__ = [
     "CheckpointInfo",
     "CheckpointManager",
     "CorruptCheckpoint",
+    "Fenced",
     "LoadedCheckpoint",
+    "NoUsableCheckpoint",
+    "ResumeRequest",
+    "StoreConflict",
+    "StoreUnreadable",
 ]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class CheckpointError(RuntimeError):
@@ -59,15 +75,30 @@ class CorruptCheckpoint(Exception):
     """A committed checkpoint whose files are missing or do not match the manifest."""
 
 
+class NoUsableCheckpoint(RuntimeError):
+    """The lineage holds checkpoints, but none could be read and verified: the run is
+    not started over next to them."""
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """One checkpoint directory as found in storage."""
+    """One checkpoint directory as found in storage.
+
+    committed: the manifest parsed and authenticated; torn: no manifest (an upload cut
+    short); neither: a manifest this reader cannot use (`problem` says why), kept."""
 
     step: int
+    term: int
     uri: str
     committed: bool
+    torn: bool = False
     good: bool = False
     manifest: Manifest | None = None
+    problem: str | None = None
+
+    @property
+    def directory(self) -> str:
+        return checkpoint_dir(self.step, self.term)
 
     @property
     def epoch(self) -> int | None:
@@ -92,6 +123,44 @@ class CheckpointInfo:
 class LoadedCheckpoint(NamedTuple):
     info: CheckpointInfo
     path: Path  # local directory holding the verified files
+
+
+@dataclass(frozen=True)
+class ResumeRequest:
+    """What this attempt was asked to do (env from the operator or `kubetrain run`)."""
+
+    fresh: bool = False  # start a new timeline at step 0; the old one is kept
+    rollback_before: int | None = None  # resume from the newest good checkpoint before this
+    rollback_id: str | None = None  # the request's id: applied once, even across restarts
+
+
+@dataclass
+class _Timeline:
+    """The term this process writes in; shared with the upload worker's twin manager."""
+
+    claim: Claim | None = None
+
+    @property
+    def term(self) -> int:
+        if self.claim is None:
+            raise CheckpointError("no term claimed: call start() before saving")
+        return self.claim.term
+
+
+@dataclass(frozen=True)
+class _Plan:
+    candidates: list[CheckpointInfo]  # newest first
+    present: list[tuple[int, int]] = field(default_factory=list)  # (step, term) in the lineage
+    rolling_back: bool = False  # this attempt applies a rollback request
+    rollback_id: str | None = None
+    must_resume: bool = False  # the lineage holds checkpoints: never silently start over
+    problems: list[str] = field(default_factory=list)
+
+
+# Exceptions rank 0 hands to the other ranks by name (library exceptions may not unpickle).
+_SHARED_ERRORS: dict[str, type[Exception]] = {
+    cls.__name__: cls for cls in (Fenced, StoreConflict, StoreUnreadable, CheckpointError)
+}
 
 
 def _no_barrier() -> None:
@@ -123,12 +192,13 @@ def _local_files(files: Mapping[str, Path] | Path) -> dict[str, Path]:
 
 
 class CheckpointManager:
-    """Save, list, verify, load and rotate checkpoints under one URI.
+    """Resume, save, list, verify, load and rotate checkpoints under one URI.
 
-    Every rank calls `save` with its own files; `barrier` and `all_gather_object` are
-    the process group's collectives (torch.distributed.barrier / all_gather_object),
-    left at their single-process defaults when world_size is 1. Only rank 0 writes
-    the manifest, good markers and deletes.
+    Every rank calls the collectives (`start`, `restore`, `save`); `barrier` and
+    `all_gather_object` are the process group's, left at their single-process
+    defaults when world_size is 1. Only rank 0 reads claims, writes the manifest,
+    markers and claims, and deletes. `key` signs and authenticates manifests and
+    markers; `owner` and `attempt` identify the writer.
     """
 
     def __init__(
@@ -144,6 +214,9 @@ class CheckpointManager:
         barrier: Callable[[], None] | None = None,
         all_gather_object: Callable[[Any], builtins.list[Any]] | None = None,
         storage: Storage | None = None,
+        key: bytes | None = None,
+        owner: Owner | None = None,
+        attempt: int = 0,
     ) -> None:
         if keep_last < 1 or keep_best < 0:
             raise ValueError("keep_last must be >= 1 and keep_best >= 0")
@@ -157,106 +230,307 @@ class CheckpointManager:
         self.best_metric = best_metric
         self.rank = rank
         self.world_size = world_size
+        self.key = key
+        self.owner = owner or Owner()
+        self.attempt = attempt
         self._barrier = barrier or _no_barrier
         self._all_gather = all_gather_object or _gather_self
+        self._timeline = _Timeline()
+        self.rolled_back = False  # whether start() applied a rollback request
 
     @classmethod
-    def from_config(
-        cls,
-        cfg: CheckpointConfig,
-        *,
-        uri: str | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        barrier: Callable[[], None] | None = None,
-        all_gather_object: Callable[[Any], builtins.list[Any]] | None = None,
-    ) -> CheckpointManager:
-        """A manager for the `checkpoint` config section; `uri` overrides cfg.uri."""
-        target = uri or cfg.uri
-        if not target:
-            raise ValueError("no checkpoint URI: set checkpoint.uri or pass uri")
+    def from_config(cls, cfg: CheckpointConfig, uri: str, **kwargs: Any) -> CheckpointManager:
+        """A manager for the `checkpoint` config section, writing under `uri`."""
         return cls(
-            target,
+            uri,
             cfg.s3,
             keep_last=cfg.keep_last,
             keep_best=cfg.keep_best,
             best_metric=cfg.best_metric,
-            rank=rank,
-            world_size=world_size,
+            **kwargs,
+        )
+
+    def twin(
+        self,
+        storage: Storage,
+        barrier: Callable[[], None] | None,
+        all_gather_object: Callable[[Any], builtins.list[Any]] | None,
+    ) -> CheckpointManager:
+        """The same manager (same term, once claimed) over other storage and collectives:
+        for the upload worker, which must not use the training loop's process group."""
+        other = CheckpointManager(
+            self.uri,
+            keep_last=self.keep_last,
+            keep_best=self.keep_best,
+            best_metric=self.best_metric,
+            rank=self.rank,
+            world_size=self.world_size,
             barrier=barrier,
             all_gather_object=all_gather_object,
+            storage=storage,
+            key=self.key,
+            owner=self.owner,
+            attempt=self.attempt,
         )
+        other._timeline = self._timeline
+        return other
 
     @property
     def uri(self) -> str:
         return self.storage.root_uri
 
+    @property
+    def term(self) -> int:
+        """The term this process writes in (after start)."""
+        return self._timeline.term
+
     # ---- listing -------------------------------------------------------------
 
-    def _scan(self) -> dict[int, set[str]]:
-        """Step -> names of the files in its directory (one recursive listing)."""
-        found: dict[int, set[str]] = {}
+    def scan(self) -> builtins.list[CheckpointInfo]:
+        """Every checkpoint directory in the store, of any term, sorted by (step, term)."""
+        found: dict[tuple[int, int], set[str]] = {}
         for key in self.storage.list_keys():
             head, sep, rest = key.partition("/")
-            step = parse_step_dir(head)
-            if step is not None and sep and head == step_dir(step):
-                found.setdefault(step, set()).add(rest)
-        return found
+            parsed = parse_checkpoint_dir(head)
+            if parsed is not None and sep and head == checkpoint_dir(*parsed):
+                found.setdefault(parsed, set()).add(rest)
+        return [self._info(step, term, names) for (step, term), names in sorted(found.items())]
 
-    def _info(self, step: int, names: set[str]) -> CheckpointInfo:
-        directory = step_dir(step)
-        manifest = None
-        if MANIFEST in names:
-            try:
-                manifest = Manifest.from_json(self.storage.get_bytes(f"{directory}/{MANIFEST}"))
-                if manifest.step != step:
-                    raise ManifestError(f"manifest says step {manifest.step}")
-            except (ManifestError, FileNotFoundError) as error:
-                log.warning(
-                    "checkpoint %s has an unreadable manifest (%s): not committed",
-                    self.storage.uri(directory),
-                    error,
+    def _info(self, step: int, term: int, names: set[str]) -> CheckpointInfo:
+        directory = checkpoint_dir(step, term)
+        uri = self.storage.uri(directory)
+        if MANIFEST not in names:
+            return CheckpointInfo(step, term, uri, committed=False, torn=True)
+        try:
+            manifest = Manifest.from_json(
+                self.storage.get_bytes(f"{directory}/{MANIFEST}"), self.key
+            )
+            if (manifest.step, manifest.writer.term) != (step, term):
+                raise ManifestError(
+                    f"manifest says step {manifest.step}, term {manifest.writer.term}"
                 )
-                manifest = None
-        committed = manifest is not None
+        except (ManifestError, FileNotFoundError) as error:
+            log.warning("checkpoint %s is not usable (kept): %s", uri, error)
+            return CheckpointInfo(step, term, uri, committed=False, problem=str(error))
         return CheckpointInfo(
-            step=step,
-            uri=self.storage.uri(directory),
-            committed=committed,
-            good=committed and GOOD_MARKER in names,
-            manifest=manifest,
+            step, term, uri, True, good=self._is_good(directory, names), manifest=manifest
         )
 
-    def list(self, include_uncommitted: bool = False) -> builtins.list[CheckpointInfo]:
-        """Checkpoints sorted by step; only committed ones unless asked otherwise."""
-        infos = [self._info(step, names) for step, names in sorted(self._scan().items())]
-        return [i for i in infos if i.committed or include_uncommitted]
+    def _is_good(self, directory: str, names: set[str]) -> bool:
+        if GOOD_MARKER not in names:
+            return False
+        if not self.key:
+            return True
+        try:
+            GoodMarker.from_json(self.storage.get_bytes(f"{directory}/{GOOD_MARKER}"), self.key)
+        except (ManifestError, FileNotFoundError) as error:
+            log.warning("ignoring the good marker of %s: %s", self.storage.uri(directory), error)
+            return False
+        return True
 
-    def latest(self, committed_only: bool = True, good_only: bool = False) -> CheckpointInfo | None:
-        """The newest checkpoint (committed, and good if asked), or None."""
-        for info in reversed(self.list(include_uncommitted=not committed_only)):
+    def _lineage(self) -> Lineage:
+        claim = self._timeline.claim
+        if claim is None:  # a reader that never started: the store's newest claim
+            claim = claims.read_head(self.storage)
+        return claim.lineage if claim is not None else Lineage()
+
+    def list(self) -> builtins.list[CheckpointInfo]:
+        """The committed checkpoints of the current lineage, sorted by step."""
+        lineage = self._lineage()
+        return [i for i in self.scan() if i.committed and lineage.covers(i.step, i.term)]
+
+    def latest(self, good_only: bool = False) -> CheckpointInfo | None:
+        """The newest committed (or good) checkpoint of the current lineage, or None."""
+        for info in reversed(self.list()):
             if info.good or not good_only:
                 return info
         return None
 
-    def get(self, step: int) -> CheckpointInfo | None:
-        """The checkpoint at `step` (committed or not), or None if there is none."""
-        names = {key.partition("/")[2] for key in self.storage.list_keys(step_dir(step))}
-        return self._info(step, names) if names else None
+    # ---- resuming -----------------------------------------------------------
 
-    def resolve(self, uri: str) -> CheckpointInfo:
-        """The committed checkpoint a URI names (e.g. KUBETRAIN_RESUME_FROM).
+    def start(
+        self,
+        request: ResumeRequest,
+        local_dir: Path,
+        check: Callable[[CheckpointInfo], None] | None = None,
+    ) -> LoadedCheckpoint | None:
+        """Pick, verify and load the checkpoint this attempt resumes from (None: step 0),
+        then claim the next term continuing from it. A collective.
 
-        The URI must be a step directory under this manager's URI.
+        `check(info)` may refuse a checkpoint before it is loaded (e.g. ConfigError for a
+        config it cannot fit). Raises StoreConflict for another job's store, and
+        NoUsableCheckpoint when the lineage has checkpoints but none verifies."""
+        plan = self._on_rank0(lambda: self._plan(request))
+        loaded = self._load_first(plan.candidates, local_dir, check)
+        if loaded is None and plan.must_resume:
+            tried = plan.problems + [f"{c.uri}: failed to verify" for c in plan.candidates]
+            raise NoUsableCheckpoint(
+                f"{self.uri} holds checkpoints of this run, but none could be used: "
+                + "; ".join(tried)
+                + ". They are kept. To start over beside them set checkpoint.resume: false "
+                "(kubetrain run --from-scratch)"
+            )
+        if loaded is None and plan.rolling_back:
+            log.warning(
+                "no good checkpoint before step %d under %s: starting over from step 0 "
+                "(every checkpoint is kept)",
+                request.rollback_before,
+                self.uri,
+            )
+        self._claim(loaded.info if loaded else None, plan)
+        self.rolled_back = plan.rolling_back and loaded is not None
+        return loaded
+
+    def restore(self, local_dir: Path) -> LoadedCheckpoint | None:
+        """Tier-1 rollback in process: load the newest good checkpoint of the lineage
+        (else the newest committed one) and continue from it in a new term. A collective."""
+        plan = self._on_rank0(self._restore_plan)
+        loaded = self._load_first(plan.candidates, local_dir, None)
+        if loaded is not None:
+            self._claim(loaded.info, plan)
+        return loaded
+
+    def _restore_plan(self) -> _Plan:
+        committed = self.list()
+        good = [c for c in committed if c.good]
+        rest = [c for c in committed if not c.good]
+        present = [(c.step, c.term) for c in committed]
+        return _Plan([*reversed(good), *reversed(rest)], present)
+
+    def _plan(self, request: ResumeRequest) -> _Plan:
+        head = claims.read_head(self.storage)
+        claims.check_owner(self.storage, head, self.owner)
+        lineage = head.lineage if head is not None else Lineage()
+        visible = [i for i in self.scan() if lineage.covers(i.step, i.term)]
+        committed = [i for i in visible if i.committed]
+        present = [(i.step, i.term) for i in visible if not i.torn]
+        problems = [f"{i.uri}: {i.problem}" for i in visible if i.problem]
+        before, rollback_id = request.rollback_before, request.rollback_id
+        applied = head.rollbacks if head is not None else ()
+        if request.fresh:
+            if visible:
+                log.info(
+                    "new timeline under %s; the %d checkpoints before it are kept",
+                    self.uri,
+                    len(visible),
+                )
+            return _Plan([], present)
+        if before is not None and (rollback_id is None or rollback_id not in applied):
+            good = [c for c in committed if c.good and c.step < before]
+            return _Plan(list(reversed(good)), present, True, rollback_id)
+        return _Plan(
+            list(reversed(committed)),
+            present,
+            must_resume=bool(committed or problems),
+            problems=problems,
+        )
+
+    def _claim(self, resume: CheckpointInfo | None, plan: _Plan) -> None:
+        def make(term: int, head: Claim | None) -> Claim:
+            claims.check_owner(self.storage, head, self.owner)
+            base = head or Claim(0, self.owner, Lineage())
+            if resume is not None and not base.lineage.covers(resume.step, resume.term):
+                raise StoreUnreadable(
+                    f"{self.uri} changed while resuming: {resume.uri} left its lineage"
+                )
+            return base.successor(
+                term,
+                self.owner,
+                (resume.step, resume.term) if resume else None,
+                attempt=self.attempt,
+                resumed_from=resume.directory if resume else None,
+                rollback_id=plan.rollback_id if plan.rolling_back else None,
+                present=plan.present,
+            )
+
+        def claim_on_rank0() -> Claim:
+            claim = claims.claim_next(self.storage, make)
+            self._abort_stale_uploads(claim.term)
+            claims.prune_claims(self.storage, claim.term)
+            return claim
+
+        self._timeline.claim = self._on_rank0(claim_on_rank0)
+
+    def _abort_stale_uploads(self, term: int) -> None:
+        """Multipart uploads of older terms can never complete: free their parts."""
+        for key, upload_id in self.storage.incomplete_uploads():
+            parsed = parse_checkpoint_dir(key.partition("/")[0])
+            if parsed is not None and parsed[1] < term:
+                log.info("aborting the incomplete upload of %s", self.storage.uri(key))
+                self.storage.abort_upload(key, upload_id)
+
+    def _on_rank0(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on rank 0 and hand every rank its result, or raise its error everywhere."""
+        outcome: tuple[Any, str | None, str] = (None, None, "")
+        failure: Exception | None = None
+        if self.rank == 0:
+            try:
+                outcome = (fn(), None, "")
+            except Exception as error:
+                failure = error
+                outcome = (None, str(error), type(error).__name__)
+        value, message, kind = self._all_gather(outcome)[0]
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise _SHARED_ERRORS.get(kind, CheckpointError)(f"rank 0: {message}")
+        result: T = value
+        return result
+
+    def _load_first(
+        self,
+        candidates: builtins.list[CheckpointInfo],
+        local_dir: Path,
+        check: Callable[[CheckpointInfo], None] | None,
+    ) -> LoadedCheckpoint | None:
+        """Load the first candidate that verifies on every rank (a corrupt one is skipped
+        with a warning, never deleted)."""
+        for info in candidates:
+            if check is not None:
+                check(info)  # the same manifest on every rank: the same answer
+            path: Path | None = None
+            try:
+                path = self.load(info, local_dir)
+            except CorruptCheckpoint as error:
+                log.warning(
+                    "checkpoint %s is corrupt (kept), trying the previous one: %s", info.uri, error
+                )
+            verdicts = self._all_gather(path is not None)
+            if path is not None and all(verdicts):
+                return LoadedCheckpoint(info, path)
+            if path is not None:
+                log.warning("checkpoint %s failed to verify on another rank", info.uri)
+                shutil.rmtree(path, ignore_errors=True)
+        return None
+
+    def load(self, info: CheckpointInfo, local_dir: Path) -> Path:
+        """Download a committed checkpoint into `local_dir`/<dir> and verify every file.
+
+        Raises CorruptCheckpoint when a file is missing, has the wrong size or hash.
+        Ranks sharing a machine must use different `local_dir`s.
         """
-        parent, _, name = uri.rstrip("/").rpartition("/")
-        step = parse_step_dir(name)
-        if step is None or parent.rstrip("/") != self.uri.rstrip("/"):
-            raise ValueError(f"{uri} is not a checkpoint under {self.uri}")
-        info = self.get(step)
-        if info is None or not info.committed:
-            raise CorruptCheckpoint(f"{uri} is not a committed checkpoint")
-        return info
+        if info.manifest is None:
+            raise CorruptCheckpoint(f"{info.uri} is not committed")
+        target = Path(local_dir) / info.directory
+        shutil.rmtree(target, ignore_errors=True)  # stale files must not mix in
+        try:
+            for name, entry in sorted(info.manifest.files.items()):
+                dest = target / name
+                try:
+                    self.storage.get_file(f"{info.directory}/{name}", dest)
+                except FileNotFoundError:
+                    raise CorruptCheckpoint(f"{info.uri}: {name} is missing") from None
+                size = dest.stat().st_size
+                if size != entry.size:
+                    raise CorruptCheckpoint(
+                        f"{info.uri}: {name} has {size} bytes, manifest says {entry.size}"
+                    )
+                if sha256_file(dest) != entry.sha256:
+                    raise CorruptCheckpoint(f"{info.uri}: {name} does not match its sha256")
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return target
 
     # ---- saving --------------------------------------------------------------
 
@@ -272,26 +546,17 @@ class CheckpointManager:
         """Upload this rank's files and commit the checkpoint at `step` (a collective).
 
         `files` is this rank's local output (a directory, or name -> path); each rank
-        must stage into its own directory. Checkpoints at `step` or newer are deleted
-        first: a save at `step` means any newer ones belong to an abandoned timeline
-        (the run was rolled back) and must never be resumed from.
+        must stage into its own directory. The directory belongs to this term alone,
+        so nothing else is touched. Raises Fenced once a newer term exists.
         """
-        directory = step_dir(step)
+        term = self.term
+        directory = checkpoint_dir(step, term)
         # Errors are carried to the collectives below, never raised between them: a rank
-        # that left early would leave the others waiting in a barrier.
+        # that left early would leave the others waiting.
         error: str | None = None
-        if self.rank == 0:
-            try:
-                self._discard_from(step)
-            except Exception as exc:
-                error = f"rank 0 clearing {directory}: {exc!r}"
-                log.exception("clearing checkpoint %s failed", self.storage.uri(directory))
-        self._barrier()  # nobody uploads into a directory rank 0 is still deleting
-
         entries: dict[str, FileEntry] = {}
         try:
-            if error is None:
-                entries = self._upload(directory, _local_files(files))
+            entries = self._upload(directory, _local_files(files))
         except Exception as exc:  # reported to every rank below
             error = f"rank {self.rank}: {exc!r}"
             log.exception("uploading checkpoint %s failed", self.storage.uri(directory))
@@ -303,33 +568,41 @@ class CheckpointManager:
             epoch=epoch,
             world_size=self.world_size,
             files=merged,
+            writer=Writer(term, self.attempt, self.owner.uid),
             metrics=dict(metrics or {}),
             meta=dict(meta or {}),
         )
-        commit_error: str | None = None
+        commit_error: tuple[str, bool] | None = None  # (message, fenced)
         if self.rank == 0:
-            try:
-                self.storage.put_bytes(f"{directory}/{MANIFEST}", manifest.to_json())
-            except Exception as exc:  # not committed (or unknown): never reported as committed
-                commit_error = repr(exc)
-                log.exception("writing the manifest of %s failed", self.storage.uri(directory))
-            else:
-                log.info(
-                    "committed checkpoint %s (%d files, %d bytes)",
-                    self.storage.uri(directory),
-                    len(merged),
-                    manifest.total_bytes,
-                )
-        # Every rank returns only once the checkpoint is committed, and learns if it was not.
-        commit_errors = [e for e in self._all_gather(commit_error) if e]
-        if commit_errors:
-            raise CheckpointError(f"checkpoint {directory} not committed: {commit_errors[0]}")
+            commit_error = self._commit(directory, manifest)
+        outcomes = [e for e in self._all_gather(commit_error) if e]
+        if outcomes:
+            message, fenced = outcomes[0]
+            raise (Fenced if fenced else CheckpointError)(
+                f"checkpoint {directory} not committed: {message}"
+            )
         if self.rank == 0:
             try:
                 self.rotate()
             except Exception:  # rotation must never fail training
                 log.exception("checkpoint rotation under %s failed", self.uri)
-        return CheckpointInfo(step, self.storage.uri(directory), True, False, manifest)
+        return CheckpointInfo(step, term, self.storage.uri(directory), True, manifest=manifest)
+
+    def _commit(self, directory: str, manifest: Manifest) -> tuple[str, bool] | None:
+        try:
+            if claims.superseded(self.storage, manifest.writer.term):
+                return (f"term {manifest.writer.term} was superseded by a newer attempt", True)
+            self.storage.put_bytes(f"{directory}/{MANIFEST}", manifest.to_json(self.key))
+        except Exception as exc:  # not committed (or unknown): never reported as committed
+            log.exception("writing the manifest of %s failed", self.storage.uri(directory))
+            return (repr(exc), False)
+        log.info(
+            "committed checkpoint %s (%d files, %d bytes)",
+            self.storage.uri(directory),
+            len(manifest.files),
+            manifest.total_bytes,
+        )
+        return None
 
     def _upload(self, directory: str, local: dict[str, Path]) -> dict[str, FileEntry]:
         # Hash the local copy first: the manifest must describe what was meant to be written.
@@ -357,139 +630,54 @@ class CheckpointManager:
             raise CheckpointError(f"checkpoint {directory} has no files")
         return merged
 
-    def discard_after(self, step: int) -> None:
-        """Delete checkpoints newer than `step` (rank 0): after a rollback they are an
-        abandoned timeline that a later plain restart must never resume from."""
-        if self.rank == 0:
-            self._discard_from(step + 1)
-
-    def _discard_from(self, step: int) -> None:
-        for existing in sorted(s for s in self._scan() if s >= step):
-            if existing > step:
-                log.warning(
-                    "deleting checkpoint %s: newer than step %d (abandoned timeline)",
-                    self.storage.uri(step_dir(existing)),
-                    step,
-                )
-            self._delete(existing)
-
-    def _delete(self, step: int) -> None:
-        # Marker and manifest go first: a delete cut short leaves an uncommitted
-        # directory (cleaned up later), never a committed one with files missing.
-        directory = step_dir(step)
-        self.storage.delete(f"{directory}/{GOOD_MARKER}")
-        self.storage.delete(f"{directory}/{MANIFEST}")
-        self.storage.delete_prefix(directory)
-
     # ---- good markers and rotation --------------------------------------------
 
     def mark_good(self, step: int, healthy_steps: int | None = None) -> bool:
-        """Record that healthy steps followed checkpoint `step` (rank 0 writes; others no-op).
-
-        Returns whether a marker was written; a checkpoint that is not committed
-        (e.g. rotated away) cannot be marked.
-        """
+        """Record that healthy steps followed the lineage's checkpoint at `step` (rank 0
+        writes; others no-op). Returns whether a marker was written: one that is not
+        committed (e.g. rotated away), or a fenced writer, writes none."""
         if self.rank != 0:
             return False
-        info = self.get(step)
-        if info is None or not info.committed:
+        info = next((i for i in self.list() if i.step == step), None)
+        if info is None:
             log.warning("not marking checkpoint at step %d good: not committed", step)
             return False
+        if claims.superseded(self.storage, self.term):
+            log.warning("not marking %s good: a newer attempt owns %s", info.uri, self.uri)
+            return False
         marker = GoodMarker(step=step, healthy_steps=healthy_steps)
-        self.storage.put_bytes(f"{step_dir(step)}/{GOOD_MARKER}", marker.to_json())
+        self.storage.put_bytes(f"{info.directory}/{GOOD_MARKER}", marker.to_json(self.key))
         log.info("checkpoint %s is good", info.uri)
         return True
 
-    def _to_keep(self, committed: builtins.list[CheckpointInfo]) -> set[int]:
-        keep = {info.step for info in committed[-self.keep_last :]}
-        keep.add(committed[-1].step)  # the newest committed, whatever keep_last says
-        good = [info.step for info in committed if info.good]
-        if good:
-            keep.add(good[-1])  # the rollback target of last resort
-        if self.keep_best:
-            scored = [(info.metric(self.best_metric), info.step) for info in committed]
-            ranked = sorted((m, -s) for m, s in scored if m is not None)
-            keep.update(-neg_step for _, neg_step in ranked[: self.keep_best])
-        return keep
-
-    def rotate(self) -> builtins.list[int]:
-        """Delete what the retention policy does not keep; returns the deleted steps.
-
-        Keeps the newest `keep_last` committed checkpoints, the `keep_best` best by
-        `best_metric` (lower is better), the newest committed and the newest good one;
-        deletes uncommitted leftovers older than the newest committed checkpoint.
-        """
+    def rotate(self) -> builtins.list[tuple[int, int]]:
+        """Delete what the retention policy does not keep (retention.py) from this
+        writer's own lineage; returns the deleted (step, term). A fenced writer deletes
+        nothing."""
         if self.rank != 0:
             return []
-        infos = self.list(include_uncommitted=True)
-        committed = [info for info in infos if info.committed]
-        if not committed:
+        lineage = self._lineage()
+        listed = self.scan()
+        visible = [i for i in listed if i.committed and lineage.covers(i.step, i.term)]
+        victims = retention.doomed(
+            listed,
+            visible,
+            term=self.term,
+            keep_last=self.keep_last,
+            keep_best=self.keep_best,
+            best_metric=self.best_metric,
+        )
+        if not victims:
             return []
-        keep = self._to_keep(committed)
-        newest = committed[-1].step
-        doomed = [
-            info.step
-            for info in infos
-            if (info.committed and info.step not in keep)
-            or (not info.committed and info.step < newest)
-        ]
-        for step in doomed:
-            log.info("rotating out checkpoint %s", self.storage.uri(step_dir(step)))
-            self._delete(step)
-        return doomed
-
-    # ---- loading -------------------------------------------------------------
-
-    def load(self, info: CheckpointInfo, local_dir: Path) -> Path:
-        """Download a committed checkpoint into `local_dir`/step-N and verify every file.
-
-        Raises CorruptCheckpoint when a file is missing, has the wrong size or hash.
-        Ranks sharing a machine must use different `local_dir`s.
-        """
-        if info.manifest is None:
-            raise CorruptCheckpoint(f"{info.uri} is not committed")
-        directory = step_dir(info.step)
-        target = Path(local_dir) / directory
-        shutil.rmtree(target, ignore_errors=True)  # stale files must not mix in
-        try:
-            for name, entry in sorted(info.manifest.files.items()):
-                dest = target / name
-                try:
-                    self.storage.get_file(f"{directory}/{name}", dest)
-                except FileNotFoundError:
-                    raise CorruptCheckpoint(f"{info.uri}: {name} is missing") from None
-                size = dest.stat().st_size
-                if size != entry.size:
-                    raise CorruptCheckpoint(
-                        f"{info.uri}: {name} has {size} bytes, manifest says {entry.size}"
-                    )
-                if sha256_file(dest) != entry.sha256:
-                    raise CorruptCheckpoint(f"{info.uri}: {name} does not match its sha256")
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        return target
-
-    def load_latest(self, local_dir: Path, good_only: bool = False) -> LoadedCheckpoint | None:
-        """Load the newest committed (or good) checkpoint that verifies, or None.
-
-        A corrupt checkpoint is skipped with a warning and the previous one tried.
-        A collective: all ranks agree on the checkpoint (if any rank fails to verify
-        one, every rank moves on to the previous).
-        """
-        candidates = [info for info in self.list() if info.good or not good_only]
-        for info in reversed(candidates):
-            path: Path | None = None
-            try:
-                path = self.load(info, local_dir)
-            except CorruptCheckpoint as error:
-                log.warning(
-                    "checkpoint %s is corrupt, trying the previous one: %s", info.uri, error
-                )
-            verdicts = self._all_gather(path is not None)
-            if path is not None and all(verdicts):
-                return LoadedCheckpoint(info, path)
-            if path is not None:
-                log.warning("checkpoint %s failed to verify on another rank", info.uri)
-                shutil.rmtree(path, ignore_errors=True)
-        return None
+        if claims.superseded(self.storage, self.term):
+            log.warning("not rotating %s: a newer attempt owns it", self.uri)
+            return []
+        for step, term in victims:
+            directory = checkpoint_dir(step, term)
+            log.info("rotating out checkpoint %s", self.storage.uri(directory))
+            # Marker and manifest first: a delete cut short leaves a torn directory
+            # (removed later), never a committed one with files missing.
+            self.storage.delete(f"{directory}/{GOOD_MARKER}")
+            self.storage.delete(f"{directory}/{MANIFEST}")
+            self.storage.delete_prefix(directory)
+        return victims

@@ -63,6 +63,11 @@ class Storage(ABC):
         """Store `data` under `key` (replacing it)."""
 
     @abstractmethod
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Store `data` under `key` only if nothing is there yet, atomically; False if
+        `key` existed (another writer won)."""
+
+    @abstractmethod
     def get_bytes(self, key: str) -> bytes:
         """The content of `key`; FileNotFoundError if it does not exist."""
 
@@ -85,6 +90,14 @@ class Storage(ABC):
     @abstractmethod
     def delete_prefix(self, prefix: str) -> None:
         """Delete everything under the directory-like `prefix`."""
+
+    def incomplete_uploads(self) -> list[tuple[str, str]]:
+        """(key, upload id) of multipart uploads started under the root and never
+        completed or aborted (a writer killed mid-upload); none outside S3."""
+        return []
+
+    def abort_upload(self, key: str, upload_id: str) -> None:  # noqa: B027 (no-op outside S3)
+        """Abort one incomplete multipart upload, freeing its parts."""
 
 
 class LocalStorage(Storage):
@@ -129,6 +142,24 @@ class LocalStorage(Storage):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._replace_into(self._path(key), lambda out: out.write(data))
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        # A complete temp file hard-linked into place: link() fails if the name exists,
+        # so exactly one writer wins and nobody ever reads a partial file.
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{target.name}")
+        try:
+            with tmp.open("wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         try:
@@ -248,8 +279,7 @@ class S3Storage(Storage):
 
     @staticmethod
     def _is_missing(error: Exception) -> bool:
-        code = str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
-        return code in ("404", "NoSuchKey", "NotFound")
+        return _error_code(error) in ("404", "NoSuchKey", "NotFound")
 
     def put_file(self, key: str, path: Path) -> None:
         self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
@@ -272,6 +302,20 @@ class S3Storage(Storage):
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        # S3 conditional writes (If-None-Match: *), which AWS S3 and MinIO honour.
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+            )
+        except ClientError as error:
+            if _error_code(error) in ("PreconditionFailed", "412"):
+                return False
+            raise  # e.g. 409 ConditionalRequestConflict: a concurrent write, retried
+        return True
 
     def get_bytes(self, key: str) -> bytes:
         from botocore.exceptions import ClientError
@@ -318,6 +362,22 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
+    def incomplete_uploads(self) -> list[tuple[str, str]]:
+        # Filtered here, not with Prefix: MinIO matches Prefix against whole keys only.
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        root = self._full_prefix("")
+        found = []
+        for page in paginator.paginate(Bucket=self.bucket):
+            for upload in page.get("Uploads", []):
+                if upload["Key"].startswith(root):
+                    found.append((self._strip(upload["Key"]), upload["UploadId"]))
+        return sorted(found)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        self.client.abort_multipart_upload(
+            Bucket=self.bucket, Key=self._key(key), UploadId=upload_id
+        )
+
     def delete_prefix(self, prefix: str) -> None:
         if not _dir_prefix(prefix):
             raise ValueError("refusing to delete the whole storage root")
@@ -333,6 +393,10 @@ class S3Storage(Storage):
                 raise OSError(
                     f"deleting {self.uri(prefix)} failed for {len(errors)} keys: {errors[0]}"
                 )
+
+
+def _error_code(error: Exception) -> str:
+    return str(getattr(error, "response", {}).get("Error", {}).get("Code", ""))
 
 
 def open_storage(uri: str, s3: S3Config | None = None) -> Storage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +38,55 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
     return lines
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``dotted.key=value`` overrides; values are parsed as YAML scalars or lists."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError("overrides", [f"{item!r}: expected dotted.key=value"])
+def _takes_text(path: list[str]) -> bool:
+    """Whether the config field at `path` holds text: its override value is then taken
+    verbatim (YAML would read "s3://b/x #1" as "s3://b/x" and "0755" as 493)."""
+    model: type[BaseModel] = TrainingConfig
+    for i, part in enumerate(path):
+        info = model.model_fields.get(part)
+        if info is None:
+            return False  # unknown: validation names it
+        annotation = info.annotation
+        if i == len(path) - 1:
+            options = (annotation,) if _is_text_literal(annotation) else typing.get_args(annotation)
+            return any(o is str or _is_text_literal(o) for o in options or (annotation,))
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        model = annotation
+    return False
+
+
+def _is_text_literal(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is typing.Literal and all(
+        isinstance(v, str) for v in typing.get_args(annotation)
+    )
+
+
+def set_values(
+    data: dict[str, Any], values: dict[str, Any], source: str = "overrides"
+) -> dict[str, Any]:
+    """Set dotted keys to already-typed values (e.g. from the environment)."""
+    for key, value in values.items():
         node = data
         *parents, leaf = key.split(".")
         for part in parents:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError("overrides", [f"{key}: {part!r} is not a section"])
+                raise ConfigError(source, [f"{key}: {part!r} is not a section"])
             node = child
-        node[leaf] = yaml.safe_load(raw) if raw else ""
+        node[leaf] = value
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides: text fields take the value verbatim, other
+    fields parse it as a YAML scalar or list (``training.max_steps=100``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("overrides", [f"{item!r}: expected dotted.key=value"])
+        text = _takes_text(key.split("."))
+        set_values(data, {key: raw if text or not raw else yaml.safe_load(raw)})
     return data
 
 
@@ -83,13 +119,19 @@ def resolve_paths(config: TrainingConfig, base: Path) -> TrainingConfig:
     return config
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TrainingConfig:
-    """Load a trainer config file (a bare TrainingConfig or a TrainingJob's spec.trainer)."""
+def load_config(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> TrainingConfig:
+    """Load a trainer config file (a bare TrainingConfig or a TrainingJob's spec.trainer),
+    set the typed dotted `values` (the environment's), then apply CLI `overrides`."""
     data = read_yaml(path)
     prefix = ""
     if isinstance(data, dict) and data.get("kind") == "TrainingJob":
         data, prefix = (data.get("spec") or {}).get("trainer"), "spec.trainer"
-    data = apply_overrides(data if isinstance(data, dict) else {}, overrides or [])
+    data = set_values(data if isinstance(data, dict) else {}, values or {})
+    data = apply_overrides(data, overrides or [])
     return resolve_paths(parse_config(data, str(path), prefix), Path(path).parent)
 
 

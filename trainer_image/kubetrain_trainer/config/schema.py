@@ -18,6 +18,17 @@ from kubetrain_trainer.registry import Registry
 
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
 
+# Checkpoint URIs: whole path segments of safe characters, never ".", ".." or empty,
+# no whitespace, "#", "?" or "%" (one URI must name one place, however it is parsed).
+# RE2-compatible (no lookaround): the CRD's OpenAPI pattern is the same text.
+_SAFE, _SAFE_DOT = r"[A-Za-z0-9_~+=,@-]", r"[A-Za-z0-9_.~+=,@-]"
+_SEGMENT = rf"(?:{_SAFE}{_SAFE_DOT}*|\.{_SAFE}{_SAFE_DOT}*|\.\.{_SAFE_DOT}+)"
+_S3_URI = rf"s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](?:/{_SEGMENT})*/?"
+_FILE_URI = rf"file://(?:/{_SEGMENT})+/?"
+CHECKPOINT_URI_PATTERN = rf"^(?:{_S3_URI}|{_FILE_URI})$"
+# An http(s) endpoint: host, optional port and path; no credentials in it.
+ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9_.~/-]*)?$"
+
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, docstrings are descriptions."""
@@ -222,8 +233,8 @@ class S3Config(Section):
     """S3-compatible object store settings; credentials come from the environment
     (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or a mounted Secret, never the config."""
 
-    endpoint: str | None = Field(None, max_length=2048, pattern=r"^https?://")
-    """Endpoint URL, e.g. http://minio:9000; null uses AWS."""
+    endpoint: str | None = Field(None, max_length=2048, pattern=ENDPOINT_PATTERN)
+    """Endpoint URL, e.g. http://minio:9000 (no credentials in it); null uses AWS."""
     region: str | None = Field(None, max_length=64)
     """Region name."""
 
@@ -231,7 +242,9 @@ class S3Config(Section):
 class CheckpointConfig(Section):
     """Committed, verifiable checkpoints (one directory per step, manifest written last)."""
 
-    uri: str | None = Field(None, max_length=2048, pattern=r"^(s3://[^/]+.*|file:///.*|[^:]+)$")
+    uri: str | None = Field(
+        None, max_length=2048, pattern=rf"{CHECKPOINT_URI_PATTERN}|^[^:\x00-\x1f]+$"
+    )
     """s3://bucket/prefix, file:///abs/path or a local path; default <run_dir>/checkpoints."""
     interval_steps: int = Field(100, ge=1, le=1_000_000_000)
     """Save every this many optimizer steps (and at the end)."""
@@ -242,7 +255,9 @@ class CheckpointConfig(Section):
     best_metric: Literal["val_loss", "val_perplexity"] = "val_loss"
     """Metric ranking checkpoints for keep_best (lower is better)."""
     resume: bool = True
-    """Resume from the newest committed checkpoint under uri when one exists."""
+    """Resume from the newest committed checkpoint under uri when one exists; false starts
+    a new timeline on the job's first attempt (the old checkpoints are kept, never
+    deleted) and later attempts resume within it."""
     async_upload: bool = True
     """The loop only copies its state into RAM; a background thread writes, uploads and
     commits it (one in flight, one extra copy of model + optimizer state per rank).
