@@ -273,8 +273,7 @@ def all_gather_object(obj):
     return out
 
 train(2)
-manager = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
-                            all_gather_object=all_gather_object)
+manager = CheckpointManager(uri, rank=rank, world_size=world, all_gather_object=all_gather_object)
 manager.start(ResumeRequest(), root / f"none-rank{rank}")
 saver = AsyncCheckpointer(manager, collectives=group_collectives())
 snapshot = saver.snapshot(model, optimizer, {"step": 2}, rank)
@@ -284,8 +283,7 @@ train(30)  # all-reduces on the training group while the worker saves
 moved = not torch.equal(model.module.weight, weights)
 [result] = saver.wait()
 saver.close()
-reader = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
-                           all_gather_object=all_gather_object)
+reader = CheckpointManager(uri, rank=rank, world_size=world, all_gather_object=all_gather_object)
 loaded = reader.start(ResumeRequest(), root / f"local-rank{rank}")
 extra = read_state(loaded.path, model, optimizer, rank)
 # A file per rank: two ranks printing at once can share a line of torchrun's output.

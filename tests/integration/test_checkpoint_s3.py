@@ -311,8 +311,7 @@ for _ in range(2):
     model(torch.randn(3, 4)).pow(2).mean().backward()
     optimizer.step()
     optimizer.zero_grad()
-manager = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
-                            all_gather_object=all_gather_object)
+manager = CheckpointManager(uri, rank=rank, world_size=world, all_gather_object=all_gather_object)
 manager.start(ResumeRequest(), root / f"none-rank{rank}")
 stage = root / f"stage-rank{rank}"
 write_state(stage, model, optimizer, {"step": 10}, rank)
@@ -323,8 +322,7 @@ next_random = torch.rand(3)
 with torch.no_grad():
     model.module.weight.zero_()
 torch.manual_seed(1000)
-reader = CheckpointManager(uri, rank=rank, world_size=world, barrier=dist.barrier,
-                           all_gather_object=all_gather_object)
+reader = CheckpointManager(uri, rank=rank, world_size=world, all_gather_object=all_gather_object)
 loaded = reader.start(ResumeRequest(), root / f"local-rank{rank}")
 extra = read_state(loaded.path, model, optimizer, rank)
 # One file per rank: two ranks printing at once can share a line of torchrun's stdout.

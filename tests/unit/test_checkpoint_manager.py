@@ -205,7 +205,6 @@ def test_mark_good_needs_a_committed_checkpoint(tmp_path: Path) -> None:
         str(tmp_path / "ckpt"),
         rank=1,
         world_size=2,
-        barrier=lambda: None,
         all_gather_object=lambda o: [o, o],
     )
     _save(manager, tmp_path, 20)
@@ -321,6 +320,19 @@ class _ManifestGone(LocalStorage):
         if key.endswith("step-00000020-t0/manifest.json"):
             raise FileNotFoundError(key)
         return super().get_bytes(key)
+
+
+def test_a_manifest_naming_a_file_outside_its_directory_is_skipped(tmp_path: Path) -> None:
+    manager = _started(tmp_path)
+    _save(manager, tmp_path, 10, 20)
+    _rewrite_manifest(
+        tmp_path,
+        "step-00000020-t0",
+        lambda d: d["files"].update({"../../escape": d["files"]["rng-rank0.pt"]}),
+    )
+    loaded = _manager(tmp_path).start(ResumeRequest(), tmp_path / "local")
+    assert loaded is not None and loaded.info.step == 10
+    assert not (tmp_path / "escape").exists()
 
 
 def test_a_transient_404_keeps_the_checkpoint(tmp_path: Path) -> None:
@@ -447,9 +459,6 @@ class _ThreadGroup:
         self._barrier = threading.Barrier(world_size, timeout=30)
         self._slots: list[Any] = [None] * world_size
 
-    def barrier(self) -> None:
-        self._barrier.wait()
-
     def all_gather(self, rank: int, obj: Any) -> list[Any]:
         self._slots[rank] = obj
         self._barrier.wait()
@@ -467,7 +476,6 @@ def _on_ranks(tmp_path: Path, world_size: int, work: Any, uri: Any = None) -> li
             str(uri(rank) if uri else tmp_path / "ckpt"),
             rank=rank,
             world_size=world_size,
-            barrier=group.barrier,
             all_gather_object=lambda obj: group.all_gather(rank, obj),
         )
         try:
@@ -538,14 +546,13 @@ def test_rank0s_store_errors_reach_every_rank(tmp_path: Path) -> None:
 
 
 def test_multi_rank_manager_needs_collectives(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="collectives"):
+    with pytest.raises(ValueError, match="all_gather_object"):
         CheckpointManager(str(tmp_path), rank=0, world_size=2)
     with pytest.raises(ValueError, match="out of range"):
         CheckpointManager(
             str(tmp_path),
             rank=2,
             world_size=2,
-            barrier=lambda: None,
             all_gather_object=lambda o: [o],
         )
 

@@ -48,11 +48,6 @@ def init_distributed(device_preference: str) -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def all_gather_object(obj: Any) -> list[Any]:
     """Every rank's object, in rank order (a one-element list when not distributed)."""
     if not dist.is_initialized():

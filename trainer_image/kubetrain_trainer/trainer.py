@@ -41,7 +41,7 @@ from kubetrain_trainer.config import ConfigError, TrainingConfig
 from kubetrain_trainer.config.compat import changed_fields, shape_of
 from kubetrain_trainer.contract import format_step_ranges, parse_faults
 from kubetrain_trainer.data.base import DatasetAdapter
-from kubetrain_trainer.distributed import DistInfo, all_gather_object, barrier
+from kubetrain_trainer.distributed import DistInfo, all_gather_object
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import MetricsLogger, MetricsServer, ProgressReporter, TrainerMetrics
 from kubetrain_trainer.metrics.logger import perplexity
@@ -109,7 +109,6 @@ class Trainer:
             storage=RetryingStorage(open_storage(uri, cfg.checkpoint.s3)),
             rank=dist_info.rank,
             world_size=dist_info.world_size,
-            barrier=barrier,
             all_gather_object=all_gather_object,
             key=runtime.checkpoint_key,
             owner=runtime.owner,

@@ -7,15 +7,13 @@ stays usable without torch.
 
 from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
 from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
-from kubetrain_trainer.checkpoint.manager import (
+from kubetrain_trainer.checkpoint.listing import (
     CheckpointError,
     CheckpointInfo,
-    CheckpointManager,
     CorruptCheckpoint,
     LoadedCheckpoint,
-    NoUsableCheckpoint,
-    ResumeRequest,
 )
+from kubetrain_trainer.checkpoint.manager import CheckpointManager
 from kubetrain_trainer.checkpoint.manifest import (
     GOOD_MARKER,
     MANIFEST,
@@ -28,6 +26,7 @@ from kubetrain_trainer.checkpoint.manifest import (
     checkpoint_dir,
     parse_checkpoint_dir,
 )
+from kubetrain_trainer.checkpoint.resume import NoUsableCheckpoint, ResumeRequest
 from kubetrain_trainer.checkpoint.retrying import RetryingStorage
 from kubetrain_trainer.checkpoint.storage import LocalStorage, S3Storage, Storage, open_storage
 

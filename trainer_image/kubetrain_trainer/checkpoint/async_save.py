@@ -11,7 +11,7 @@ in CPU RAM (pinned when on CUDA), allocated at the first checkpoint and reused b
 later one. It never grows: a new snapshot first waits for the previous one to be
 written, uploaded and committed, so at most one snapshot per rank is in flight.
 
-The worker's collectives (the DCP save, barrier, all_gather of hashes) run on a gloo
+The worker's collectives (the DCP save, the all_gather of hashes) run on a gloo
 process group of its own (group_collectives, created once by every rank): on the
 training group they could interleave with the loop's collectives in a different order
 on different ranks.
@@ -40,12 +40,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from kubetrain_trainer.checkpoint.manager import (
-    CheckpointError,
-    CheckpointInfo,
-    CheckpointManager,
-    Fenced,
-)
+from kubetrain_trainer.checkpoint.claims import Fenced
+from kubetrain_trainer.checkpoint.listing import CheckpointError, CheckpointInfo
+from kubetrain_trainer.checkpoint.manager import CheckpointManager
 from kubetrain_trainer.checkpoint.retrying import RetryingStorage
 from kubetrain_trainer.checkpoint.state import Snapshot, StateStager, write_snapshot
 
@@ -59,7 +56,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # A collective that waits longer than this on the checkpoint group raises instead of
-# hanging the worker forever (e.g. a peer whose upload failed before the barrier).
+# hanging the worker forever (e.g. a peer that died mid-save).
 _GROUP_TIMEOUT = timedelta(minutes=15)
 
 
@@ -68,9 +65,6 @@ class CheckpointGroup:
     """The checkpoint worker's own process group and the collectives it runs on it."""
 
     process_group: dist.ProcessGroup
-
-    def barrier(self) -> None:
-        dist.barrier(group=self.process_group)
 
     def all_gather_object(self, obj: Any) -> builtins.list[Any]:
         out: list[Any] = [None] * dist.get_world_size(self.process_group)
@@ -123,12 +117,11 @@ class AsyncCheckpointer:
         before_commit: Callable[[int], None] | None = None,
     ) -> None:
         self._group = collectives
-        barrier = collectives.barrier if collectives else None
         gather = collectives.all_gather_object if collectives else None
         storage = manager.storage
         if not isinstance(storage, RetryingStorage):
             storage = RetryingStorage(storage, **dict(retry or {}))
-        self.manager = manager.twin(storage, barrier, gather)
+        self.manager = manager.twin(storage, gather)
         self._on_done = on_done
         self._before_commit = before_commit  # fault injection: delay a commit
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ckpt-upload")

@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 
 from kubetrain_trainer.checkpoint.lineage import Claim, ClaimError, Owner
+from kubetrain_trainer.checkpoint.manifest import parse_checkpoint_dir
 from kubetrain_trainer.checkpoint.storage import Storage
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Fenced",
     "StoreConflict",
     "StoreUnreadable",
+    "abort_stale_uploads",
     "check_owner",
     "claim_key",
     "claim_next",
@@ -120,6 +122,15 @@ def claim_next(storage: Storage, make: Callable[[int, Claim | None], Claim]) -> 
 def superseded(storage: Storage, term: int) -> bool:
     """Whether a newer term than `term` has been claimed."""
     return storage.exists(claim_key(term + 1))
+
+
+def abort_stale_uploads(storage: Storage, term: int) -> None:
+    """Multipart uploads of older terms can never complete: free their parts."""
+    for key, upload_id in storage.incomplete_uploads():
+        parsed = parse_checkpoint_dir(key.partition("/")[0])
+        if parsed is not None and parsed[1] < term:
+            log.info("aborting the incomplete upload of %s", storage.uri(key))
+            storage.abort_upload(key, upload_id)
 
 
 def prune_claims(storage: Storage, current: int) -> None:

@@ -21,117 +21,46 @@ from __future__ import annotations
 
 import builtins
 import logging
-import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from kubetrain_trainer.checkpoint import claims, retention
+from kubetrain_trainer.checkpoint import claims, listing, retention
 from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
 from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
+from kubetrain_trainer.checkpoint.listing import (
+    CheckpointError,
+    CheckpointInfo,
+    CorruptCheckpoint,
+    LoadedCheckpoint,
+)
 from kubetrain_trainer.checkpoint.manifest import (
     GOOD_MARKER,
     MANIFEST,
-    RESERVED_NAMES,
     FileEntry,
     GoodMarker,
     Manifest,
-    ManifestError,
     Writer,
     checkpoint_dir,
     describe_files,
-    parse_checkpoint_dir,
-    sha256_file,
+)
+from kubetrain_trainer.checkpoint.resume import (
+    ResumePlan,
+    ResumeRequest,
+    plan_restore,
+    plan_resume,
 )
 from kubetrain_trainer.checkpoint.storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from kubetrain_trainer.config.schema import CheckpointConfig, S3Config
 
-__all__ = [
-    "CheckpointError",
-    "CheckpointInfo",
-    "CheckpointManager",
-    "CorruptCheckpoint",
-    "Fenced",
-    "LoadedCheckpoint",
-    "NoUsableCheckpoint",
-    "ResumeRequest",
-    "StoreConflict",
-    "StoreUnreadable",
-]
+__all__ = ["CheckpointManager"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class CheckpointError(RuntimeError):
-    """A save that did not commit (an upload failed on some rank, or ranks disagree)."""
-
-
-class CorruptCheckpoint(Exception):
-    """A committed checkpoint whose files are missing or do not match the manifest."""
-
-
-class NoUsableCheckpoint(RuntimeError):
-    """The lineage holds checkpoints, but none could be read and verified: the run is
-    not started over next to them."""
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One checkpoint directory as found in storage.
-
-    committed: the manifest parsed and authenticated; torn: no manifest (an upload cut
-    short); neither: a manifest this reader cannot use (`problem` says why), kept."""
-
-    step: int
-    term: int
-    uri: str
-    committed: bool
-    torn: bool = False
-    good: bool = False
-    manifest: Manifest | None = None
-    problem: str | None = None
-
-    @property
-    def directory(self) -> str:
-        return checkpoint_dir(self.step, self.term)
-
-    @property
-    def epoch(self) -> int | None:
-        return self.manifest.epoch if self.manifest else None
-
-    @property
-    def time(self) -> float | None:
-        return self.manifest.time if self.manifest else None
-
-    @property
-    def world_size(self) -> int | None:
-        return self.manifest.world_size if self.manifest else None
-
-    @property
-    def metrics(self) -> dict[str, float | None]:
-        return dict(self.manifest.metrics) if self.manifest else {}
-
-    def metric(self, name: str) -> float | None:
-        return self.metrics.get(name)
-
-
-class LoadedCheckpoint(NamedTuple):
-    info: CheckpointInfo
-    path: Path  # local directory holding the verified files
-
-
-@dataclass(frozen=True)
-class ResumeRequest:
-    """What this attempt was asked to do (env from the operator or `kubetrain run`)."""
-
-    fresh: bool = False  # start a new timeline at step 0; the old one is kept
-    rollback_before: int | None = None  # resume from the newest good checkpoint before this
-    rollback_id: str | None = None  # the request's id: applied once, even across restarts
 
 
 @dataclass
@@ -147,56 +76,22 @@ class _Timeline:
         return self.claim.term
 
 
-@dataclass(frozen=True)
-class _Plan:
-    candidates: list[CheckpointInfo]  # newest first
-    present: list[tuple[int, int]] = field(default_factory=list)  # (step, term) in the lineage
-    rolling_back: bool = False  # this attempt applies a rollback request
-    rollback_id: str | None = None
-    must_resume: bool = False  # the lineage holds checkpoints: never silently start over
-    problems: list[str] = field(default_factory=list)
-
-
 # Exceptions rank 0 hands to the other ranks by name (library exceptions may not unpickle).
 _SHARED_ERRORS: dict[str, type[Exception]] = {
     cls.__name__: cls for cls in (Fenced, StoreConflict, StoreUnreadable, CheckpointError)
 }
 
 
-def _no_barrier() -> None:
-    pass
-
-
 def _gather_self(obj: Any) -> list[Any]:
     return [obj]
-
-
-def _local_files(files: Mapping[str, Path] | Path) -> dict[str, Path]:
-    """Name -> local path; a directory contributes every file under it by relative path."""
-    if isinstance(files, Mapping):
-        collected = {str(name): Path(path) for name, path in files.items()}
-    else:
-        root = Path(files)
-        if not root.is_dir():
-            raise FileNotFoundError(f"checkpoint staging directory {root} does not exist")
-        collected = {}
-        for dirpath, _, filenames in os.walk(root):
-            for filename in filenames:
-                path = Path(dirpath) / filename
-                collected[path.relative_to(root).as_posix()] = path
-    for name in collected:
-        parts = PurePosixPath(name).parts
-        if not parts or name.startswith("/") or ".." in parts or name in RESERVED_NAMES:
-            raise ValueError(f"invalid checkpoint file name {name!r}")
-    return collected
 
 
 class CheckpointManager:
     """Resume, save, list, verify, load and rotate checkpoints under one URI.
 
-    Every rank calls the collectives (`start`, `restore`, `save`); `barrier` and
-    `all_gather_object` are the process group's, left at their single-process
-    defaults when world_size is 1. Only rank 0 reads claims, writes the manifest,
+    Every rank calls the collectives (`start`, `restore`, `save`);
+    `all_gather_object` is the process group's, left at its single-process default
+    when world_size is 1. Only rank 0 reads claims, writes the manifest,
     markers and claims, and deletes. `key` signs and authenticates manifests and
     markers; `owner` and `attempt` identify the writer.
     """
@@ -211,7 +106,6 @@ class CheckpointManager:
         best_metric: str = "val_loss",
         rank: int = 0,
         world_size: int = 1,
-        barrier: Callable[[], None] | None = None,
         all_gather_object: Callable[[Any], builtins.list[Any]] | None = None,
         storage: Storage | None = None,
         key: bytes | None = None,
@@ -222,8 +116,8 @@ class CheckpointManager:
             raise ValueError("keep_last must be >= 1 and keep_best >= 0")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world size {world_size}")
-        if world_size > 1 and (barrier is None or all_gather_object is None):
-            raise ValueError("world_size > 1 needs barrier and all_gather_object collectives")
+        if world_size > 1 and all_gather_object is None:
+            raise ValueError("world_size > 1 needs the all_gather_object collective")
         self.storage = storage if storage is not None else open_storage(uri, s3_cfg)
         self.keep_last = keep_last
         self.keep_best = keep_best
@@ -233,7 +127,6 @@ class CheckpointManager:
         self.key = key
         self.owner = owner or Owner()
         self.attempt = attempt
-        self._barrier = barrier or _no_barrier
         self._all_gather = all_gather_object or _gather_self
         self._timeline = _Timeline()
         self.rolled_back = False  # whether start() applied a rollback request
@@ -253,7 +146,6 @@ class CheckpointManager:
     def twin(
         self,
         storage: Storage,
-        barrier: Callable[[], None] | None,
         all_gather_object: Callable[[Any], builtins.list[Any]] | None,
     ) -> CheckpointManager:
         """The same manager (same term, once claimed) over other storage and collectives:
@@ -265,7 +157,6 @@ class CheckpointManager:
             best_metric=self.best_metric,
             rank=self.rank,
             world_size=self.world_size,
-            barrier=barrier,
             all_gather_object=all_gather_object,
             storage=storage,
             key=self.key,
@@ -288,45 +179,7 @@ class CheckpointManager:
 
     def scan(self) -> builtins.list[CheckpointInfo]:
         """Every checkpoint directory in the store, of any term, sorted by (step, term)."""
-        found: dict[tuple[int, int], set[str]] = {}
-        for key in self.storage.list_keys():
-            head, sep, rest = key.partition("/")
-            parsed = parse_checkpoint_dir(head)
-            if parsed is not None and sep and head == checkpoint_dir(*parsed):
-                found.setdefault(parsed, set()).add(rest)
-        return [self._info(step, term, names) for (step, term), names in sorted(found.items())]
-
-    def _info(self, step: int, term: int, names: set[str]) -> CheckpointInfo:
-        directory = checkpoint_dir(step, term)
-        uri = self.storage.uri(directory)
-        if MANIFEST not in names:
-            return CheckpointInfo(step, term, uri, committed=False, torn=True)
-        try:
-            manifest = Manifest.from_json(
-                self.storage.get_bytes(f"{directory}/{MANIFEST}"), self.key
-            )
-            if (manifest.step, manifest.writer.term) != (step, term):
-                raise ManifestError(
-                    f"manifest says step {manifest.step}, term {manifest.writer.term}"
-                )
-        except (ManifestError, FileNotFoundError) as error:
-            log.warning("checkpoint %s is not usable (kept): %s", uri, error)
-            return CheckpointInfo(step, term, uri, committed=False, problem=str(error))
-        return CheckpointInfo(
-            step, term, uri, True, good=self._is_good(directory, names), manifest=manifest
-        )
-
-    def _is_good(self, directory: str, names: set[str]) -> bool:
-        if GOOD_MARKER not in names:
-            return False
-        if not self.key:
-            return True
-        try:
-            GoodMarker.from_json(self.storage.get_bytes(f"{directory}/{GOOD_MARKER}"), self.key)
-        except (ManifestError, FileNotFoundError) as error:
-            log.warning("ignoring the good marker of %s: %s", self.storage.uri(directory), error)
-            return False
-        return True
+        return listing.scan(self.storage, self.key)
 
     def _lineage(self) -> Lineage:
         claim = self._timeline.claim
@@ -363,13 +216,7 @@ class CheckpointManager:
         plan = self._on_rank0(lambda: self._plan(request))
         loaded = self._load_first(plan.candidates, local_dir, check)
         if loaded is None and plan.must_resume:
-            tried = plan.problems + [f"{c.uri}: failed to verify" for c in plan.candidates]
-            raise NoUsableCheckpoint(
-                f"{self.uri} holds checkpoints of this run, but none could be used: "
-                + "; ".join(tried)
-                + ". They are kept. To start over beside them set checkpoint.resume: false "
-                "(kubetrain run --from-scratch)"
-            )
+            raise plan.unusable(self.uri)
         if loaded is None and plan.rolling_back:
             log.warning(
                 "no good checkpoint before step %d under %s: starting over from step 0 "
@@ -384,48 +231,18 @@ class CheckpointManager:
     def restore(self, local_dir: Path) -> LoadedCheckpoint | None:
         """Tier-1 rollback in process: load the newest good checkpoint of the lineage
         (else the newest committed one) and continue from it in a new term. A collective."""
-        plan = self._on_rank0(self._restore_plan)
+        plan = self._on_rank0(lambda: plan_restore(self.list()))
         loaded = self._load_first(plan.candidates, local_dir, None)
         if loaded is not None:
             self._claim(loaded.info, plan)
         return loaded
 
-    def _restore_plan(self) -> _Plan:
-        committed = self.list()
-        good = [c for c in committed if c.good]
-        rest = [c for c in committed if not c.good]
-        present = [(c.step, c.term) for c in committed]
-        return _Plan([*reversed(good), *reversed(rest)], present)
-
-    def _plan(self, request: ResumeRequest) -> _Plan:
+    def _plan(self, request: ResumeRequest) -> ResumePlan:
         head = claims.read_head(self.storage)
         claims.check_owner(self.storage, head, self.owner)
-        lineage = head.lineage if head is not None else Lineage()
-        visible = [i for i in self.scan() if lineage.covers(i.step, i.term)]
-        committed = [i for i in visible if i.committed]
-        present = [(i.step, i.term) for i in visible if not i.torn]
-        problems = [f"{i.uri}: {i.problem}" for i in visible if i.problem]
-        before, rollback_id = request.rollback_before, request.rollback_id
-        applied = head.rollbacks if head is not None else ()
-        if request.fresh:
-            if visible:
-                log.info(
-                    "new timeline under %s; the %d checkpoints before it are kept",
-                    self.uri,
-                    len(visible),
-                )
-            return _Plan([], present)
-        if before is not None and (rollback_id is None or rollback_id not in applied):
-            good = [c for c in committed if c.good and c.step < before]
-            return _Plan(list(reversed(good)), present, True, rollback_id)
-        return _Plan(
-            list(reversed(committed)),
-            present,
-            must_resume=bool(committed or problems),
-            problems=problems,
-        )
+        return plan_resume(head, self.scan(), request)
 
-    def _claim(self, resume: CheckpointInfo | None, plan: _Plan) -> None:
+    def _claim(self, resume: CheckpointInfo | None, plan: ResumePlan) -> None:
         def make(term: int, head: Claim | None) -> Claim:
             claims.check_owner(self.storage, head, self.owner)
             base = head or Claim(0, self.owner, Lineage())
@@ -445,19 +262,11 @@ class CheckpointManager:
 
         def claim_on_rank0() -> Claim:
             claim = claims.claim_next(self.storage, make)
-            self._abort_stale_uploads(claim.term)
+            claims.abort_stale_uploads(self.storage, claim.term)
             claims.prune_claims(self.storage, claim.term)
             return claim
 
         self._timeline.claim = self._on_rank0(claim_on_rank0)
-
-    def _abort_stale_uploads(self, term: int) -> None:
-        """Multipart uploads of older terms can never complete: free their parts."""
-        for key, upload_id in self.storage.incomplete_uploads():
-            parsed = parse_checkpoint_dir(key.partition("/")[0])
-            if parsed is not None and parsed[1] < term:
-                log.info("aborting the incomplete upload of %s", self.storage.uri(key))
-                self.storage.abort_upload(key, upload_id)
 
     def _on_rank0(self, fn: Callable[[], T]) -> T:
         """Run `fn` on rank 0 and hand every rank its result, or raise its error everywhere."""
@@ -504,33 +313,9 @@ class CheckpointManager:
         return None
 
     def load(self, info: CheckpointInfo, local_dir: Path) -> Path:
-        """Download a committed checkpoint into `local_dir`/<dir> and verify every file.
-
-        Raises CorruptCheckpoint when a file is missing, has the wrong size or hash.
-        Ranks sharing a machine must use different `local_dir`s.
-        """
-        if info.manifest is None:
-            raise CorruptCheckpoint(f"{info.uri} is not committed")
-        target = Path(local_dir) / info.directory
-        shutil.rmtree(target, ignore_errors=True)  # stale files must not mix in
-        try:
-            for name, entry in sorted(info.manifest.files.items()):
-                dest = target / name
-                try:
-                    self.storage.get_file(f"{info.directory}/{name}", dest)
-                except FileNotFoundError:
-                    raise CorruptCheckpoint(f"{info.uri}: {name} is missing") from None
-                size = dest.stat().st_size
-                if size != entry.size:
-                    raise CorruptCheckpoint(
-                        f"{info.uri}: {name} has {size} bytes, manifest says {entry.size}"
-                    )
-                if sha256_file(dest) != entry.sha256:
-                    raise CorruptCheckpoint(f"{info.uri}: {name} does not match its sha256")
-        except BaseException:
-            shutil.rmtree(target, ignore_errors=True)
-            raise
-        return target
+        """Download a committed checkpoint into `local_dir`/<dir>, every file verified
+        (CorruptCheckpoint otherwise). Ranks sharing a machine need their own `local_dir`."""
+        return listing.download(self.storage, info, local_dir)
 
     # ---- saving --------------------------------------------------------------
 
@@ -556,12 +341,12 @@ class CheckpointManager:
         error: str | None = None
         entries: dict[str, FileEntry] = {}
         try:
-            entries = self._upload(directory, _local_files(files))
+            entries = self._upload(directory, listing.local_files(files))
         except Exception as exc:  # reported to every rank below
             error = f"rank {self.rank}: {exc!r}"
             log.exception("uploading checkpoint %s failed", self.storage.uri(directory))
         gathered = self._all_gather(({k: v.to_dict() for k, v in entries.items()}, error))
-        merged = self._merge(directory, gathered)
+        merged = listing.merge_entries(directory, gathered)
 
         manifest = Manifest.create(
             step,
@@ -610,25 +395,6 @@ class CheckpointManager:
         for name, path in sorted(local.items()):
             self.storage.put_file(f"{directory}/{name}", path)
         return entries
-
-    def _merge(self, directory: str, gathered: builtins.list[Any]) -> dict[str, FileEntry]:
-        errors = [error for _, error in gathered if error]
-        if errors:
-            raise CheckpointError(f"checkpoint {directory} not committed: {'; '.join(errors)}")
-        merged: dict[str, FileEntry] = {}
-        for rank_entries, _ in gathered:
-            for name, raw in rank_entries.items():
-                entry = FileEntry.from_dict(raw)
-                seen = merged.get(name)
-                if seen is not None and seen.sha256 != entry.sha256:
-                    raise CheckpointError(
-                        f"checkpoint {directory}: ranks {seen.rank} and {entry.rank} "
-                        f"wrote different contents for {name}"
-                    )
-                merged.setdefault(name, entry)
-        if not merged:
-            raise CheckpointError(f"checkpoint {directory} has no files")
-        return merged
 
     # ---- good markers and rotation --------------------------------------------
 

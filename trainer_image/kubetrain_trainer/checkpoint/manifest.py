@@ -33,6 +33,7 @@ __all__ = [
     "ManifestError",
     "Unauthenticated",
     "Writer",
+    "check_file_name",
     "checkpoint_dir",
     "describe_files",
     "parse_checkpoint_dir",
@@ -69,6 +70,16 @@ def parse_checkpoint_dir(name: str) -> tuple[int, int] | None:
     """(step, term) of a checkpoint directory name, or None if `name` is not one."""
     match = _CHECKPOINT_DIR.match(name.strip("/").rsplit("/", 1)[-1])
     return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def check_file_name(name: str) -> str:
+    """A file name inside a checkpoint directory: a relative path of plain segments that
+    is not the manifest or the marker. ValueError otherwise (a manifest naming "../x"
+    must never make a reader write outside its directory)."""
+    parts = name.split("/")
+    if name in RESERVED_NAMES or any(p in ("", ".", "..") or "\\" in p for p in parts):
+        raise ValueError(f"invalid checkpoint file name {name!r}")
+    return name
 
 
 def sha256_file(path: Path) -> str:
@@ -242,6 +253,11 @@ class Manifest:
         files, metrics = data.get("files"), data.get("metrics", {})
         if not isinstance(files, dict) or not files:
             raise ManifestError("manifest lists no files")
+        try:
+            for name in files:
+                check_file_name(str(name))
+        except ValueError as error:
+            raise ManifestError(str(error)) from None
         if not isinstance(metrics, dict) or not all(
             v is None or (isinstance(v, int | float) and not isinstance(v, bool))
             for v in metrics.values()
