@@ -385,6 +385,12 @@ class Cluster:
         """Simulated node death: heartbeats stop and its pods are killed; the Node stays."""
         self.kubelets[name].stop()
 
+    def partition_node(self, name: str) -> None:
+        """Simulated partition: the node goes silent to the API server but its pods run
+        on (stop_node later kills them). To signal such a pod, use
+        `kubelets[name].kill_pod`: the API may already know a new pod of that name."""
+        self.kubelets[name].partition()
+
     def add_node(self, spec: NodeSpec, timeout: float = 60.0) -> None:
         """Start one more process kubelet and wait until its Node is Ready."""
         self._start_kubelet(spec)

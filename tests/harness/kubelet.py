@@ -132,6 +132,7 @@ class ProcessKubelet:
         self.backoff = restart_backoff_seconds
         self._alive = threading.Event()
         self._dead = threading.Event()  # the inverse of _alive, for waits that end on death
+        self._partitioned = threading.Event()  # cut off from the API server; pods run on
         self._workers: dict[str, PodWorker] = {}
         self._workers_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -197,6 +198,13 @@ class ProcessKubelet:
             self.log.removeHandler(self._log_handler)
             self._log_handler.close()
 
+    def partition(self) -> None:
+        """Simulated network partition: the node stops talking to the API server (no
+        heartbeats, no pod status, no watch) while its pods keep running, unaware: the
+        control plane sees a dead node, the pods' processes live on (split brain)."""
+        self._partitioned.set()
+        self.log.info("node %s partitioned from the API server", self.node.name)
+
     def shutdown(self) -> None:
         """Clean stop on exit: kill the pods, remove their namespaces, mounts and files."""
         self.stop()
@@ -207,6 +215,15 @@ class ProcessKubelet:
         """Send `sig` to the main process of a running pod of this node."""
         for worker in self._all_workers():
             if (worker.namespace, worker.name) == (namespace, name) and worker.kill_main(sig):
+                return
+        raise LookupError(f"no running pod {namespace}/{name} on node {self.node.name}")
+
+    def freeze_pod(self, namespace: str, name: str, frozen: bool = True) -> None:
+        """Pause (or, with frozen=False, resume) every process of a running pod of this
+        node, like the cgroup freezer: a process that stalls, then carries on unaware."""
+        sig = signal.SIGSTOP if frozen else signal.SIGCONT
+        for worker in self._all_workers():
+            if (worker.namespace, worker.name) == (namespace, name) and worker.signal_all(sig):
                 return
         raise LookupError(f"no running pod {namespace}/{name} on node {self.node.name}")
 
@@ -331,6 +348,8 @@ class ProcessKubelet:
 
     def _heartbeat_loop(self) -> None:
         while self._alive.wait(0) and not self._sleep(HEARTBEAT_SECONDS):
+            if self._partitioned.is_set():
+                continue
             try:
                 self._renew_lease()
                 self._patch_node_status()
@@ -368,6 +387,7 @@ class ProcessKubelet:
             node_cpu=self.node.cpu,
             node_memory=self.node.memory,
             alive=self._alive,
+            partitioned=self._partitioned,
             backoff_base=self.backoff[0],
             backoff_cap=self.backoff[1],
             created_paths=_HOST_PATHS.add,
@@ -381,7 +401,7 @@ class ProcessKubelet:
         ctx = self._context()
         query = {"fieldSelector": f"spec.nodeName={self.node.name}"}
         resource_version = ""
-        while self._alive.is_set():
+        while self._alive.is_set() and not self._partitioned.is_set():
             try:
                 if not resource_version:
                     listing = self.api.request("GET", "/api/v1/pods", query=query)
@@ -393,8 +413,8 @@ class ProcessKubelet:
                     "allowWatchBookmarks": "true",
                 }
                 for event in self.api.watch("/api/v1/pods", watch_query, timeout_seconds=60):
-                    if not self._alive.is_set():
-                        return
+                    if not self._alive.is_set() or self._partitioned.is_set():
+                        return  # a partitioned node never learns of deletions
                     kind, obj = event["type"], event["object"]
                     if kind == "ERROR":
                         resource_version = ""  # expired: list again

@@ -76,6 +76,8 @@ class NodeContext:
     image_paths: tuple[str, ...] = ()
     # Image repository -> its ENTRYPOINT, for containers that name no command.
     image_entrypoints: Mapping[str, list[str]] = field(default_factory=dict)
+    # Set when the node is cut off from the API server: its pods run on, unseen.
+    partitioned: threading.Event = field(default_factory=threading.Event)
 
 
 def pod_dir(state_dir: Path, namespace: str, name: str) -> Path:
@@ -186,6 +188,14 @@ class PodWorker:
                 item.proc.signal_main(sig)
                 return True
         return False
+
+    def signal_all(self, sig: int) -> bool:
+        """Send `sig` to every process of the pod's running containers (SIGSTOP and
+        SIGCONT: the cgroup freezer); False if none runs."""
+        running = [c.proc for c in self.init + self.main if c.proc and c.proc.poll() is None]
+        for proc in running:
+            proc.signal_tree(sig)
+        return bool(running)
 
     def log_path(self, container: str) -> Path:
         return self.dir / f"{container}.log"
@@ -613,7 +623,7 @@ class PodWorker:
     # --- API writes ------------------------------------------------------------------
 
     def _publish(self) -> None:
-        if self._stopping():
+        if self._stopping() or self.ctx.partitioned.is_set():
             return
         now = now_iso()
         status = build_status(self.view, self._conditions, now)
@@ -643,7 +653,7 @@ class PodWorker:
         self._conditions = status["conditions"]
 
     def _event(self, kind: str, reason: str, message: str) -> None:
-        if self._stopping():
+        if self._stopping() or self.ctx.partitioned.is_set():
             return
         now = now_iso()
         body = {

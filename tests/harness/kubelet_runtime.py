@@ -79,9 +79,36 @@ class ContainerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, sig)
 
+    def signal_tree(self, sig: int) -> None:
+        """`sig` to the group and to every descendant, also those in sessions of their
+        own (torchrun starts its workers with start_new_session): the cgroup freezer's
+        reach, which the process group alone does not have."""
+        self.signal_group(sig)
+        for pid in descendants(self.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
     def reap(self) -> None:
         """After the main process ended: kill what is left of its group, as a cgroup would."""
         self.signal_group(signal.SIGKILL)
+
+
+def descendants(root: int) -> list[int]:
+    """Every live descendant of process `root`, parents before children (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # the process ended while we looked
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], list(children.get(root, []))
+    while queue:
+        pid = queue.pop(0)
+        found.append(pid)
+        queue.extend(children.get(pid, []))
+    return found
 
 
 def write_spec(

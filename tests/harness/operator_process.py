@@ -105,10 +105,10 @@ class OperatorProcess:
             # Twice the harness's node-monitor grace period (10 s): a peer's error waits
             # that long for a dead node to show as NotReady.
             "KUBETRAIN_FAILURE_SETTLE_SECONDS": "20",
-            # The operator lists checkpoints (NaN rollbacks) with its own credentials.
-            "AWS_ACCESS_KEY_ID": minio.access_key,
-            "AWS_SECRET_ACCESS_KEY": minio.secret_key,
         }
+        # No storage credentials: recovery never reads the checkpoint store from here.
+        for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+            env.pop(var, None)
         # setpriv: the operator dies with the test run even when pytest is SIGKILLed.
         setpriv = shutil.which("setpriv")
         prefix = [setpriv, "--pdeathsig", "KILL", "--"] if setpriv else []
