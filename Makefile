@@ -12,7 +12,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint unit pytest test demo testbin dev-cluster crd dashboards chart images kind bench clean
+.PHONY: help venv lint unit pytest test chaos demo testbin dev-cluster crd dashboards chart images kind bench clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ testbin: ## build the test control plane (kube-*, etcd, helm, minio, prometheus)
 
 test: lint testbin ## every test: lint, unit, integration (MinIO, torchrun), e2e (local cluster)
 	$(PY) -m pytest -q
+
+chaos: lint testbin ## the fault suite on the local cluster; rows in runs/chaos.json
+	$(PY) -m pytest -m chaos -v tests/e2e/test_chaos.py
 
 demo: venv ## train examples/trainingjob.yaml locally (no cluster needed)
 	$(VENV)/bin/kubetrain run examples/trainingjob.yaml

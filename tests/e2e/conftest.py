@@ -25,3 +25,14 @@ def operator(
     op.start()
     yield op
     op.kill()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's table (tests/e2e/chaos.py), when scenarios ran."""
+    from tests.e2e import chaos
+
+    if chaos.ROWS:
+        terminalreporter.section("chaos: one row per scenario")
+        for line in chaos.table():
+            terminalreporter.write_line(line)
+        terminalreporter.write_line(f"written to {chaos.REPORT}")

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from tests.harness.services import wait_until
 
+from kubetrain_trainer.checkpoint import parse_checkpoint_dir
+
 if TYPE_CHECKING:
     from tests.harness.cluster import Cluster
     from tests.harness.operator_process import OperatorProcess
@@ -83,17 +85,32 @@ def wait_state(
     return found
 
 
+def job_uid(cluster: Cluster, namespace: str, name: str) -> str:
+    uid: str = get_job(cluster, namespace, name)["metadata"]["uid"]
+    return uid
+
+
+def store_uri(cluster: Cluster, namespace: str, name: str) -> str:
+    """The job's default checkpoint URI: <base>/<namespace>/<name>/<uid>."""
+    return f"s3://{cluster.bucket}/{namespace}/{name}/{job_uid(cluster, namespace, name)}"
+
+
 def checkpoint_steps(cluster: Cluster, namespace: str, name: str) -> list[int]:
-    """Committed checkpoints (manifest present) of the job in MinIO."""
+    """Steps of the job's committed checkpoints (manifest present) in MinIO, any term."""
     assert cluster.minio is not None
-    prefix = f"{namespace}/{name}/"
-    listing = cluster.minio.client().list_objects_v2(Bucket=cluster.bucket, Prefix=prefix)
-    keys = [o["Key"] for o in listing.get("Contents", [])]
-    return sorted(
-        int(k[len(prefix) :].split("/")[0].removeprefix("step-"))
+    prefix = store_uri(cluster, namespace, name).removeprefix(f"s3://{cluster.bucket}/") + "/"
+    pages = cluster.minio.client().get_paginator("list_objects_v2")
+    keys = [
+        o["Key"]
+        for p in pages.paginate(Bucket=cluster.bucket, Prefix=prefix)
+        for o in p.get("Contents", [])
+    ]
+    parsed = [
+        parse_checkpoint_dir(k[len(prefix) :].split("/")[0])
         for k in keys
         if k.endswith("/manifest.json")
-    )
+    ]
+    return sorted(p[0] for p in parsed if p is not None)
 
 
 def rank0_progress(cluster: Cluster, namespace: str, name: str, attempt: int) -> int | None:
@@ -139,5 +156,5 @@ def resumed_at_or_after(
     )
     assert seen[0] >= step, f"attempt {attempt} started at step {seen[0]}, checkpoint {step}"
     log = cluster.pod_log_path(namespace, f"{name}-0", "trainer").read_text(errors="replace")
-    assert f"resumed from s3://{cluster.bucket}/{namespace}/{name}/step-" in log
+    assert f"resumed from {store_uri(cluster, namespace, name)}/step-" in log
     return seen[0]

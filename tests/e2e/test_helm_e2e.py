@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from tests.e2e.jobs import checkpoint_steps, store_uri
 from tests.harness.binaries import binary
 from tests.harness.operator_process import S3_SECRET, create_s3_secret
 from tests.harness.services import wait_until
@@ -162,17 +163,6 @@ def _pods(cluster: Cluster, namespace: str, selector: str) -> list[dict[str, Any
 def _names(cluster: Cluster, namespace: str, kinds: str) -> list[str]:
     out = cluster.kubectl("-n", namespace, "get", kinds, "-l", INSTANCE, "-o", "name").stdout
     return out.split()
-
-
-def _checkpoint_steps(cluster: Cluster, namespace: str, name: str) -> list[int]:
-    assert cluster.minio is not None
-    prefix = f"{namespace}/{name}/"
-    listing = cluster.minio.client().list_objects_v2(Bucket=cluster.bucket, Prefix=prefix)
-    return sorted(
-        int(o["Key"][len(prefix) :].split("/")[0].removeprefix("step-"))
-        for o in listing.get("Contents", [])
-        if o["Key"].endswith("/manifest.json")
-    )
 
 
 def _dashboard_queries() -> list[tuple[str, str, str]]:
@@ -323,9 +313,9 @@ def _run(cluster: Cluster, prometheus: PrometheusServer, namespace: str, home: P
     status = _status(cluster, namespace, name)
     assert status["progress"]["step"] == MAX_STEPS
     assert status["restarts"]["total"] == 0
-    assert _checkpoint_steps(cluster, namespace, name)[-1] == MAX_STEPS
+    assert checkpoint_steps(cluster, namespace, name)[-1] == MAX_STEPS
     assert status["progress"]["lastCheckpoint"]["uri"].startswith(
-        f"s3://{cluster.bucket}/{namespace}/{name}/"
+        f"{store_uri(cluster, namespace, name)}/"
     )
 
     # --- helm test: the chart's hook pod -------------------------------------------------

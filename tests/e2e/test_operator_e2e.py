@@ -198,3 +198,24 @@ def test_config_the_trainer_rejects_fails_at_once_with_its_message(
     assert "data.path" in failed["message"] and "no-such-corpus.txt" in failed["message"]
     assert status["restarts"]["total"] == 0
     assert status["completionTime"]
+
+
+def test_nan_on_every_attempt_fails_once_the_rollback_budget_is_spent(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    name = "nan-forever"
+    create_s3_secret(cluster, namespace)
+    job = short_job(name)
+    job["spec"]["env"] = [{"name": "KUBETRAIN_FAULT_INJECT", "value": "nan@step=17"}]
+    job["spec"]["faultTolerance"] = {"nan": {"maxRollbacks": 1}}
+    job["spec"]["trainer"]["recovery"] |= {"max_consecutive_skips": 0, "max_restores": 0}
+    apply_job(cluster, namespace, job)
+
+    status = wait_state(cluster, operator, namespace, name, state="Failed", timeout=600)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "NaNRollbackBudgetExhausted", failed
+    assert status["restarts"]["nan"] == 1  # the budget, spent
+    assert status["recovery"]["rollbackBeforeStep"] == 17  # asked, never listed
+    assert status["completionTime"]
+    events = cluster.kubectl("-n", namespace, "get", "events").stdout
+    assert "NaNRollbackBudgetExhausted" in events
