@@ -8,10 +8,12 @@ kept as free-form objects here and validated by the API server's own types.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kubetrain_operator import pod_policy
 from kubetrain_trainer.config import TrainingConfig
 from kubetrain_trainer.config.schema import CHECKPOINT_URI_PATTERN, ENDPOINT_PATTERN
 
@@ -21,8 +23,16 @@ KIND = "TrainingJob"
 PLURAL = "trainingjobs"
 
 DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# A qualified name (label and annotation keys): an optional DNS prefix and a name.
+QUALIFIED_NAME = (
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
 K8sObject = dict[str, Any]
-LabelValue = Annotated[str, Field(max_length=63)]
+LabelKey = Annotated[str, Field(max_length=316, pattern=QUALIFIED_NAME)]
+LabelValue = Annotated[
+    str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+]
 AnnotationValue = Annotated[str, Field(max_length=4096)]
 
 # Kubernetes-native parts keep their dict form in Python; in the CRD they get the
@@ -33,7 +43,7 @@ _QUANTITY: dict[str, Any] = {
     "anyOf": [{"type": "integer"}, {"type": "string"}],
     "x-kubernetes-int-or-string": True,
     "pattern": (  # resource.Quantity, as core/v1 publishes it
-        r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+        r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"  # never negative
         r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
     ),
 }
@@ -41,6 +51,12 @@ _QUANTITIES: dict[str, Any] = {
     "type": "object",
     "maxProperties": 32,
     "additionalProperties": _QUANTITY,
+    "x-kubernetes-validations": [
+        {
+            "rule": f"self.all(k, k.matches(r'{QUALIFIED_NAME}'))",
+            "message": "resource names are qualified names, e.g. cpu, memory, nvidia.com/gpu",
+        }
+    ],
 }
 RESOURCES_SCHEMA: dict[str, Any] = {
     "properties": {
@@ -53,14 +69,29 @@ ENV_VAR_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["name"],
     "properties": {
-        "name": {"type": "string", "maxLength": 256, "description": "Variable name."},
-        "value": {"type": "string", "maxLength": 32768, "description": "Literal value."},
+        "name": {
+            "type": "string",
+            "maxLength": 256,
+            "pattern": pod_policy.ENV_NAME.pattern,
+            "description": "Variable name (not one the operator or torchrun sets).",
+        },
+        "value": {"type": "string", "maxLength": 8192, "description": "Literal value."},
         "valueFrom": {
             "type": "object",
             "description": "core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef, ...",
             **FREE_FORM,
         },
     },
+    "x-kubernetes-validations": [
+        {
+            "rule": f"!{pod_policy.reserved_env_cel('self.name')}",
+            "messageExpression": "self.name + ' is set by the operator or torchrun and cannot"
+            " be overridden'",
+            "message": "names the operator or torchrun set (KUBETRAIN_*, PET_*, TORCHELASTIC_*,"
+            " MASTER_ADDR, RANK, WORLD_SIZE, ...) cannot be overridden",
+            "reason": "FieldValueForbidden",
+        }
+    ],
 }
 
 
@@ -115,6 +146,14 @@ class NaNPolicy(ApiModel):
 class FaultToleranceSpec(ApiModel):
     """Gang restarts and rollbacks, with a budget per cause."""
 
+    startupDeadlineSeconds: int = Field(600, ge=30, le=86_400)
+    """A worker pod not running this long after it was created (unschedulable, an image
+    that cannot be pulled, a missing Secret or ConfigMap) is reported in the Running
+    condition with the pod's own reason; then onStartupTimeout applies."""
+    onStartupTimeout: Literal["Wait", "Fail"] = "Wait"
+    """Wait: keep the pods and keep reporting (the cause may be fixed, capacity may come);
+    Fail: fail the job with reason StartupDeadlineExceeded and delete its pods."""
+
     maxRestarts: int = Field(3, ge=0, le=1000)
     """Gang restarts allowed for infrastructure failures and crashes."""
     nan: NaNPolicy = NaNPolicy()
@@ -143,32 +182,48 @@ class TemplateMetadata(ApiModel):
     """Labels and annotations added to every worker pod."""
 
     labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
-    """Labels added to every worker pod."""
+    """Labels added to every worker pod (not kubetrain.io/* nor app.kubernetes.io/name,
+    component, managed-by: the operator's own)."""
     annotations: dict[str, AnnotationValue] = Field(default_factory=dict, max_length=64)
-    """Annotations added to every worker pod."""
+    """Annotations added to every worker pod (not kubetrain.io/*)."""
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _qualified_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if len(k) > 316 or not re.match(QUALIFIED_NAME, k)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a qualified name (prefix/name)")
+        return value
 
 
 class PodTemplateOverrides(ApiModel):
     """Pieces of the worker pod template that the user controls."""
 
     metadata: TemplateMetadata = TemplateMetadata()
-    spec: K8sObject = Field(default_factory=dict, json_schema_extra=FREE_FORM)
-    """Pod spec fields merged into every worker: nodeSelector, tolerations, affinity,
-    priorityClassName, schedulerName, serviceAccountName, volumes, securityContext, ..."""
+    spec: K8sObject = Field(
+        default_factory=dict, json_schema_extra={**FREE_FORM, "maxProperties": 32}
+    )
+    """Pod spec fields merged into every worker, from an allow-list: nodeSelector,
+    affinity, tolerations, topologySpreadConstraints, priorityClassName, schedulerName,
+    runtimeClassName, imagePullSecrets, terminationGracePeriodSeconds, securityContext
+    (fsGroup, fsGroupChangePolicy, supplementalGroups, runAsUser, runAsGroup), volumes
+    (emptyDir, configMap, persistentVolumeClaim, ephemeral, downwardAPI, projected) and
+    volumeMounts (for the trainer container). A cluster admin may allow more
+    (docs/security.md)."""
 
 
 class MonitoringSpec(ApiModel):
     """Where rank 0 serves its metrics and progress."""
 
     port: int = Field(9090, ge=1024, le=65535)
-    """Port of rank 0's /metrics and /progress endpoints."""
+    """Port of rank 0's /metrics and /progress endpoints (not 29400: the rendezvous)."""
 
 
 class TrainingJobSpec(ApiModel):
     """Desired state of a TrainingJob: a gang of torchrun workers running the trainer."""
 
-    image: str | None = Field(None, max_length=1024)
-    """Trainer image; default from the operator's settings."""
+    image: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^\S+$")
+    """Trainer image; unset: the operator's default."""
     numNodes: int = Field(1, ge=1, le=1024)
     """Pods in the gang (torchrun --nnodes)."""
     numProcPerNode: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
@@ -200,6 +255,17 @@ class TrainingJobSpec(ApiModel):
         return self.numProcPerNode
 
     @model_validator(mode="after")
+    def _nothing_reserved(self) -> Self:
+        problems = pod_policy.fixed_problems(
+            {"env": self.env, "template": self.template.model_dump(mode="json")}
+        )
+        if self.monitoring.port == pod_policy.RDZV_PORT:
+            problems.append(f"spec.monitoring.port: {pod_policy.RDZV_PORT} is the rendezvous port")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
     def _procs_fit_gpus(self) -> Self:
         gpus = self.gpus_per_node()
         if gpus and self.numProcPerNode != "auto" and self.numProcPerNode > gpus:
@@ -210,7 +276,9 @@ class TrainingJobSpec(ApiModel):
         return self
 
 
-ConditionType = Literal["Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended"]
+ConditionType = Literal[
+    "Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "ProgressReadable"
+]
 JobState = Literal[
     "Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
 ]
@@ -223,7 +291,8 @@ class Condition(ApiModel):
     """One observation of the job's state (Kubernetes API conventions)."""
 
     type: ConditionType
-    """Condition type: Created, Running, Restarting, Succeeded, Failed or Suspended."""
+    """Condition type: Created, Running, Restarting, Succeeded, Failed, Suspended or
+    ProgressReadable (False while rank 0's /progress cannot be read)."""
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
     reason: Reason = ""
@@ -269,6 +338,8 @@ class Progress(ApiModel):
     """When the operator last read the progress; cleared when the gang stops."""
     lastStepTime: Timestamp | None = None
     """When the step last advanced (or the gang last started): the hang detector's clock."""
+    unreadableSince: Timestamp | None = None
+    """When reads of /progress began to fail; the hang clock stands still until they work."""
 
 
 class RestartCounts(ApiModel):
@@ -351,9 +422,15 @@ class TrainingJobStatus(ApiModel):
     """Share of wall time spent on training steps that were kept."""
 
 
+# Pods are "<job>-<index>" (a hostname, a label value): the name leaves room for the
+# index within 63 characters, and starts with a letter (a DNS-1035 label, the Service).
+MAX_JOB_NAME = 52
+DNS1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1, max_length=63, pattern=DNS1123)
+    name: str = Field(min_length=1, max_length=MAX_JOB_NAME, pattern=DNS1035)
     namespace: str | None = None
 
 

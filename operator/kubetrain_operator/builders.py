@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from kubetrain_operator import pod_policy
 from kubetrain_operator.api import GROUP, KIND, VERSION, RecoveryStatus, TrainingJob
 from kubetrain_operator.local_runner import trainer_config_for
 from kubetrain_operator.settings import PREFIX, Settings
@@ -20,7 +21,7 @@ Obj = dict[str, Any]
 JOB_LABEL = f"{PREFIX}/job-name"
 INDEX_LABEL = f"{PREFIX}/replica-index"
 ATTEMPT_LABEL = f"{PREFIX}/attempt"
-RDZV_PORT = 29400
+RDZV_PORT = pod_policy.RDZV_PORT
 CONFIG_DIR = "/etc/kubetrain"
 CONFIG_FILE = "trainer.yaml"
 CONTAINER = "trainer"
@@ -55,10 +56,11 @@ def owner_reference(job: TrainingJob) -> Obj:
 
 
 def _meta(job: TrainingJob, name: str, labels: dict[str, str] | None = None) -> Obj:
+    # The operator's labels come last: a job's own never override them.
     return {
         "name": name,
         "namespace": job.metadata.namespace,
-        "labels": {**common_labels(job.metadata.name), **(labels or {})},
+        "labels": {**(labels or {}), **common_labels(job.metadata.name)},
         "ownerReferences": [owner_reference(job)],
     }
 
@@ -98,6 +100,36 @@ def build_signing_secret(job: TrainingJob, key: str) -> Obj | None:
         "type": "Opaque",
         "metadata": _meta(job, signing_secret_name(job)),
         "stringData": {SIGNING_KEY: key},
+    }
+
+
+def build_network_policy(job: TrainingJob, settings: Settings) -> Obj | None:
+    """Who may reach the job's pods: each other on any port (rendezvous, collectives), the
+    operator's pods and the metrics peers on the metrics port, nobody else."""
+    if not settings.network_policy:
+        return None
+    gang = {"podSelector": {"matchLabels": {JOB_LABEL: job.metadata.name}}}
+    operator = {
+        "namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": settings.operator_namespace}
+        },
+        "podSelector": {"matchLabels": {"app.kubernetes.io/component": "operator"}},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(job, f"{job.metadata.name}-workers"),
+        "spec": {
+            **gang,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [gang]},
+                {
+                    "from": [operator, *settings.metrics_peers],
+                    "ports": [{"protocol": "TCP", "port": job.spec.monitoring.port}],
+                },
+            ],
+        },
     }
 
 
@@ -285,9 +317,18 @@ def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: 
     }
     extra_mounts = overrides.pop("volumeMounts", [])  # convenience: mounts for the trainer
     container["volumeMounts"] += extra_mounts
-    for key in ("containers", "restartPolicy", "hostname", "subdomain"):
+    for key in pod_policy.OPERATOR_FIELDS:
         overrides.pop(key, None)  # owned by the operator
+    # The job may pick groups and ids; the restricted settings always hold.
+    pod_spec["securityContext"] = {**overrides.pop("securityContext", {}), **pod_security_context()}
+    for key in ("runAsUser", "runAsGroup"):  # ... but a job's own non-root ids win
+        chosen = (spec.template.spec.get("securityContext") or {}).get(key)
+        if chosen:
+            pod_spec["securityContext"][key] = chosen
     pod_spec |= overrides
+    # The trainer never talks to the API server: no token, unless the job names an
+    # identity (an admin allowed serviceAccountName, e.g. for cloud storage access).
+    pod_spec.setdefault("automountServiceAccountToken", "serviceAccountName" in overrides)
     meta = _meta(job, pod_name(name, index), labels)
     meta["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec}

@@ -1,50 +1,67 @@
 """kopf wiring: every handler on one screen, all logic elsewhere.
 
-Each trigger (create, resume, update, a timer, an event of an owned pod) runs
-the same level-based step under a per-job lock: read the job and its pods
-fresh, `reconcile.reconcile` (pure), carry out the actions. Handlers return
-nothing: the status schema is strict, and the status is patched explicitly.
+Each trigger (create, resume, update, a timer, an event of an owned pod) runs the
+same level-based step: read the job and its pods fresh (kube.py), `reconcile`
+(pure), carry out the actions (kube.py). One reconcile per job at a time: a trigger
+that finds one running marks the job for another pass and returns, so a slow job
+never occupies more than one of kopf's worker threads. Handlers return nothing: the
+status schema is strict, and the status is patched explicitly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import secrets
+import socket
+import sys
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes import config
 from pydantic import ValidationError
 
-from kubetrain_operator import builders, operator_metrics
+from kubetrain_operator import builders, kube, operator_metrics, pod_policy
+from kubetrain_operator.actions import Observed, PatchStatus
 from kubetrain_operator.api import GROUP, PLURAL, VERSION, TrainingJob
-from kubetrain_operator.progress import read_progress
-from kubetrain_operator.reconcile import (
-    Action,
-    CreateObject,
-    DeleteJob,
-    DeletePods,
-    EmitEvent,
-    Observe,
-    Observed,
-    PatchStatus,
-    reconcile,
-    reject_invalid,
-)
+from kubetrain_operator.leader import LeaderElector
+from kubetrain_operator.pod_watch import PodWatch
+from kubetrain_operator.reconcile import fail_stored, reconcile
 from kubetrain_operator.settings import Settings
+from kubetrain_operator.spec_limits import spec_problem
 from kubetrain_trainer.config import format_validation_error
 
 SETTINGS = Settings.from_env()
+_WATCHED: list[str] = []  # namespaces the operator serves (empty: all)
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pod-events")
+
+
+def _POOL_SUBMIT(namespace: str, name: str) -> None:  # noqa: N802 (a callback constant)
+    _POOL.submit(reconcile_job, namespace, name)
+
+
+ALLOWED = pod_policy.Allowed.widened(
+    list(SETTINGS.extra_pod_fields), list(SETTINGS.extra_volume_types), SETTINGS.allow_secret_env
+)
 HEALTH = operator_metrics.Health()
-_PEERING: dict[str, str | None] = {"name": None}
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 log = logging.getLogger("kubetrain.operator")
+
+
+@dataclass
+class _JobSlot:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    again: bool = False  # a trigger came while a reconcile ran: run once more
+
+
+_TASKS: list[asyncio.Task[None]] = []  # kept referenced: the loop holds tasks weakly
+_slots: dict[str, _JobSlot] = {}  # one per existing job: removed when the job is gone
+_slots_lock = threading.Lock()
 
 
 @kopf.on.startup()
@@ -58,12 +75,27 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.watching.server_timeout = 300
-    # One replica (Recreate) by default: no peering CRDs needed, no leases.
-    settings.peering.standalone = _PEERING["name"] is None
-    settings.peering.name = _PEERING["name"] or "default"
-    settings.peering.mandatory = _PEERING["name"] is not None
+    settings.networking.request_timeout = kube.TIMEOUT[1]
+    settings.networking.connect_timeout = kube.TIMEOUT[0]
+    # No kopf peering: with several replicas, a Lease elects the one that runs kopf at
+    # all (run_operator), so this process acts alone.
+    settings.peering.standalone = True
     _load_kube_config()
+    # Pods through a server-side label selector, not a kopf watch of every pod.
+    PodWatch(builders.JOB_LABEL, _WATCHED, _POOL_SUBMIT).start()
     HEALTH.ready.set()
+
+
+@kopf.on.startup()
+async def heartbeat(**_: Any) -> None:
+    """/healthz answers 200 while this task, on kopf's event loop, keeps beating."""
+
+    async def beat() -> None:
+        while True:
+            HEALTH.beat()
+            await asyncio.sleep(5)
+
+    _TASKS.append(asyncio.get_running_loop().create_task(beat()))
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -80,14 +112,10 @@ def resync(namespace: str | None, name: str, **_: Any) -> None:
     reconcile_job(namespace or "default", name)
 
 
-@kopf.on.event("", "v1", "pods", labels={builders.JOB_LABEL: kopf.PRESENT})
-def on_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
-    reconcile_job(namespace or "default", labels[builders.JOB_LABEL])
-
-
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 def on_delete(namespace: str | None, name: str, **_: Any) -> None:
     operator_metrics.record_job(namespace or "default", name, None)  # GC deletes the children
+    _forget(f"{namespace or 'default'}/{name}")
 
 
 # --- the level-based step --------------------------------------------------------------
@@ -95,195 +123,76 @@ def on_delete(namespace: str | None, name: str, **_: Any) -> None:
 
 def reconcile_job(namespace: str, name: str) -> None:
     key = f"{namespace}/{name}"
-    with _locks[key], operator_metrics.RECONCILE.time():
-        body = _get_job(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            operator_metrics.record_job(namespace, name, None)
-            return
+    with _slots_lock:
+        slot = _slots.setdefault(key, _JobSlot())
+    if not slot.lock.acquire(blocking=False):
+        slot.again = True  # the running reconcile passes once more; the timer backs it up
+        return
+    try:
+        slot.again = True
+        while slot.again:
+            slot.again = False
+            with operator_metrics.RECONCILE.time():
+                _reconcile_once(namespace, name)
+    finally:
+        slot.lock.release()
+
+
+def _forget(key: str) -> None:
+    with _slots_lock:
+        _slots.pop(key, None)
+
+
+def _reconcile_once(namespace: str, name: str) -> None:
+    body = kube.get_job(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        operator_metrics.record_job(namespace, name, None)
+        _forget(f"{namespace}/{name}")
+        return
+    uid = str(body["metadata"].get("uid", ""))
+    problem = spec_problem(body)
+    job: TrainingJob | None = None
+    if problem is None:
         try:
             job = TrainingJob.model_validate(body)
         except ValidationError as err:
-            problems = "; ".join(format_validation_error(err))
-            message = f"spec is invalid: {problems}"
-            for action in reject_invalid(body, message, datetime.now(UTC)):
-                _apply_to(namespace, name, body, action)
-            operator_metrics.record_job(namespace, name, {"state": "Failed"})
-            return
-        pods = _list_pods(namespace, name)
+            problem = f"spec is invalid: {'; '.join(format_validation_error(err))}"
+    if job is not None:
+        refused = pod_policy.problems(body.get("spec") or {}, ALLOWED)
+        if refused:
+            job, problem = None, f"spec is not allowed: {'; '.join(refused)}"
+    if job is None:
+        _fail(body, kube.list_pods(namespace, name, uid), "InvalidSpec", problem or "invalid")
+        return
+    try:
+        pods = kube.list_pods(namespace, name, uid)
         finished = job.status is not None and job.status.state in ("Succeeded", "Failed")
+        read = kube.progress(job, pods, SETTINGS.progress_timeout_seconds)
         observed = Observed(
             pods=pods,
-            service=_exists("service", namespace, name),
-            configmap=_exists("configmap", namespace, f"{name}-config"),
+            service=kube.exists("Service", namespace, name, uid),
+            configmap=kube.exists("ConfigMap", namespace, f"{name}-config", uid),
             now=datetime.now(UTC),
-            progress=_progress(job, pods),
-            lost_nodes=frozenset() if finished else _lost_nodes(pods),
+            progress=read.progress,
+            progress_error=read.error,
+            lost_nodes=frozenset() if finished else kube.lost_nodes(pods),
             signing_key=secrets.token_urlsafe(32),
         )
-        actions = reconcile(job, observed, SETTINGS)
         status = body.get("status") or {}
-        for action in actions:
-            _apply(job, body, action)
+        for action in reconcile(job, observed, SETTINGS):
+            kube.apply(namespace, name, body, action)
             if isinstance(action, PatchStatus):
                 status = action.status
         operator_metrics.record_job(namespace, name, status)
+    except kube.Rejected as err:
+        _fail(body, kube.list_pods(namespace, name, uid), err.reason, err.message)
 
 
-def _apply(job: TrainingJob, body: dict[str, Any], action: Action) -> None:
-    _apply_to(job.metadata.namespace or "default", job.metadata.name, body, action)
-
-
-def _apply_to(ns: str, name: str, body: dict[str, Any], action: Action) -> None:
-    core = client.CoreV1Api()
-    if isinstance(action, CreateObject):
-        kind = action.body["kind"]
-        create = {
-            "Pod": core.create_namespaced_pod,
-            "Service": core.create_namespaced_service,
-            "ConfigMap": core.create_namespaced_config_map,
-            "Secret": core.create_namespaced_secret,
-        }[kind]
-        try:
-            create(ns, action.body)
-            log.info("created %s %s/%s", kind, ns, action.body["metadata"]["name"])
-        except ApiException as err:
-            if err.status != 409:  # 409: exists already (idempotent create)
-                raise
-    elif isinstance(action, DeletePods):
-        grace = 0 if action.force else None
-        for pod in action.names:
-            try:
-                core.delete_namespaced_pod(pod, ns, grace_period_seconds=grace)
-                log.info("deleted pod %s/%s (%s)", ns, pod, action.reason)
-            except ApiException as err:
-                if err.status != 404:
-                    raise
-    elif isinstance(action, PatchStatus):
-        client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, ns, PLURAL, name, {"status": action.status}
-        )
-    elif isinstance(action, EmitEvent):
-        _event(body, action)
-    elif isinstance(action, Observe):
-        operator_metrics.observe(action.metric, action.value, action.label)
-    elif isinstance(action, DeleteJob):
-        log.info("deleting %s/%s: %s", ns, name, action.reason)
-        client.CustomObjectsApi().delete_namespaced_custom_object(
-            GROUP, VERSION, ns, PLURAL, name, propagation_policy="Background"
-        )
-
-
-def _event(body: dict[str, Any], event: EmitEvent) -> None:
+def _fail(body: dict[str, Any], pods: list[dict[str, Any]], reason: str, message: str) -> None:
     meta = body["metadata"]
-    now = datetime.now(UTC)
-    name = (
-        f"{meta['name']}.{time.time_ns():x}"  # the kubelet's naming; generateName can't end in "."
-    )
-    try:
-        _post_event(meta, name, now, event)
-    except ApiException as err:  # an Event is best effort: never fail a reconcile over it
-        log.warning("could not post event %s %s: %s", event.reason, event.message, err.reason)
-        return
-    log.info("event %s %s: %s", event.type, event.reason, event.message)
-
-
-def _post_event(meta: dict[str, Any], name: str, now: datetime, event: EmitEvent) -> None:
-    client.EventsV1Api().create_namespaced_event(
-        meta["namespace"],
-        {
-            "metadata": {"name": name, "namespace": meta["namespace"]},
-            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "reportingController": f"{GROUP}/operator",
-            "reportingInstance": "kubetrain-operator",
-            "action": "Reconcile",
-            "type": event.type,
-            "reason": event.reason,
-            "note": event.message[:1024],
-            "regarding": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "TrainingJob",
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-            },
-        },
-    )
-
-
-# --- observing -------------------------------------------------------------------------
-
-
-def _get_job(namespace: str, name: str) -> dict[str, Any] | None:
-    try:
-        body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
-            GROUP, VERSION, namespace, PLURAL, name
-        )
-    except ApiException as err:
-        if err.status == 404:
-            return None
-        raise
-    return body
-
-
-def _list_pods(namespace: str, name: str) -> list[dict[str, Any]]:
-    api = client.ApiClient()
-    pods = client.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector=f"{builders.JOB_LABEL}={name}"
-    )
-    return [api.sanitize_for_serialization(p) for p in pods.items]
-
-
-def _exists(kind: str, namespace: str, name: str) -> bool:
-    core = client.CoreV1Api()
-    read = core.read_namespaced_service if kind == "service" else core.read_namespaced_config_map
-    try:
-        read(name, namespace)
-    except ApiException as err:
-        if err.status == 404:
-            return False
-        raise
-    return True
-
-
-def _progress(job: TrainingJob, pods: list[dict[str, Any]]) -> Any:
-    attempt = str(job.status.recovery.attempt if job.status else 0)
-    for pod in pods:
-        labels = pod["metadata"].get("labels") or {}
-        status = pod.get("status") or {}
-        if (
-            labels.get(builders.INDEX_LABEL) == "0"
-            and labels.get(builders.ATTEMPT_LABEL) == attempt
-            and status.get("phase") == "Running"
-            and status.get("podIP")
-        ):
-            port = job.spec.monitoring.port
-            return read_progress(status["podIP"], port, SETTINGS.progress_timeout_seconds)
-    return None
-
-
-def _lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
-    """Nodes of the job's pods whose Ready condition is not True. Looked up only when a
-    pod failed or is being deleted: that is when the answer changes a decision."""
-    troubled = any(
-        (p.get("status") or {}).get("phase") == "Failed" or p["metadata"].get("deletionTimestamp")
-        for p in pods
-    )
-    if not troubled:
-        return frozenset()
-    lost: set[str] = set()
-    names = {str((p.get("spec") or {}).get("nodeName") or "") for p in pods} - {""}
-    for node in sorted(names):
-        try:
-            body = client.CoreV1Api().read_node(node)
-        except ApiException as err:
-            if err.status != 404:
-                raise
-            lost.add(node)  # deleted Node: its pods are gone with it
-            continue
-        ready = [c for c in body.status.conditions or [] if c.type == "Ready"]
-        if not ready or ready[0].status != "True":
-            lost.add(node)
-    return frozenset(lost)
+    for action in fail_stored(body, pods, reason, message, datetime.now(UTC)):
+        kube.apply(meta["namespace"], meta["name"], body, action)
+    operator_metrics.record_job(meta["namespace"], meta["name"], {"state": "Failed"})
 
 
 def _load_kube_config() -> None:
@@ -297,21 +206,32 @@ def run_operator(
     namespaces: list[str],
     health_port: int,
     metrics_port: int,
-    peering: str | None,
+    leader_elect: bool = False,
     verbose: bool = False,
 ) -> int:
-    """`kubetrain operator`: JSON logs, /metrics, /healthz, /readyz, then kopf's loop."""
+    """`kubetrain operator`: JSON logs, /metrics, /healthz, /readyz, then (as the leader,
+    with leader_elect) kopf's loop."""
     kopf.configure(log_format=kopf.LogFormat.JSON, verbose=verbose, debug=verbose)
+    # A tenant's spec may nest deep inside the free-form pod template fields (up to the
+    # API server's own JSON depth limit). Parsing it, in kopf and in the client, recurses:
+    # room for that, so that one such job fails with InvalidSpec (spec_limits.py) instead
+    # of breaking the watch of every job. Threads get the stack that depth needs.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
+    threading.stack_size(64 * 1024 * 1024)
     operator_metrics.serve_metrics(metrics_port)
     HEALTH.serve(health_port)
     started = time.monotonic()
-    _PEERING["name"] = peering
+    _WATCHED[:] = namespaces
+    if leader_elect:
+        _load_kube_config()
+        elector = LeaderElector(
+            os.environ.get("POD_NAMESPACE", "kubetrain-system"),
+            "kubetrain-operator",
+            os.environ.get("POD_ID") or f"{socket.gethostname()}-{os.getpid()}",
+        )
+        elector.acquire()  # followers wait here, alive (/healthz) but not ready
+        elector.keep()
     log.info("starting kubetrain operator (namespaces: %s)", namespaces or "all")
-    kopf.run(
-        clusterwide=not namespaces,
-        namespaces=namespaces,
-        standalone=peering is None,
-        peering_name=peering,
-    )
+    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True)
     log.info("operator stopped after %.0f s", time.monotonic() - started)
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -89,25 +90,40 @@ def observe(metric: str, value: float, label: str = "") -> None:
 
 
 class Health:
-    """/healthz: the process serves; /readyz: the operator has started watching."""
+    """/healthz: kopf's event loop still beats (a task on it calls `beat` every few
+    seconds); /readyz: the operator has started watching."""
 
-    def __init__(self) -> None:
+    def __init__(self, stale_after_seconds: float = 60.0) -> None:
         self.ready = threading.Event()
+        self.stale_after = stale_after_seconds
+        self._last_beat = time.monotonic()
+
+    def beat(self) -> None:
+        self._last_beat = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._last_beat < self.stale_after
 
     def serve(self, port: int) -> ThreadingHTTPServer:
         health = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a silent client never holds a thread
+
             def do_GET(self) -> None:
-                ok = self.path == "/healthz" or (self.path == "/readyz" and health.ready.is_set())
+                if self.path == "/healthz":
+                    ok, text = health.alive(), "kopf's event loop has stopped answering"
+                else:
+                    ok, text = self.path == "/readyz" and health.ready.is_set(), "not ready"
                 self.send_response(200 if ok else 503)
                 self.end_headers()
-                self.wfile.write(b"ok\n" if ok else b"not ready\n")
+                self.wfile.write(b"ok\n" if ok else f"{text}\n".encode())
 
             def log_message(self, *args: object) -> None:
                 pass  # probes every few seconds would drown the structured log
 
         server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+        server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="health", daemon=True).start()
         return server
 

@@ -16,6 +16,7 @@ from kubetrain_trainer.contract import (
     ExitCode,
     TerminationMessage,
     format_step_ranges,
+    merge_step_ranges,
     parse_step_ranges,
 )
 
@@ -41,22 +42,24 @@ RESTART_KEYS = {
 
 
 def classify(exit_code: int, message: TerminationMessage | None) -> Cause:
-    """The cause of an ended attempt, from the trainer's termination message or exit code."""
+    """The cause of an ended attempt, from the trainer's termination message or exit code.
+    The message is the trainer's word, so it never turns a failed exit into a success."""
     reasons = {
         "Succeeded": Cause.SUCCEEDED,
         "ConfigInvalid": Cause.CONFIG_INVALID,
         "NaNUnrecoverable": Cause.NAN,
         "Preempted": Cause.PREEMPTED,
     }
-    if message and message.reason in reasons:
-        return reasons[message.reason]
     by_code: dict[int, Cause] = {
         ExitCode.SUCCEEDED: Cause.SUCCEEDED,
         ExitCode.CONFIG_INVALID: Cause.CONFIG_INVALID,
         ExitCode.NAN_UNRECOVERABLE: Cause.NAN,
         ExitCode.PREEMPTED: Cause.PREEMPTED,
     }
-    return by_code.get(exit_code, Cause.ERROR)
+    claimed = reasons.get(message.reason) if message else None
+    if claimed is Cause.SUCCEEDED and exit_code != ExitCode.SUCCEEDED:
+        claimed = None
+    return claimed or by_code.get(exit_code, Cause.ERROR)
 
 
 @dataclass(frozen=True)
@@ -149,7 +152,7 @@ def _rollback(
     ranges = parse_step_ranges(state.skip_batches)
     for lo, hi in parse_step_ranges(message.skip_batches or "") if message else []:
         ranges.append((lo, hi + nan.skipBatches))
-    skip = format_step_ranges(sorted(set(ranges)))
+    skip = format_step_ranges(merge_step_ranges(ranges))
     return Decision(
         "restart",
         "RollbackNaN",

@@ -11,9 +11,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 from kubetrain_operator import builders, goodput
+from kubetrain_operator.actions import (
+    Action,
+    CreateObject,
+    DeleteJob,
+    DeletePods,
+    EmitEvent,
+    Observe,
+    Observed,
+    PatchStatus,
+)
 from kubetrain_operator.api import (
     ConditionType,
     Progress,
@@ -21,9 +31,22 @@ from kubetrain_operator.api import (
     RestartCounts,
     TrainingJob,
     TrainingJobStatus,
-    WorkerCounts,
 )
-from kubetrain_operator.policy import Cause, RecoveryState, Rollback, classify, decide, record
+from kubetrain_operator.pod_facts import (
+    attempt_of,
+    counts,
+    finished_at,
+    index_of,
+    is_deleting,
+    name_of,
+    node_of,
+    overdue,
+    pending_reason,
+    phase_of,
+    pick_failure,
+    terminated,
+)
+from kubetrain_operator.policy import Cause, RecoveryState, Rollback, decide, record
 from kubetrain_operator.settings import Settings
 from kubetrain_operator.status import (
     get_condition,
@@ -35,129 +58,6 @@ from kubetrain_operator.status import (
 from kubetrain_trainer.contract import TerminationMessage
 
 Obj = dict[str, Any]
-NODE_FAILURE_REASONS = {"Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated"}
-STUCK_TERMINATING = timedelta(seconds=30)  # past the grace period: force-delete
-
-
-@dataclass(frozen=True)
-class CreateObject:
-    body: Obj
-
-
-@dataclass(frozen=True)
-class DeletePods:
-    names: tuple[str, ...]
-    reason: str
-    force: bool = False
-
-
-@dataclass(frozen=True)
-class PatchStatus:
-    status: Obj
-
-
-@dataclass(frozen=True)
-class EmitEvent:
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class DeleteJob:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Observe:
-    """A metric observation: restarts (value 1, label cause), time_to_running, recovery."""
-
-    metric: str
-    value: float
-    label: str = ""
-
-
-Action = CreateObject | DeletePods | PatchStatus | EmitEvent | DeleteJob | Observe
-
-
-@dataclass(frozen=True)
-class Observed:
-    pods: list[Obj]
-    service: bool
-    configmap: bool
-    now: datetime
-    progress: Progress | None = None  # rank 0's /progress; None when not reachable
-    lost_nodes: frozenset[str] = frozenset()  # nodes of these pods that are not Ready
-    signing_key: str = ""  # fresh random text, for the job's signing Secret if it is created
-
-
-# --- reading pods --------------------------------------------------------------------
-
-
-def _labels(pod: Obj) -> dict[str, str]:
-    labels: dict[str, str] = pod.get("metadata", {}).get("labels") or {}
-    return labels
-
-
-def _attempt(pod: Obj) -> int:
-    return int(_labels(pod).get(builders.ATTEMPT_LABEL, "-1"))
-
-
-def _index(pod: Obj) -> int:
-    return int(_labels(pod).get(builders.INDEX_LABEL, "-1"))
-
-
-def _phase(pod: Obj) -> str:
-    return str((pod.get("status") or {}).get("phase") or "Pending")
-
-
-def _deleting(pod: Obj) -> bool:
-    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
-
-
-def _name(pod: Obj) -> str:
-    return str(pod["metadata"]["name"])
-
-
-def _node(pod: Obj) -> str:
-    return str((pod.get("spec") or {}).get("nodeName") or "")
-
-
-def _finished_at(pod: Obj) -> datetime | None:
-    return parse_time(_terminated(pod).get("finishedAt"))
-
-
-def _terminated(pod: Obj) -> Obj:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == builders.CONTAINER:
-            state = cs.get("state") or {}
-            last: Obj = state.get("terminated") or {}
-            return last
-    return {}
-
-
-def failure_of(pod: Obj) -> tuple[Cause, int, TerminationMessage | None]:
-    """Why one worker pod failed: node trouble, or the trainer's exit code and message."""
-    status = pod.get("status") or {}
-    term = _terminated(pod)
-    code = int(term.get("exitCode", 1))
-    message = TerminationMessage.from_json(term["message"]) if term.get("message") else None
-    if status.get("reason") in NODE_FAILURE_REASONS or (_deleting(pod) and not term):
-        text = status.get("message") or f"pod {_name(pod)} lost its node or was evicted"
-        return Cause.NODE_FAILURE, code, TerminationMessage("NodeFailure", str(text))
-    return classify(code, message), code, message
-
-
-def _pick_failure(pods: list[Obj]) -> tuple[Obj, Cause, TerminationMessage | None]:
-    """The most telling failure: a specific trainer reason beats a generic error."""
-    ranked = []
-    for pod in sorted(pods, key=_index):
-        cause, code, message = failure_of(pod)
-        if message is None:
-            message = TerminationMessage("Error", f"pod {_name(pod)} exited with code {code}")
-        ranked.append((cause is Cause.ERROR, pod, cause, message))
-    _, pod, cause, message = min(ranked, key=lambda r: r[0])
-    return pod, cause, message
 
 
 # --- the step ------------------------------------------------------------------------
@@ -192,7 +92,7 @@ class _Step:
 
     def delete(self, pods: list[Obj], reason: str, force: bool = False) -> None:
         if pods:
-            self.deletes.append(DeletePods(tuple(_name(p) for p in pods), reason, force))
+            self.deletes.append(DeletePods(tuple(name_of(p) for p in pods), reason, force))
 
 
 def reconcile(job: TrainingJob, observed: Observed, settings: Settings) -> list[Action]:
@@ -209,15 +109,20 @@ def reconcile(job: TrainingJob, observed: Observed, settings: Settings) -> list[
     return actions + step.deletes + step.creates + step.events
 
 
-def reject_invalid(body: Obj, message: str, now: datetime) -> list[Action]:
-    """A stored job the models reject (a check the API server cannot express, e.g. a
-    component name no registry knows): fail it once, naming the problem, never retry."""
+def fail_stored(
+    body: Obj, pods: list[Obj], reason: str, message: str, now: datetime
+) -> list[Action]:
+    """Fail a stored job that can never run as specified (a spec the models reject, an
+    object the API server refuses): Failed naming the problem, its pods deleted, never
+    retried. Works on the raw body: the job may not even parse."""
     try:
         status = TrainingJobStatus.model_validate(body.get("status") or {})
     except ValueError:
         status = TrainingJobStatus()
+    live = [p for p in pods if not is_deleting(p)]
+    cleanup: list[Action] = [DeletePods(tuple(name_of(p) for p in live), reason)] if live else []
     if status.state == "Failed":
-        return []
+        return cleanup
     generation = body.get("metadata", {}).get("generation")
     changes: list[tuple[ConditionType, bool]] = [("Failed", True), ("Running", False)]
     for kind, value in changes:
@@ -225,7 +130,7 @@ def reject_invalid(body: Obj, message: str, now: datetime) -> list[Action]:
             status.conditions,
             kind,
             value,
-            reason="InvalidSpec",
+            reason=reason,
             message=message,
             now=now,
             generation=generation,
@@ -235,7 +140,8 @@ def reject_invalid(body: Obj, message: str, now: datetime) -> list[Action]:
     status.observedGeneration = generation
     return [
         PatchStatus(status.model_dump(mode="json")),
-        EmitEvent("Warning", "InvalidSpec", message[:1024]),
+        *cleanup,
+        EmitEvent("Warning", reason, message),
     ]
 
 
@@ -258,17 +164,17 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
     # Stuck in Terminating past the grace period, or on a node that stopped answering
     # (its kubelet can never confirm the deletion): force-delete.
     lost = observed.lost_nodes
-    stuck = [p for p in pods if _deleting(p) and (_overdue(p, now) or _node(p) in lost)]
+    stuck = [p for p in pods if is_deleting(p) and (overdue(p, now) or node_of(p) in lost)]
     step.delete(stuck, "StuckTerminating", force=True)
 
     if spec.runPolicy.suspend:
-        step.delete([p for p in pods if not _deleting(p)], "Suspended")
-        if any(_attempt(p) == st.recovery.attempt for p in pods):
+        step.delete([p for p in pods if not is_deleting(p)], "Suspended")
+        if any(attempt_of(p) == st.recovery.attempt for p in pods):
             st.recovery.attempt += 1  # the next gang is a new attempt (not a restart)
         step.condition("Suspended", True, "Suspended", "pods deleted; checkpoints kept")
         _end_progress_baseline(st)
         step.condition("Running", False, "Suspended", "job suspended")
-        st.workers = _counts([])
+        st.workers = counts([])
         return
     if st.conditions and any(c.type == "Suspended" and c.status == "True" for c in st.conditions):
         step.condition("Suspended", False, "Resumed", "resuming from the latest checkpoint")
@@ -281,27 +187,27 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
         return
 
     attempt = st.recovery.attempt
-    current = {_index(p): p for p in pods if _attempt(p) == attempt}
-    stale = [p for p in pods if _attempt(p) != attempt]
-    step.delete([p for p in stale if not _deleting(p)], "StaleAttempt")
-    st.workers = _counts(list(current.values()))
-    _read_progress(step, observed.progress)
+    current = {index_of(p): p for p in pods if attempt_of(p) == attempt}
+    stale = [p for p in pods if attempt_of(p) != attempt]
+    step.delete([p for p in stale if not is_deleting(p)], "StaleAttempt")
+    st.workers = counts(list(current.values()))
+    _read_progress(step, observed)
 
     # Decide on the current gang: finished, failed, hung, or running.
     live = {i: p for i, p in current.items() if i < spec.numNodes}
     zero = live.get(0)
-    if zero is not None and _phase(zero) == "Succeeded":
-        if all(_phase(p) in ("Succeeded", "Failed") for p in live.values()):
+    if zero is not None and phase_of(zero) == "Succeeded":
+        if all(phase_of(p) in ("Succeeded", "Failed") for p in live.values()):
             _succeed(step, pods, zero)
         return
-    failed = [p for p in live.values() if _phase(p) == "Failed" or _deleting(p)]
+    failed = [p for p in live.values() if phase_of(p) == "Failed" or is_deleting(p)]
     if failed:
-        _, cause, message = _pick_failure(failed)
-        on_lost = [p for p in live.values() if _node(p) in lost]
+        _, cause, message = pick_failure(failed)
+        on_lost = [p for p in live.values() if node_of(p) in lost]
         if on_lost and cause in (Cause.ERROR, Cause.NODE_FAILURE):
             # The peers' errors are symptoms: a worker's node stopped answering.
             pod = on_lost[0]
-            text = f"node {_node(pod)} of worker {_name(pod)} is not ready"
+            text = f"node {node_of(pod)} of worker {name_of(pod)} is not ready"
             cause, message = Cause.NODE_FAILURE, TerminationMessage("NodeFailure", text)
         elif cause is Cause.ERROR and _settling(live, failed, now, settings):
             return  # a peer that still looks alive may sit on a node that just died
@@ -312,26 +218,56 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
         message = TerminationMessage("Hang", f"no step progress for {secs} s")
         _gang_failed(step, pods, list(live.values()), Cause.HANG, message, settings)
         return
+    if _not_starting(step, live, pods):
+        return
 
     # Create what is missing, once every pod of older attempts is gone (same names).
     restart_after = parse_time(st.recovery.restartAfter)
     if stale or (restart_after and restart_after > now):
         return
-    names = {_name(p) for p in pods}
+    names = {name_of(p) for p in pods}
     for index in range(spec.numNodes):
         body = builders.build_pod(job, index, st.recovery, settings)
         if index not in current and body["metadata"]["name"] not in names:
             step.creates.append(CreateObject(body))
-    secret = builders.build_signing_secret(job, observed.signing_key) if step.creates else None
-    if secret is not None:  # before the pods that read it; 409 when it exists already
-        step.creates.insert(0, CreateObject(secret))
+    if step.creates:  # before the pods that need them; 409 when they exist already
+        extras = [
+            builders.build_signing_secret(job, observed.signing_key),
+            builders.build_network_policy(job, settings),
+        ]
+        step.creates[:0] = [CreateObject(body) for body in extras if body is not None]
     if step.creates and not st.startTime:
         st.startTime = timestamp(now)
     if step.creates:
         step.condition("Created", True, "PodsCreated", f"attempt {attempt}: creating the gang")
-    running = [p for p in live.values() if _phase(p) == "Running"]
+    running = [p for p in live.values() if phase_of(p) == "Running"]
     if len(running) == spec.numNodes:
         _all_running(step, job)
+
+
+def _not_starting(step: _Step, live: dict[int, Obj], pods: list[Obj]) -> bool:
+    """A worker still Pending past the startup deadline: say why (the pod's own reason)
+    in the Running condition, and fail the job if the policy says so. True if failed."""
+    policy = step.job.spec.faultTolerance
+    for pod in sorted(live.values(), key=index_of):
+        created = parse_time(pod.get("metadata", {}).get("creationTimestamp"))
+        if phase_of(pod) != "Pending" or is_deleting(pod) or created is None:
+            continue
+        if (step.now - created).total_seconds() <= policy.startupDeadlineSeconds:
+            continue
+        text = (
+            f"pod {name_of(pod)} is not running {policy.startupDeadlineSeconds} s after it was "
+            f"created: {pending_reason(pod)}"
+        )
+        if policy.onStartupTimeout == "Fail":
+            _fail(step, pods, "StartupDeadlineExceeded", text)
+            return True
+        before = get_condition(step.status.conditions, "Running")
+        step.condition("Running", False, "PodsNotStarting", text)
+        if before is None or before.reason != "PodsNotStarting":
+            step.events.append(EmitEvent("Warning", "PodsNotStarting", text))
+        return False
+    return False
 
 
 def _all_running(step: _Step, job: TrainingJob) -> None:
@@ -353,25 +289,49 @@ def _all_running(step: _Step, job: TrainingJob) -> None:
         st.progress.lastStepTime = timestamp(now)
 
 
-def _read_progress(step: _Step, progress: Progress | None) -> None:
+def _read_progress(step: _Step, observed: Observed) -> None:
+    st, now = step.status, step.now
+    if observed.progress_error is not None:
+        # Cannot see progress is not no progress: the hang clock stands still meanwhile.
+        if st.progress is not None and st.progress.unreadableSince is None:
+            st.progress.unreadableSince = timestamp(now)
+        step.condition(
+            "ProgressReadable", False, "ProgressUnreadable",
+            f"{observed.progress_error}; the hang clock is paused",
+        )  # fmt: skip
+        return
+    progress = observed.progress
     if progress is None:
         return
-    prev = step.status.progress
+    prev = st.progress
     if prev is not None and prev.step > 0 and progress.step == 0:
         return  # a new attempt serves /progress before it has resumed: keep the last known
     _account_goodput(step, progress.step)
     new = progress.model_copy(deep=True)
-    new.updateTime = timestamp(step.now)
+    new.updateTime = timestamp(now)
     advanced = prev is None or new.step > prev.step
-    new.lastStepTime = timestamp(step.now) if advanced else prev.lastStepTime  # type: ignore[union-attr]
+    new.lastStepTime = timestamp(now) if advanced else _paused_clock(prev, now)
     if new.lastCheckpoint is None and prev is not None:
         new.lastCheckpoint = prev.lastCheckpoint
-    step.status.progress = new
+    st.progress = new
+    if get_condition(st.conditions, "ProgressReadable") is not None:
+        step.condition("ProgressReadable", True, "ProgressRead", "rank 0's /progress answers")
+
+
+def _paused_clock(prev: Progress | None, now: datetime) -> str | None:
+    """The hang clock after an outage of /progress: moved on by the outage's length."""
+    if prev is None:
+        return None
+    last, since = parse_time(prev.lastStepTime), parse_time(prev.unreadableSince)
+    if last is None or since is None:
+        return prev.lastStepTime
+    return timestamp(last + (now - since))
 
 
 def _end_progress_baseline(st: TrainingJobStatus) -> None:
     if st.progress is not None:
         st.progress.updateTime = None
+        st.progress.unreadableSince = None  # the next gang's clock starts afresh
 
 
 def _account_goodput(step: _Step, reached: int) -> None:
@@ -397,8 +357,10 @@ def _account_goodput(step: _Step, reached: int) -> None:
 def _settling(live: dict[int, Obj], failed: list[Obj], now: datetime, settings: Settings) -> bool:
     """Whether to wait before blaming a plain error: some peer is neither finished nor
     deleted yet, and the first failure is younger than the settle time."""
-    alive = [p for p in live.values() if _phase(p) in ("Pending", "Running") and not _deleting(p)]
-    first = min((t for t in map(_finished_at, failed) if t is not None), default=None)
+    alive = [
+        p for p in live.values() if phase_of(p) in ("Pending", "Running") and not is_deleting(p)
+    ]
+    first = min((t for t in map(finished_at, failed) if t is not None), default=None)
     window = timedelta(seconds=settings.failure_settle_seconds)
     return bool(alive) and first is not None and now - first < window
 
@@ -408,11 +370,13 @@ def _hung(step: _Step, live: dict[int, Obj]) -> bool:
     progress = step.status.progress
     if not deadline or progress is None or len(live) < step.job.spec.numNodes:
         return False
-    if not all(_phase(p) == "Running" for p in live.values()):
+    if not all(phase_of(p) == "Running" for p in live.values()):
         return False
     running = get_condition(step.status.conditions, "Running")
     if running is None or running.status != "True":
         return False  # this gang has only just started: its clock starts now
+    if progress.unreadableSince is not None:
+        return False  # progress cannot be seen: not evidence of a hang
     # The clock restarts with each gang: the step it resumed from is no progress yet.
     times = (parse_time(progress.lastStepTime), parse_time(running.lastTransitionTime))
     last = max((t for t in times if t is not None), default=None)
@@ -468,13 +432,13 @@ def _gang_failed(  # noqa: PLR0917 (one call site per cause)
     step.condition("Restarting", True, decision.reason, detail)
     step.condition("Running", False, decision.reason, "restarting the gang")
     _end_progress_baseline(st)
-    step.delete([p for p in gang if not _deleting(p)], decision.reason)
+    step.delete([p for p in gang if not is_deleting(p)], decision.reason)
     step.events.append(Observe("restart", 1, decision.cause.value))
 
 
 def _succeed(step: _Step, pods: list[Obj], zero: Obj) -> None:
     st = step.status
-    message = TerminationMessage.from_json(_terminated(zero).get("message") or "")
+    message = TerminationMessage.from_json(terminated(zero).get("message") or "")
     if message and message.step is not None:
         _account_goodput(step, message.step)
         st.progress = st.progress or Progress()
@@ -505,23 +469,8 @@ def _finished(step: _Step, pods: list[Obj]) -> None:
 
 def _cleanup(step: _Step, pods: list[Obj]) -> None:
     policy = step.job.spec.runPolicy.cleanPodPolicy
-    live = [p for p in pods if not _deleting(p)]
+    live = [p for p in pods if not is_deleting(p)]
     if policy == "Running":
-        live = [p for p in live if _phase(p) in ("Pending", "Running")]
+        live = [p for p in live if phase_of(p) in ("Pending", "Running")]
     if policy != "None":
         step.delete(live, f"CleanPodPolicy{policy}")
-
-
-def _counts(pods: list[Obj]) -> WorkerCounts:
-    phases = [_phase(p) for p in pods]
-    return WorkerCounts(
-        pending=phases.count("Pending"),
-        running=phases.count("Running"),
-        succeeded=phases.count("Succeeded"),
-        failed=phases.count("Failed"),
-    )
-
-
-def _overdue(pod: Obj, now: datetime) -> bool:
-    when = parse_time(pod["metadata"].get("deletionTimestamp"))
-    return when is not None and now - when > STUCK_TERMINATING

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from dataclasses import dataclass, field
+from typing import Any
 
 PREFIX = "kubetrain.io"
 TORCHRUN = ("python", "-m", "torch.distributed.run")
+# Prometheus, in whatever namespace it runs (the chart's networkPolicy.metricsPeers).
+DEFAULT_METRICS_PEERS: tuple[dict[str, Any], ...] = (
+    {
+        "namespaceSelector": {},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+    },
+)
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in os.environ.get(name, "").split(",") if v.strip())
 
 
 def _env_int(name: str, default: int) -> int:
@@ -41,6 +54,21 @@ class Settings:
     restart_backoff_max_seconds: int = 300
     progress_timeout_seconds: float = 2.0
     """Timeout of one read of rank 0's /progress."""
+    network_policy: bool = True
+    """Give each job a NetworkPolicy (KUBETRAIN_NETWORK_POLICY): its pods reach each other
+    on any port, the operator and metrics_peers reach the metrics port, nobody else."""
+    metrics_peers: tuple[dict[str, Any], ...] = DEFAULT_METRICS_PEERS
+    """NetworkPolicyPeers that may scrape rank 0 (KUBETRAIN_METRICS_PEERS, a JSON list)."""
+    operator_namespace: str = "kubetrain-system"
+    """The operator's own namespace (POD_NAMESPACE): its pods may read /progress."""
+    extra_pod_fields: tuple[str, ...] = ()
+    """Pod spec fields jobs may set beyond pod_policy.POD_FIELDS (KUBETRAIN_EXTRA_POD_FIELDS,
+    comma-separated): a cluster admin's widening, e.g. serviceAccountName."""
+    extra_volume_types: tuple[str, ...] = ()
+    """Volume types beyond pod_policy.VOLUME_TYPES (KUBETRAIN_EXTRA_VOLUME_TYPES), e.g. nfs."""
+    allow_secret_env: bool = False
+    """Whether jobs may read Secrets into env with valueFrom.secretKeyRef
+    (KUBETRAIN_ALLOW_SECRET_ENV=true)."""
     failure_settle_seconds: int = 50
     """After a worker fails with a plain error while its peers still look alive, wait up to
     this long (KUBETRAIN_FAILURE_SETTLE_SECONDS) for the peers to exit or their node to turn
@@ -61,4 +89,12 @@ class Settings:
             restart_backoff_seconds=_env_int("KUBETRAIN_RESTART_BACKOFF_SECONDS", 5),
             restart_backoff_max_seconds=_env_int("KUBETRAIN_RESTART_BACKOFF_MAX_SECONDS", 300),
             failure_settle_seconds=_env_int("KUBETRAIN_FAILURE_SETTLE_SECONDS", 50),
+            network_policy=env.get("KUBETRAIN_NETWORK_POLICY", "true").lower() != "false",
+            metrics_peers=tuple(json.loads(env["KUBETRAIN_METRICS_PEERS"]))
+            if env.get("KUBETRAIN_METRICS_PEERS")
+            else DEFAULT_METRICS_PEERS,
+            operator_namespace=env.get("POD_NAMESPACE", "kubetrain-system"),
+            extra_pod_fields=_env_list("KUBETRAIN_EXTRA_POD_FIELDS"),
+            extra_volume_types=_env_list("KUBETRAIN_EXTRA_VOLUME_TYPES"),
+            allow_secret_env=env.get("KUBETRAIN_ALLOW_SECRET_ENV", "").lower() == "true",
         )

@@ -53,12 +53,20 @@ def set_condition(
     return [*others, new], changed
 
 
+# The printer column's states, most decisive first: each is its condition type's name.
+_STATES: tuple[tuple[ConditionType, JobState], ...] = (
+    ("Failed", "Failed"),
+    ("Succeeded", "Succeeded"),
+    ("Suspended", "Suspended"),
+    ("Restarting", "Restarting"),
+    ("Running", "Running"),
+    ("Created", "Created"),
+)
+
+
 def state_of(conditions: list[Condition]) -> JobState:
     """The printer column: the most decisive true condition."""
-    order: list[ConditionType] = [
-        "Failed", "Succeeded", "Suspended", "Restarting", "Running", "Created",
-    ]  # fmt: skip
-    for kind in order:
+    for kind, state in _STATES:
         if is_true(conditions, kind):
-            return kind
+            return state
     return "Pending"

@@ -88,7 +88,7 @@ def test_chart_app_version_is_the_project_version() -> None:
         (["--set", "operator.noSuchKey=1"], "noSuchKey"),
         (["--set", "noSuchTopLevel=true"], "noSuchTopLevel"),
         (["--set", "crds.enabled=maybe"], "crds"),
-        (["--set", "operator.replicaCount=2"], "replicaCount"),
+        (["--set", "operator.replicaCount=0"], "replicaCount"),
         (["--set", "operator.logLevel=trace"], "logLevel"),
         (["--set", "operator.healthPort=0"], "healthPort"),
         (["--set", "operator.image.pullPolicy=Sometimes"], "pullPolicy"),
@@ -182,7 +182,9 @@ def test_defaults_render_the_operator_and_no_monitoring_crds(
 def test_all_features_render_monitoring_and_dashboards(all_docs: list[dict[str, Any]]) -> None:
     kinds = {d["kind"] for d in all_docs}
     assert {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"} <= kinds
-    dashboards = by_kind(all_docs, "ConfigMap")
+    dashboards = [
+        d for d in by_kind(all_docs, "ConfigMap") if "grafana_dashboard" in d["metadata"]["labels"]
+    ]
     assert len(dashboards) == len(list((CHART / "dashboards").glob("*.json")))
     for config_map in dashboards:
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -207,7 +209,7 @@ def test_every_resource_has_the_standard_labels(all_docs: list[dict[str, Any]]) 
 def test_crd_is_the_generated_crd(default_docs: list[dict[str, Any]]) -> None:
     generated = ROOT / "crds" / "trainingjobs.kubetrain.io.yaml"
     copy = CHART / "files" / "crds" / generated.name
-    assert copy.read_text() == generated.read_text(), "run `make chart-files` (copies crds/)"
+    assert copy.read_text() == generated.read_text(), "run `make crd` (copies crds/)"
     crd = by_kind(default_docs, "CustomResourceDefinition")[0]
     source = yaml.safe_load(generated.read_text())
     # Compared as data: int64 bounds must survive the template untouched.
@@ -226,22 +228,91 @@ def test_crd_keep_and_enabled_switches() -> None:
 def test_rbac_rules_are_the_operator_rules(default_docs: list[dict[str, Any]]) -> None:
     source = ROOT / "operator" / "deploy" / "rbac.yaml"
     assert (CHART / "files" / "rbac.yaml").read_text() == source.read_text(), (
-        "run `make chart-files` (copies operator/deploy/rbac.yaml)"
+        "run `make crd` (copies operator/deploy/rbac.yaml)"
     )
-    expected = by_kind(read_yaml_docs(source), "ClusterRole")[0]["rules"]
-    role = by_kind(default_docs, "ClusterRole")[0]
-    assert role["rules"] == expected
-    binding = by_kind(default_docs, "ClusterRoleBinding")[0]
+    rules = {d["metadata"]["name"]: d["rules"] for d in read_yaml_docs(source) if "rules" in d}
+    roles = {d["metadata"]["name"]: d for d in by_kind(default_docs, "ClusterRole")}
+    assert roles["kt-kubetrain"]["rules"] == rules["kubetrain-operator"]
+    assert roles["kt-kubetrain-cluster"]["rules"] == rules["kubetrain-operator-cluster"]
+    assert by_kind(default_docs, "Role")[0]["rules"] == rules["kubetrain-operator-leader"]
     account = by_kind(default_docs, "ServiceAccount")[0]
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [
-        {
-            "kind": "ServiceAccount",
-            "name": account["metadata"]["name"],
-            "namespace": "kubetrain-system",
-        }
-    ]
+    subject = {
+        "kind": "ServiceAccount",
+        "name": account["metadata"]["name"],
+        "namespace": "kubetrain-system",
+    }
+    bindings = by_kind(default_docs, "ClusterRoleBinding")
+    assert sorted(b["roleRef"]["name"] for b in bindings) == sorted(roles)  # cluster-wide
+    assert all(b["subjects"] == [subject] for b in bindings)
     assert not by_kind(render("--set", "rbac.create=false"), "ClusterRole")
+
+
+def test_watched_namespaces_bind_the_namespaced_rules_there_only(
+    all_docs: list[dict[str, Any]],
+) -> None:
+    cluster_wide = [b["roleRef"]["name"] for b in by_kind(all_docs, "ClusterRoleBinding")]
+    assert cluster_wide == ["kt-kubetrain-cluster"]  # nodes and the CRD only
+    per_namespace = {
+        b["metadata"]["namespace"]: b["roleRef"]
+        for b in by_kind(all_docs, "RoleBinding")
+        if b["roleRef"]["kind"] == "ClusterRole"
+    }
+    assert set(per_namespace) == {"team-a", "team-b"}
+    assert all(ref["name"] == "kt-kubetrain" for ref in per_namespace.values())
+
+
+def test_the_admission_policy_is_the_generated_one_with_the_admins_extras() -> None:
+    from kubetrain_operator import admission
+
+    docs = render(
+        "--set", "admission.extraPodFields={serviceAccountName},admission.allowSecretEnv=true"
+    )
+    policy = by_kind(docs, "ValidatingAdmissionPolicy")[0]
+    assert policy["spec"] == admission.policy_spec()
+    binding = by_kind(docs, "ValidatingAdmissionPolicyBinding")[0]
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    params = next(
+        d
+        for d in by_kind(docs, "ConfigMap")
+        if d["metadata"]["name"] == binding["spec"]["paramRef"]["name"]
+    )
+    defaults = admission.params_data()
+    assert params["data"]["podFields"] == defaults["podFields"] + ",serviceAccountName"
+    assert params["data"]["volumeTypes"] == defaults["volumeTypes"]
+    assert params["data"]["allowSecretEnv"] == "true"
+    env = {
+        e["name"]: e.get("value")
+        for e in by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["KUBETRAIN_EXTRA_POD_FIELDS"] == "serviceAccountName"  # the operator agrees
+    assert env["KUBETRAIN_ALLOW_SECRET_ENV"] == "true"
+    assert not by_kind(render("--set", "admission.enabled=false"), "ValidatingAdmissionPolicy")
+
+
+def test_network_policies_and_unspoofable_trainer_series(all_docs: list[dict[str, Any]]) -> None:
+    policy = by_kind(all_docs, "NetworkPolicy")[0]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    ports = [rule["ports"][0]["port"] for rule in policy["spec"]["ingress"]]
+    assert ports == [9090, 8080]
+    env = {
+        e["name"]: e.get("value")
+        for e in by_kind(all_docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0][
+            "env"
+        ]
+    }
+    assert env["KUBETRAIN_NETWORK_POLICY"] == "true"  # and one per job, from the operator
+    assert json.loads(env["KUBETRAIN_METRICS_PEERS"])[0]["podSelector"]
+    endpoint = by_kind(all_docs, "PodMonitor")[0]["spec"]["podMetricsEndpoints"][0]
+    assert endpoint["honorLabels"] is False
+    assert endpoint["relabelings"][0]["targetLabel"] == "trainingjob"
+    assert not by_kind(render("--set", "networkPolicy.enabled=false"), "NetworkPolicy")
+
+
+def test_several_replicas_elect_a_leader() -> None:
+    deployment = by_kind(render("--set", "operator.replicaCount=2"), "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    assert "--leader-elect" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_deployment_runs_one_operator_with_probes(all_docs: list[dict[str, Any]]) -> None:

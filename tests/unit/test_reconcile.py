@@ -9,9 +9,7 @@ from typing import Any
 import yaml
 
 from kubetrain_operator import builders
-from kubetrain_operator.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
-from kubetrain_operator.progress import parse_progress
-from kubetrain_operator.reconcile import (
+from kubetrain_operator.actions import (
     Action,
     CreateObject,
     DeleteJob,
@@ -20,9 +18,10 @@ from kubetrain_operator.reconcile import (
     Observe,
     Observed,
     PatchStatus,
-    reconcile,
-    reject_invalid,
 )
+from kubetrain_operator.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
+from kubetrain_operator.progress import parse_progress
+from kubetrain_operator.reconcile import fail_stored, reconcile
 from kubetrain_operator.settings import Settings
 from kubetrain_trainer.contract import TerminationMessage
 
@@ -96,7 +95,15 @@ def test_new_job_creates_service_configmap_signing_key_and_the_gang() -> None:
     observed = Observed(pods=[], service=False, configmap=False, now=NOW, signing_key="k3y")
     actions = reconcile(_job(), observed, SETTINGS)
     kinds = [a.body["kind"] for a in actions if isinstance(a, CreateObject)]
-    assert kinds == ["Service", "ConfigMap", "Secret", "Pod", "Pod"]
+    assert kinds == ["Service", "ConfigMap", "Secret", "NetworkPolicy", "Pod", "Pod"]
+    policy = next(
+        a.body for a in actions if isinstance(a, CreateObject) and a.body["kind"] == "NetworkPolicy"
+    )
+    gang = {"podSelector": {"matchLabels": {builders.JOB_LABEL: NAME}}}
+    assert policy["spec"]["podSelector"] == gang["podSelector"]
+    everyone, metrics = policy["spec"]["ingress"]
+    assert everyone == {"from": [gang]}  # rendezvous and collectives: the gang only
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9090}]
     secret = next(
         a.body for a in actions if isinstance(a, CreateObject) and a.body["kind"] == "Secret"
     )
@@ -323,15 +330,19 @@ def test_a_starting_attempt_does_not_reset_progress_to_zero() -> None:
     assert st.progress is not None and st.progress.step == 58
 
 
-def test_a_stored_job_the_models_reject_fails_once_with_the_reason() -> None:
+def test_a_stored_job_the_models_reject_fails_once_and_its_pods_go() -> None:
     body: dict[str, Any] = {"metadata": {"name": "x", "generation": 2}, "spec": {}}
-    actions = reject_invalid(body, "spec is invalid: trainer.optimization.optimizer.name", NOW)
+    pods = [_pod(0, "Running"), _pod(1, "Running")]
+    message = "spec is invalid: trainer.optimization.optimizer.name"
+    actions = fail_stored(body, pods, "InvalidSpec", message, NOW)
     st = _status(actions)
     failed = next(c for c in st.conditions if c.type == "Failed")
     assert (st.state, failed.reason, failed.observedGeneration) == ("Failed", "InvalidSpec", 2)
     assert "optimizer.name" in failed.message
+    # A running job whose spec stopped validating does not leave its pods behind.
+    assert DeletePods((f"{NAME}-0", f"{NAME}-1"), "InvalidSpec") in actions
     body["status"] = st.model_dump(mode="json")
-    assert reject_invalid(body, "again", NOW) == []
+    assert fail_stored(body, [], "InvalidSpec", "again", NOW) == []
 
 
 def test_progress_json_from_rank_zero_is_parsed_and_rounded() -> None:

@@ -36,7 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     validate.set_defaults(func=_validate)
 
     crd = sub.add_parser("crd", help="print (or write) the TrainingJob CRD generated from the API")
-    crd.add_argument("--write", action="store_true", help="write crds/ instead of printing")
+    crd.add_argument(
+        "--write",
+        action="store_true",
+        help="write crds/ and the admission policy (operator/deploy/admission.yaml) instead",
+    )
     crd.add_argument("--docs", action="store_true", help="also write docs/api.md (with --write)")
     crd.set_defaults(func=_crd)
 
@@ -44,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     operator.add_argument("--namespace", action="append", help="watch only these (default: all)")
     operator.add_argument("--health-port", type=int, default=8080, help="/healthz and /readyz")
     operator.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics")
-    operator.add_argument("--peering", help="kopf peering name (several replicas); default off")
+    operator.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="several replicas: only the holder of the Lease kubetrain-operator acts",
+    )
     operator.add_argument("--verbose", action="store_true", help="debug logs")
     operator.set_defaults(func=_operator)
 
@@ -107,10 +115,12 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _crd(args: argparse.Namespace) -> int:
-    from kubetrain_operator import apidoc, crd
+    from kubetrain_operator import admission, apidoc, crd
 
     if args.write:
         print(crd.write())
+        for path in admission.write():
+            print(path)
         if args.docs:
             print(apidoc.write())
     else:
@@ -125,7 +135,7 @@ def _operator(args: argparse.Namespace) -> int:
         namespaces=args.namespace or [],
         health_port=args.health_port,
         metrics_port=args.metrics_port,
-        peering=args.peering,
+        leader_elect=args.leader_elect,
         verbose=args.verbose,
     )
 

@@ -43,6 +43,41 @@ class Env:
 
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+# What a trainer may say, and the bounds of what is kept of it: the operator copies these
+# values into status, whose schema (and the API server) would refuse anything larger.
+REASONS = frozenset(
+    {"Succeeded", "ConfigInvalid", "NaNUnrecoverable", "Error", "Preempted", "Fenced"}
+)
+MAX_STEP = 10**12
+MAX_MESSAGE_CHARS = 4096
+MAX_SKIP_CHARS = 4000  # status.recovery.skipBatches holds 4096
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def bounded_step(value: object) -> int | None:
+    """A step count from an untrusted source: an int in [0, MAX_STEP], else None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_STEP:
+        return None
+    return value
+
+
+def _text(value: object, limit: int) -> str | None:
+    return value if isinstance(value, str) and len(value) <= limit else None
+
+
+def _ranges(value: object) -> str | None:
+    if not isinstance(value, str) or len(value) > MAX_MESSAGE_CHARS:
+        return None
+    try:
+        ranges = parse_step_ranges(value)
+    except ValueError:
+        return None
+    if any(hi > MAX_STEP for _, hi in ranges):
+        return None
+    return format_step_ranges(merge_step_ranges(ranges))
 
 
 @dataclass
@@ -66,11 +101,25 @@ class TerminationMessage:
 
     @classmethod
     def from_json(cls, text: str) -> TerminationMessage | None:
+        """Read what a trainer wrote, trusting nothing: None unless it is a JSON object;
+        an unknown or mistyped reason reads as Error, other mistyped, oversized or out of
+        range fields as absent."""
         try:
-            data = json.loads(text)
-            return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
-        except (ValueError, TypeError):
+            data = json.loads(text[:MAX_MESSAGE_CHARS], parse_constant=_no_constant)
+        except (ValueError, RecursionError):
             return None
+        if not isinstance(data, dict):
+            return None
+        reason = data.get("reason")
+        message = data.get("message")
+        return cls(
+            reason=reason if isinstance(reason, str) and reason in REASONS else "Error",
+            message=message[:MAX_MESSAGE_CHARS] if isinstance(message, str) else "",
+            step=bounded_step(data.get("step")),
+            resumed_from=_text(data.get("resumed_from"), 2048),
+            restored_step=bounded_step(data.get("restored_step")),
+            skip_batches=_ranges(data.get("skip_batches")),
+        )
 
     def write(self, path: str | Path) -> None:
         # No termination log outside a pod (e.g. not writable): the exit code still tells.
@@ -92,6 +141,25 @@ def parse_step_ranges(text: str) -> list[tuple[int, int]]:
 
 def format_step_ranges(ranges: list[tuple[int, int]]) -> str:
     return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
+
+
+def merge_step_ranges(
+    ranges: list[tuple[int, int]], max_chars: int = MAX_SKIP_CHARS
+) -> list[tuple[int, int]]:
+    """Sorted, with overlapping and adjacent ranges joined; while the text would exceed
+    `max_chars`, the two closest ranges are joined too (skipping the few good batches
+    between them: more skipping is safe, a status the API server refuses is not)."""
+    merged: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if merged and lo <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
+        else:
+            merged.append((lo, hi))
+    while len(merged) > 1 and len(format_step_ranges(merged)) > max_chars:
+        gaps = [merged[i + 1][0] - merged[i][1] for i in range(len(merged) - 1)]
+        i = gaps.index(min(gaps))
+        merged[i : i + 2] = [(merged[i][0], merged[i + 1][1])]
+    return merged
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,15 @@ class MetricsServer:
         self.stop()
 
 
+# Every connection gets this long to send its request and read the answer: a client
+# that opens a socket and says nothing must not hold a thread for ever.
+CONNECTION_TIMEOUT_S = 10
+
+
 def _handler_for(owner: MetricsServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = CONNECTION_TIMEOUT_S  # applied to the connection's socket
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":

@@ -1,0 +1,64 @@
+"""What reconcile sees (Observed) and what it asks for (the actions): plain data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from kubetrain_operator.api import Progress
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CreateObject:
+    body: Obj
+
+
+@dataclass(frozen=True)
+class DeletePods:
+    names: tuple[str, ...]
+    reason: str
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    status: Obj
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DeleteJob:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Observe:
+    """A metric observation: restarts (value 1, label cause), time_to_running, recovery."""
+
+    metric: str
+    value: float
+    label: str = ""
+
+
+Action = CreateObject | DeletePods | PatchStatus | EmitEvent | DeleteJob | Observe
+
+
+@dataclass(frozen=True)
+class Observed:
+    pods: list[Obj]
+    service: bool
+    configmap: bool
+    now: datetime
+    progress: Progress | None = None  # rank 0's /progress; None when not reachable
+    progress_error: str | None = None  # why the read failed (None: it worked or nothing serves)
+    lost_nodes: frozenset[str] = frozenset()  # nodes of these pods that are not Ready
+    signing_key: str = ""  # fresh random text, for the job's signing Secret if it is created

@@ -1,0 +1,251 @@
+"""The operator's Kubernetes I/O: what it observes and how it carries out actions.
+
+The only module that talks to the API server (kopf aside). Every call has a timeout,
+so a half-open connection cannot hold a job's reconcile forever. Ownership is
+decided by the controller ownerReference's UID, never by labels: a pod, Service or
+ConfigMap that carries the job's name but belongs to something else is never
+adopted, and a create that the API server refuses for good (4xx) is `Rejected`, so
+the job fails with the server's own message instead of retrying forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from kubetrain_operator import builders, operator_metrics
+from kubetrain_operator.actions import (
+    Action,
+    CreateObject,
+    DeleteJob,
+    DeletePods,
+    EmitEvent,
+    Observe,
+    PatchStatus,
+)
+from kubetrain_operator.api import GROUP, PLURAL, VERSION, TrainingJob
+from kubetrain_operator.progress import ProgressRead, read_progress
+
+log = logging.getLogger("kubetrain.operator")
+
+TIMEOUT = (5.0, 30.0)  # seconds to connect, to read one answer
+# A create the API server will refuse however often it is tried (bad request,
+# forbidden by admission or Pod Security, invalid); anything else is an outage.
+_PERMANENT = {400, 403, 404, 422}
+
+
+class Rejected(Exception):
+    """The API server refused one of the job's objects for good."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def _reason(err: ApiException) -> str:
+    """The server's own message (the Status body), else its reason phrase."""
+    try:
+        return str(json.loads(err.body or "{}").get("message") or err.reason)
+    except (ValueError, AttributeError):
+        return str(err.reason)
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether `obj`'s controller ownerReference is the job with this UID."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") and r.get("uid") == uid for r in refs)
+
+
+# --- observing -------------------------------------------------------------------------
+
+
+def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
+        )
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return body
+
+
+def list_pods(namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
+    """The job's pods: labelled with its name *and* controlled by its UID."""
+    api = client.ApiClient()
+    pods = client.CoreV1Api(api).list_namespaced_pod(
+        namespace, label_selector=f"{builders.JOB_LABEL}={name}", _request_timeout=TIMEOUT
+    )
+    found = [api.sanitize_for_serialization(p) for p in pods.items]
+    return [p for p in found if owned_by(p, uid)]
+
+
+def exists(kind: str, namespace: str, name: str, uid: str) -> bool:
+    """Whether the job's Service or ConfigMap exists; Rejected if that name is taken by
+    an object the job does not own."""
+    core = client.CoreV1Api()
+    read = core.read_namespaced_service if kind == "Service" else core.read_namespaced_config_map
+    try:
+        obj = read(name, namespace, _request_timeout=TIMEOUT)
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    body = client.ApiClient().sanitize_for_serialization(obj)
+    if not owned_by(body, uid):
+        raise Rejected("NameConflict", f"{kind} {namespace}/{name} exists and is not this job's")
+    return True
+
+
+def progress(job: TrainingJob, pods: list[dict[str, Any]], timeout: float) -> ProgressRead:
+    """One bounded read of rank 0's /progress, when rank 0 of the current attempt runs."""
+    attempt = str(job.status.recovery.attempt if job.status else 0)
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        status = pod.get("status") or {}
+        if (
+            labels.get(builders.INDEX_LABEL) == "0"
+            and labels.get(builders.ATTEMPT_LABEL) == attempt
+            and status.get("phase") == "Running"
+            and status.get("podIP")
+        ):
+            return read_progress(status["podIP"], job.spec.monitoring.port, timeout)
+    return ProgressRead()
+
+
+def lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
+    """Nodes of the job's pods whose Ready condition is not True. Looked up only when a
+    pod failed or is being deleted: that is when the answer changes a decision."""
+    troubled = any(
+        (p.get("status") or {}).get("phase") == "Failed" or p["metadata"].get("deletionTimestamp")
+        for p in pods
+    )
+    if not troubled:
+        return frozenset()
+    lost: set[str] = set()
+    names = {str((p.get("spec") or {}).get("nodeName") or "") for p in pods} - {""}
+    for node in sorted(names):
+        try:
+            body = client.CoreV1Api().read_node(node, _request_timeout=TIMEOUT)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+            lost.add(node)  # deleted Node: its pods are gone with it
+            continue
+        ready = [c for c in body.status.conditions or [] if c.type == "Ready"]
+        if not ready or ready[0].status != "True":
+            lost.add(node)
+    return frozenset(lost)
+
+
+# --- acting ----------------------------------------------------------------------------
+
+
+def apply(namespace: str, name: str, body: dict[str, Any], action: Action) -> None:
+    """Carry out one action for the job `body`. Raises Rejected for a permanent refusal."""
+    if isinstance(action, CreateObject):
+        _create(namespace, action.body, body["metadata"]["uid"])
+    elif isinstance(action, DeletePods):
+        _delete_pods(namespace, action)
+    elif isinstance(action, PatchStatus):
+        client.CustomObjectsApi().patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, PLURAL, name, {"status": action.status},
+            _request_timeout=TIMEOUT,
+        )  # fmt: skip
+    elif isinstance(action, EmitEvent):
+        _event(body, action)
+    elif isinstance(action, Observe):
+        operator_metrics.observe(action.metric, action.value, action.label)
+    elif isinstance(action, DeleteJob):
+        log.info("deleting %s/%s: %s", namespace, name, action.reason)
+        client.CustomObjectsApi().delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background",
+            _request_timeout=TIMEOUT,
+        )  # fmt: skip
+
+
+def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
+    core, net = client.CoreV1Api(), client.NetworkingV1Api()
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    create, read = {
+        "Pod": (core.create_namespaced_pod, core.read_namespaced_pod),
+        "Service": (core.create_namespaced_service, core.read_namespaced_service),
+        "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map),
+        "Secret": (core.create_namespaced_secret, None),  # may create, never read
+        "NetworkPolicy": (net.create_namespaced_network_policy, net.read_namespaced_network_policy),
+    }[kind]
+    try:
+        # Strict: a field the API server does not know is an error, not silently dropped.
+        create(namespace, obj, field_validation="Strict", _request_timeout=TIMEOUT)
+        log.info("created %s %s/%s", kind, namespace, name)
+    except ApiException as err:
+        if err.status == 409:
+            if read is not None:
+                found = client.ApiClient().sanitize_for_serialization(
+                    read(name, namespace, _request_timeout=TIMEOUT)
+                )
+                if not owned_by(found, uid):
+                    message = f"{kind} {namespace}/{name} exists and is not this job's"
+                    raise Rejected("NameConflict", message) from None
+            return  # ours already: creates are idempotent
+        if err.status in _PERMANENT:
+            message = f"the API server refused {kind} {name}: {_reason(err)}"
+            raise Rejected("CreateRejected", message) from None
+        raise
+
+
+def _delete_pods(namespace: str, action: DeletePods) -> None:
+    core = client.CoreV1Api()
+    grace = 0 if action.force else None
+    for pod in action.names:
+        try:
+            core.delete_namespaced_pod(
+                pod, namespace, grace_period_seconds=grace, _request_timeout=TIMEOUT
+            )
+            log.info("deleted pod %s/%s (%s)", namespace, pod, action.reason)
+        except ApiException as err:
+            if err.status != 404:
+                raise
+
+
+def _event(body: dict[str, Any], event: EmitEvent) -> None:
+    meta = body["metadata"]
+    now = datetime.now(UTC)
+    # The kubelet's naming; generateName cannot end in ".".
+    name = f"{meta['name']}.{time.time_ns():x}"
+    # The note is limited to 1024 bytes, not characters.
+    note = event.message.encode()[:1024].decode(errors="ignore")
+    try:
+        client.EventsV1Api().create_namespaced_event(
+            meta["namespace"],
+            {
+                "metadata": {"name": name, "namespace": meta["namespace"]},
+                "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                "reportingController": f"{GROUP}/operator",
+                "reportingInstance": "kubetrain-operator",
+                "action": "Reconcile",
+                "type": event.type,
+                "reason": event.reason,
+                "note": note,
+                "regarding": {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "TrainingJob",
+                    "name": meta["name"],
+                    "namespace": meta["namespace"],
+                    "uid": meta["uid"],
+                },
+            },
+            _request_timeout=TIMEOUT,
+        )
+    except ApiException as err:  # an Event is best effort: never fail a reconcile over it
+        log.warning("could not post event %s %s: %s", event.reason, event.message, err.reason)
+        return
+    log.info("event %s %s: %s", event.type, event.reason, event.message)

@@ -1,0 +1,99 @@
+"""A watch of the job pods only, filtered by the API server (a label selector).
+
+kopf filters the pods it watches in the operator process: it would receive, and keep
+state for, every pod of the cluster. This thread asks the API server for pods that
+carry the job label and hands each event's job to the reconciler; memory grows with
+the job pods, not with the cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client, watch
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger("kubetrain.operator.pods")
+
+_WATCH_SECONDS = 300  # the server ends each watch after this; we start the next
+
+
+class PodWatch:
+    """Calls `on_pod(namespace, job name)` for every event of a pod labelled `label`,
+    in `namespaces` (all when empty), until `stop()`."""
+
+    def __init__(
+        self, label: str, namespaces: list[str], on_pod: Callable[[str, str], None]
+    ) -> None:
+        self.label = label
+        self.namespaces = namespaces or [""]
+        self.on_pod = on_pod
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> PodWatch:
+        for namespace in self.namespaces:
+            thread = threading.Thread(
+                target=self._loop, args=(namespace,), daemon=True, name=f"pods-{namespace or 'all'}"
+            )
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _list(self, namespace: str, **kwargs: Any) -> Any:
+        core = client.CoreV1Api()
+        if namespace:
+            return core.list_namespaced_pod(namespace, **kwargs)
+        return core.list_pod_for_all_namespaces(**kwargs)
+
+    def _loop(self, namespace: str) -> None:
+        version = ""
+        while not self._stop.is_set():
+            try:
+                if not version:
+                    listing = self._list(
+                        namespace, label_selector=self.label, _request_timeout=(5, 60)
+                    )
+                    version = listing.metadata.resource_version
+                    for pod in listing.items:
+                        self._notify(pod)
+                stream = watch.Watch().stream(
+                    lambda **kw: self._list(namespace, **kw),
+                    label_selector=self.label,
+                    resource_version=version,
+                    timeout_seconds=_WATCH_SECONDS,
+                    _request_timeout=(5, _WATCH_SECONDS + 30),
+                )
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    pod = event["object"]
+                    version = pod.metadata.resource_version or version
+                    self._notify(pod)
+            except ApiException as err:
+                if err.status == 410:  # expired: list again
+                    version = ""
+                    continue
+                log.warning("pod watch (%s): %s", namespace or "all namespaces", err)
+                version = ""
+                time.sleep(2)
+            except Exception as err:  # a dropped connection: start over
+                log.warning("pod watch (%s): %s", namespace or "all namespaces", err)
+                version = ""
+                time.sleep(2)
+
+    def _notify(self, pod: Any) -> None:
+        labels = pod.metadata.labels or {}
+        job = labels.get(self.label)
+        if job:
+            try:
+                self.on_pod(pod.metadata.namespace, job)
+            except Exception:  # one job's trouble must not stop the watch
+                log.exception("reconciling %s/%s after a pod event", pod.metadata.namespace, job)
