@@ -58,7 +58,7 @@ demo: venv ## train examples/trainingjob.yaml locally (no cluster needed)
 dev-cluster: venv testbin ## a local Kubernetes cluster with the CRD and operator; Ctrl-C stops it
 	$(PY) -m tests.harness up
 
-crd: venv ## regenerate crds/, docs/api.md and the chart's copies from the pydantic API models
+crd: venv ## regenerate crds/, the admission policy, docs/api.md and the chart's copies from the API models
 	$(PY) -m kubetrain_trainer crd --write --docs
 	cp crds/trainingjobs.kubetrain.io.yaml helm/kubetrain/files/crds/
 	cp operator/deploy/rbac.yaml helm/kubetrain/files/rbac.yaml

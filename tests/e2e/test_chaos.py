@@ -29,7 +29,13 @@ from tests.e2e.jobs import (
     wait_state,
 )
 from tests.harness.kubelet import NodeSpec
-from tests.harness.operator_process import S3_SECRET, OperatorProcess, create_s3_secret
+from tests.harness.operator_process import (
+    S3_SECRET,
+    OperatorProcess,
+    admission_params,
+    create_s3_secret,
+    install,
+)
 from tests.harness.services import wait_until
 from tests.integration.minio import s3_env
 
@@ -40,6 +46,28 @@ if TYPE_CHECKING:
     from tests.harness.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.chaos]
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The operator, with hostPath volumes allowed at admission and in the operator (a
+    cluster admin's widening): scenario 7 keeps its file:// store on one."""
+    install(cluster)
+    before = admission_params(cluster)
+    admission_params(cluster, volumeTypes=f"{before['volumeTypes']},hostPath")
+    op = OperatorProcess(
+        cluster,
+        tmp_path_factory.mktemp("operator"),
+        env={"KUBETRAIN_EXTRA_VOLUME_TYPES": "hostPath"},
+    )
+    op.write_kubeconfig()
+    op.start()
+    yield op
+    op.kill()
+    admission_params(cluster, **before)
+
 
 STEPS = 100  # about 10-20 s of training for a 2-node gang here: time for a fault to land
 
@@ -83,6 +111,13 @@ def scenario(
     yield make
 
 
+def launch(cluster: Cluster, operator: OperatorProcess, sc: Scenario, job: dict[str, Any]) -> None:
+    """Apply the scenario's job, wait until its gang runs, start watching its store."""
+    apply_job(cluster, sc.namespace, job)
+    wait_state(cluster, operator, sc.namespace, sc.name, state="Running", timeout=120)
+    sc.watch()
+
+
 def survived(sc: Scenario) -> None:
     row = sc.row
     assert row.survived, row
@@ -121,9 +156,7 @@ def test_01_a_killed_worker_pod(
 ) -> None:
     name = "worker-killed"
     with scenario(name, "1 worker pod killed", "SIGKILL of worker 1 after the first commit") as sc:
-        apply_job(cluster, namespace, chaos_job(name))
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, chaos_job(name))
         wait_checkpoint(cluster, namespace, name, timeout=300)
         cluster.kill_pod(namespace, f"{name}-1", signal.SIGKILL)
         status = wait_state(cluster, operator, namespace, name, state="Succeeded", timeout=600)
@@ -141,9 +174,7 @@ def test_02_a_stopped_node_whose_process_runs_on(
     steps = 300  # one pod trains fast: the old process must still be training when cut off
     title, fault = "2 node stopped, old process runs on", "partition + freeze, thaw after the claim"
     with scenario(name, title, fault, steps=steps) as sc:
-        apply_job(cluster, namespace, chaos_job(name, steps=steps, numNodes=1, numProcPerNode=2))
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, chaos_job(name, steps=steps, numNodes=1, numProcPerNode=2))
         wait_checkpoint(cluster, namespace, name, timeout=300)
         node = cluster.pod_node(namespace, f"{name}-0")
         kubelet = cluster.kubelets[node]
@@ -184,9 +215,7 @@ def test_03_the_operator_killed_mid_reconcile(
         "3 operator killed mid-reconcile",
         "SIGKILL of the operator after the restart decision",
     ) as sc:
-        apply_job(cluster, namespace, chaos_job(name))
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, chaos_job(name))
         wait_checkpoint(cluster, namespace, name, timeout=300)
         cluster.kill_pod(namespace, f"{name}-1", signal.SIGKILL)
         wait_until(
@@ -218,11 +247,8 @@ def test_04_the_api_server_restarted_mid_job(
     with scenario(
         name, "4 API server restarted mid-job", "kube-apiserver stopped and started", steps=steps
     ) as sc:
-        apply_job(
-            cluster, namespace, chaos_job(name, steps=steps, checkpoint={"intervalSteps": 20})
-        )
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        job = chaos_job(name, steps=steps, checkpoint={"intervalSteps": 20})
+        launch(cluster, operator, sc, job)
         wait_checkpoint(cluster, namespace, name, timeout=300)
         cluster.restart_apiserver()
         status = wait_state(cluster, operator, namespace, name, state="Succeeded", timeout=600)
@@ -239,9 +265,7 @@ def test_05_minio_stopped_during_an_upload(
         "5 MinIO stopped during an upload",
         "MinIO down 15 s after a commit, then a worker killed",
     ) as sc:
-        apply_job(cluster, namespace, chaos_job(name))
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, chaos_job(name))
         before = wait_checkpoint(cluster, namespace, name, timeout=300)
         cluster.stop_minio()
         time.sleep(15)  # a checkpoint every ~10 steps: at least one upload meets the outage
@@ -278,9 +302,7 @@ def test_06_the_newest_checkpoints_corrupted(
         "6 newest checkpoints corrupted",
         "byte flipped (40), file removed (30), manifest truncated (20)",
     ) as sc:
-        apply_job(cluster, namespace, chaos_job(name, fault=fault))
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, chaos_job(name, fault=fault))
         wait_until(lambda: len(committed_dirs(sc)) >= 4, timeout=300, what="checkpoints 10 to 40")
         assert cluster.minio is not None
         s3, bucket = cluster.minio.client(), cluster.bucket
@@ -330,9 +352,7 @@ def test_07_a_nan_storm_with_a_store_the_operator_cannot_see(
     with scenario(
         name, "7 NaN storm, file:// store", "nan@step=32,times=4 past the budget", local_store=store
     ) as sc:
-        apply_job(cluster, namespace, job)
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, job)
         status = wait_state(cluster, operator, namespace, name, state="Succeeded", timeout=900)
     survived(sc)
     assert status["restarts"]["nan"] == 1, status
@@ -351,9 +371,7 @@ def test_08_a_hung_trainer(
         name, fault="hang@step=25,times=1", faultTolerance={"progressDeadlineSeconds": 60}
     )
     with scenario(name, "8 hang", "hang@step=25, progressDeadlineSeconds 60") as sc:
-        apply_job(cluster, namespace, job)
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, job)
         status = wait_state(cluster, operator, namespace, name, state="Succeeded", timeout=900)
     survived(sc)
     assert status["restarts"]["hang"] == 1, status
@@ -368,9 +386,7 @@ def test_09_a_late_commit_from_an_old_attempt(
     name = "late-commit"
     fault = "stall@step=20,seconds=90,times=1"
     with scenario(name, "9 late commit from an old attempt", fault) as sc:
-        apply_job(cluster, namespace, chaos_job(name, fault=fault, numNodes=1, numProcPerNode=2))
-        wait_state(cluster, operator, namespace, name, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, chaos_job(name, fault=fault, numNodes=1, numProcPerNode=2))
         node = cluster.pod_node(namespace, f"{name}-0")
         kubelet = cluster.kubelets[node]
         zombie_log = kubelet.pod_log_path(namespace, f"{name}-0", "trainer")
@@ -406,9 +422,7 @@ def test_10_two_jobs_pointed_at_one_uri(
     with scenario(
         first, "10 two jobs, one URI", "a second job given the first one's URI", uri=shared
     ) as sc:
-        apply_job(cluster, namespace, chaos_job(first, checkpoint={"uri": shared, "s3": s3}))
-        wait_state(cluster, operator, namespace, first, state="Running", timeout=120)
-        sc.watch()
+        launch(cluster, operator, sc, chaos_job(first, checkpoint={"uri": shared, "s3": s3}))
         wait_until(
             lambda: bool(committed_dirs(sc)), timeout=300, what="the first job's first checkpoint"
         )

@@ -8,6 +8,7 @@ runs as a subprocess whose kubeconfig holds a TokenRequest token of the
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from tests.harness.services import free_port, http_ok, wait_until
 
 CRD = REPO_ROOT / "crds" / "trainingjobs.kubetrain.io.yaml"
 RBAC = REPO_ROOT / "operator" / "deploy" / "rbac.yaml"
+ADMISSION = REPO_ROOT / "operator" / "deploy" / "admission.yaml"
 NAMESPACE = "kubetrain-system"
 SERVICE_ACCOUNT = "kubetrain-operator"
 S3_SECRET = "kubetrain-s3"  # per-namespace Secret the default checkpoint URI points pods at
@@ -42,6 +44,18 @@ def install(cluster: Cluster) -> None:
     if f"namespace/{NAMESPACE}" not in namespaces:
         cluster.kubectl("create", "namespace", NAMESPACE)
     cluster.kubectl("apply", "-f", str(RBAC))
+    cluster.kubectl("apply", "-f", str(ADMISSION))  # the pod template allow-list
+
+
+def admission_params(cluster: Cluster, **data: str) -> dict[str, str]:
+    """Set keys of the admission policy's params ConfigMap (the allow-list a cluster
+    admin widens); returns the data as it was, to put back."""
+    path = f"/api/v1/namespaces/{NAMESPACE}/configmaps/kubetrain-admission"
+    before: dict[str, str] = cluster.api.get(path)["data"]
+    if data:
+        patch = json.dumps({"data": data})
+        cluster.kubectl("-n", NAMESPACE, "patch", "configmap", "kubetrain-admission", "-p", patch)
+    return dict(before)
 
 
 def create_s3_secret(cluster: Cluster, namespace: str) -> None:
@@ -57,9 +71,20 @@ def create_s3_secret(cluster: Cluster, namespace: str) -> None:
 class OperatorProcess:
     """`python -m kubetrain_trainer operator` with the ServiceAccount's kubeconfig."""
 
-    def __init__(self, cluster: Cluster, workdir: Path) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        workdir: Path,
+        *,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """`args` go to `kubetrain operator` (e.g. --leader-elect), `env` is added to its
+        environment (operator settings, e.g. a widened allow-list)."""
         self.cluster = cluster
         self.workdir = workdir
+        self.args = args
+        self.extra_env = dict(env or {})
         self.kubeconfig = workdir / "operator.kubeconfig"
         self.log_path = workdir / "operator.log"
         self.health_port = free_port()
@@ -105,6 +130,7 @@ class OperatorProcess:
             # Twice the harness's node-monitor grace period (10 s): a peer's error waits
             # that long for a dead node to show as NotReady.
             "KUBETRAIN_FAILURE_SETTLE_SECONDS": "20",
+            **self.extra_env,
         }
         # No storage credentials: recovery never reads the checkpoint store from here.
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
@@ -122,13 +148,15 @@ class OperatorProcess:
                     "operator",
                     f"--health-port={self.health_port}",
                     f"--metrics-port={self.metrics_port}",
+                    *self.args,
                 ],
                 env=env,
                 cwd=REPO_ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        wait_until(self.ready, timeout=60, what="the operator to be ready")
+        if "--leader-elect" not in self.args:  # a follower is never ready
+            wait_until(self.ready, timeout=60, what="the operator to be ready")
 
     def ready(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
