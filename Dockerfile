@@ -16,8 +16,10 @@ ARG BASE_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
 FROM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
-COPY trainer_image/ trainer_image/
+COPY core/ core/
 COPY operator/ operator/
+COPY trainer_image/ trainer_image/
+COPY cli/ cli/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels . \
     && cp constraints.txt /wheels/
 

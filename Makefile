@@ -9,10 +9,10 @@ DEPS_KEY := $(shell python3 hack/deps_key.py)
 VENV ?= $(CACHE)/venv-$(DEPS_KEY)
 PY := $(VENV)/bin/python
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-export PYTHONPATH := $(CURDIR)/trainer_image:$(CURDIR)/operator
+export PYTHONPATH := $(CURDIR)/core:$(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/cli:$(CURDIR)/localkube:$(CURDIR)/hack
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint unit pytest test chaos demo testbin dev-cluster crd dashboards chart images kind bench clean
+.PHONY: help venv lint unit pytest test chaos demo testbin dev-cluster generate chart images kind bench benchmark clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -32,10 +32,11 @@ venv: $(VENV)/.installed ## create the cached virtualenv with every dependency
 	@test "$$(cat $(VENV)/.editable 2>/dev/null)" = "$(EDITABLE)" || { \
 	  $(VENV)/bin/pip install -q --no-deps -e . >/dev/null && echo "$(EDITABLE)" > $(VENV)/.editable; }
 
-lint: venv ## ruff and mypy
+lint: venv ## ruff, mypy and the layers' import contracts
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 unit: venv ## fast tests of pure logic and single components
 	$(PY) -m pytest tests/unit -q
@@ -56,18 +57,13 @@ demo: venv ## train examples/trainingjob.yaml locally (no cluster needed)
 	$(VENV)/bin/kubetrain run examples/trainingjob.yaml
 
 dev-cluster: venv testbin ## a local Kubernetes cluster with the CRD and operator; Ctrl-C stops it
-	$(PY) -m tests.harness up
+	$(PY) -m kubetrain_devcluster up
 
-crd: venv ## regenerate crds/, the admission policy, docs/api.md and the chart's copies from the API models
-	$(PY) -m kubetrain_trainer crd --write --docs
-	cp crds/trainingjobs.kubetrain.io.yaml helm/kubetrain/files/crds/
-	cp operator/deploy/rbac.yaml helm/kubetrain/files/rbac.yaml
+generate: venv ## regenerate every generated file (CRD, chart copies, docs/api.md, dashboards, values schema)
+	$(PY) hack/generate.py
 
-dashboards: venv ## regenerate the chart's Grafana dashboards (helm/kubetrain/dashboards/*.json)
-	$(PY) hack/dashboards.py
-
-chart: crd dashboards testbin ## lint the chart with the pinned helm
-	$$($(PY) -m tests.harness.binaries locate helm) lint --strict helm/kubetrain
+chart: generate testbin ## lint the chart with the pinned helm
+	$$($(PY) -m localkube.binaries locate helm) lint --strict helm/kubetrain
 
 images: ## build both images (needs a Docker engine; not available in CI here)
 	docker build --target operator -t ghcr.io/kubetrain/kubetrain-operator:$(VERSION) .
@@ -78,6 +74,9 @@ kind: ## kind cluster with both images, the chart and the example job (needs Doc
 
 bench: venv ## trainer step time against a plain PyTorch loop
 	$(PY) benchmarks/trainer_overhead.py
+
+benchmark: venv testbin ## one benchmark with the sources on PYTHONPATH: make benchmark NAME=recovery ARGS=...
+	$(PY) benchmarks/$(NAME).py $(ARGS)
 
 clean: ## remove local run outputs (not the caches)
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

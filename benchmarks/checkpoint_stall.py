@@ -12,7 +12,7 @@ checkpoint (flushed at the end of training) is not a stall of the loop and is le
 The first async checkpoint of a run also allocates the staging memory that every later
 one reuses, so its stall is reported apart from the later ones too.
 
-    python benchmarks/checkpoint_stall.py [--steps 60] [--interval 20] [--rounds 2]
+    make benchmark NAME=checkpoint_stall ARGS="--steps 60 --interval 20 --rounds 2"
 
 Prints the median stall of each, the checkpoint size, the extra RAM async holds (one
 copy of model + optimizer state) and the ratio async / sync (target <= 0.1).
@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tests.integration.minio import new_bucket, running_minio, s3_env
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
+from kubetrain_core.config import parse_config
 from kubetrain_trainer.callbacks import Callback, TrainerState
-from kubetrain_trainer.config import parse_config
 from kubetrain_trainer.distributed import DistInfo
 from kubetrain_trainer.runtime import Runtime
 from kubetrain_trainer.trainer import Trainer
+from localkube.s3 import new_bucket, running_minio, s3_env
 
 CORPUS = Path(__file__).resolve().parents[1] / "examples" / "data" / "tiny_corpus.txt"
 
@@ -90,7 +90,7 @@ def config(run_dir: str, uri: str, endpoint: str, steps: int, interval: int, *, 
 
 def state_bytes(trainer: Trainer) -> int:
     """Bytes of the model + optimizer tensors: the copy a snapshot holds in RAM."""
-    model_state, optim_state = get_state_dict(trainer.raw_model, trainer.optimizer)
+    model_state, optim_state = get_state_dict(trainer.parts.raw_model, trainer.parts.optimizer)
     leaves = torch.utils._pytree.tree_leaves([model_state, optim_state])
     return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
 
@@ -105,7 +105,7 @@ def run(
         dist_info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
         trainer = Trainer(cfg, Runtime(), dist_info)
         timer = StallTimer()
-        trainer.callbacks.callbacks.append(timer)
+        trainer.parts.callbacks.callbacks.append(timer)
         try:
             trainer.train()
             size = state_bytes(trainer)

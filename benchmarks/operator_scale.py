@@ -1,6 +1,6 @@
 """Apply many TrainingJobs at once on the local cluster: time until all their pods exist.
 
-    python benchmarks/operator_scale.py [--jobs 200]
+    make benchmark NAME=operator_scale ARGS="--jobs 200"
 
 Runs on the harness cluster (real API server, scheduler, controller-manager)
 with the operator from source under its own RBAC identity. The nodes are
@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from tests.harness import operator_process
-from tests.harness.cluster import REPO_ROOT, Cluster, default_nodes
+
+from kubetrain_devcluster import operator as operator_process
+from kubetrain_devcluster.project import REPO_ROOT
+from kubetrain_devcluster.project import cluster as kubetrain_cluster
+from localkube.cluster import Cluster, default_nodes
 
 JOB_LABEL = "kubetrain.io/job-name"
 
@@ -68,7 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     args = parser.parse_args()
-    with Cluster(default_nodes(3), prometheus=False) as cluster:
+    with kubetrain_cluster(default_nodes(3), prometheus=False) as cluster:
         for node in cluster.node_specs:
             cluster.kubectl("cordon", node.name)
         operator_process.install(cluster)

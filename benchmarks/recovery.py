@@ -1,6 +1,6 @@
 """Recovery on the local cluster: how long a job is down and how much work it loses.
 
-    make testbin && PYTHONPATH=.:trainer_image:operator python benchmarks/recovery.py
+    make benchmark NAME=recovery
 
 Runs on the harness cluster (real API server, controller-manager, scheduler,
 3 process-kubelet nodes, MinIO) with the operator from source under its own
@@ -30,7 +30,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.jobs import (
+from kubetrain_devcluster import operator as operator_process
+from kubetrain_devcluster.jobs import (
     ATTEMPT_LABEL,
     apply_job,
     checkpoint_steps,
@@ -40,10 +41,10 @@ from tests.e2e.jobs import (
     rank0_progress,
     wait_state,
 )
-from tests.harness import operator_process
-from tests.harness.cluster import Cluster, default_nodes
-from tests.harness.kubelet import NodeSpec
-from tests.harness.services import wait_until
+from kubetrain_devcluster.project import cluster as kubetrain_cluster
+from localkube.cluster import Cluster, default_nodes
+from localkube.kubelet import NodeSpec
+from localkube.services import wait_until
 
 NAMESPACE = "bench"
 
@@ -54,7 +55,7 @@ def job(name: str, steps: int, *, fault: str | None = None, async_upload: bool =
     body["spec"]["trainer"]["recovery"] |= {
         "good_after_steps": 5, "max_consecutive_skips": 1, "max_restores": 0,
     }  # fmt: skip
-    body["spec"]["trainer"]["checkpoint"] = {"async_upload": async_upload}
+    body["spec"]["checkpoint"]["asyncUpload"] = async_upload
     if fault:
         body["spec"]["env"] = [{"name": "KUBETRAIN_FAULT_INJECT", "value": fault}]
     return body
@@ -212,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only-stall", action="store_true", help="skip node stop and NaN")
     args = parser.parse_args()
-    with Cluster(default_nodes(3)) as cluster, tempfile.TemporaryDirectory() as tmp:
+    with kubetrain_cluster(default_nodes(3)) as cluster, tempfile.TemporaryDirectory() as tmp:
         operator_process.install(cluster)
         cluster.kubectl("create", "namespace", NAMESPACE)
         operator_process.create_s3_secret(cluster, NAMESPACE)

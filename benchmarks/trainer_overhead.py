@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
+from kubetrain_core.config import parse_config
+from kubetrain_core.registry import CALLBACKS, DATASET_ADAPTERS, MODEL_ADAPTERS
 from kubetrain_trainer.callbacks import Callback, TrainerState
-from kubetrain_trainer.config import parse_config
 from kubetrain_trainer.distributed import DistInfo
-from kubetrain_trainer.registry import CALLBACKS, DATASET_ADAPTERS, MODEL_ADAPTERS
 from kubetrain_trainer.runtime import Runtime
 from kubetrain_trainer.trainer import Trainer
 
@@ -72,7 +72,7 @@ def trainer_steps(steps: int, warmup: int) -> list[float]:
         dist_info = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
         trainer = Trainer(cfg, Runtime(), dist_info)
         timer = StepTimer()
-        trainer.callbacks.callbacks.append(timer)
+        trainer.parts.callbacks.callbacks.append(timer)
         trainer.train()
         trainer.close()
         return timer.times[warmup:]

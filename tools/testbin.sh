@@ -3,7 +3,7 @@
 #   ${KUBETRAIN_CACHE:-~/.cache/kubetrain}/testbin/<name>-<version>/<name>
 # Versions come from tools/versions.env, so a bump rebuilds only what changed.
 # A binary already in $KUBEBUILDER_ASSETS, or on PATH at the pinned version,
-# is used instead of building it (the lookup is tests/harness/binaries.py, the
+# is used instead of building it (the lookup is localkube/localkube/binaries.py, the
 # same code the tests use). Prometheus and promtool are Debian's package.
 #
 # Usage: tools/testbin.sh [NAME...]    (default: all of them)
@@ -31,7 +31,7 @@ export GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0
 KUBE_NAMES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 OTHER_NAMES=(etcd helm minio kwok)
 
-binaries_py() { "$PYTHON" "$ROOT/tests/harness/binaries.py" "$@"; }
+binaries_py() { "$PYTHON" "$ROOT/localkube/localkube/binaries.py" "$@"; }
 declare -A STATE=() WHERE=()
 
 die() {
@@ -189,7 +189,7 @@ lane() { # names...: builds them one after another, stops at the first failure
 
 main() {
 	local names=("$@") kube=() other=() name pid status=0
-	command -v "$PYTHON" >/dev/null || die "needs python3 (or PYTHON=...) to run tests/harness/binaries.py"
+	command -v "$PYTHON" >/dev/null || die "needs python3 (or PYTHON=...) to run localkube/localkube/binaries.py"
 	((${#names[@]})) || names=("${KUBE_NAMES[@]}" "${OTHER_NAMES[@]}" prometheus)
 	mkdir -p "$CACHE/logs"
 	# Two runs at once would build the same thing twice; the second waits.
@@ -209,7 +209,7 @@ main() {
 		STATE[$name]=$state
 		WHERE[$name]=$where
 	done < <(binaries_py plan "${kube[@]}" "${other[@]}" prometheus promtool)
-	[[ -n ${STATE[prometheus]:-} ]] || die "tests/harness/binaries.py plan failed"
+	[[ -n ${STATE[prometheus]:-} ]] || die "localkube/localkube/binaries.py plan failed"
 	if [[ " ${names[*]} " == *" prometheus "* || " ${names[*]} " == *" promtool "* ]]; then
 		ensure_prometheus
 	fi

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from kubetrain_operator.api import Progress
+from kubetrain_core.api import Progress
 
 Obj = dict[str, Any]
 
@@ -14,6 +14,14 @@ Obj = dict[str, Any]
 @dataclass(frozen=True)
 class CreateObject:
     body: Obj
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    """Replace the data of the job's ConfigMap (the trainer config every worker reads)."""
+
+    name: str
+    data: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -49,14 +57,14 @@ class Observe:
     label: str = ""
 
 
-Action = CreateObject | DeletePods | PatchStatus | EmitEvent | DeleteJob | Observe
+Action = CreateObject | UpdateConfig | DeletePods | PatchStatus | EmitEvent | DeleteJob | Observe
 
 
 @dataclass(frozen=True)
 class Observed:
     pods: list[Obj]
     service: bool
-    configmap: bool
+    config: dict[str, str] | None  # the ConfigMap's data; None: it does not exist
     now: datetime
     progress: Progress | None = None  # rank 0's /progress; None when not reachable
     progress_error: str | None = None  # why the read failed (None: it worked or nothing serves)

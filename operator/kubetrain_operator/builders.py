@@ -7,14 +7,16 @@ create is idempotent: an operator restarted mid-way gets 409, never a twin.
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
-from kubetrain_operator import pod_policy
-from kubetrain_operator.api import GROUP, KIND, VERSION, RecoveryStatus, TrainingJob
-from kubetrain_operator.local_runner import trainer_config_for
-from kubetrain_operator.settings import PREFIX, Settings
-from kubetrain_trainer.contract import DEFAULT_TERMINATION_LOG, Env
+from kubetrain_core import pod_policy
+from kubetrain_core.api import RecoveryStatus, TrainingJob
+from kubetrain_core.config import to_yaml
+from kubetrain_core.contract import DEFAULT_TERMINATION_LOG, Env
+from kubetrain_core.job_config import trainer_config
+from kubetrain_core.names import GROUP, KIND, PREFIX, VERSION
+from kubetrain_operator.settings import Settings
 
 Obj = dict[str, Any]
 
@@ -74,8 +76,6 @@ def checkpoint_uri(job: TrainingJob, settings: Settings) -> str | None:
     a re-created job (a new UID) starts a store of its own."""
     if job.spec.checkpoint.uri:
         return job.spec.checkpoint.uri
-    if job.spec.trainer.checkpoint.uri and "://" in job.spec.trainer.checkpoint.uri:
-        return job.spec.trainer.checkpoint.uri
     if settings.default_checkpoint_uri:
         base = settings.default_checkpoint_uri.rstrip("/")
         return f"{base}/{job.metadata.namespace}/{job.metadata.name}/{job_uid(job)}"
@@ -144,14 +144,19 @@ def run_dir(job: TrainingJob) -> str:
     return f"/tmp/kubetrain/{job.metadata.namespace}/{job.metadata.name}"
 
 
-def trainer_config(job: TrainingJob, settings: Settings) -> str:
-    """spec.trainer with the job-level (and operator-default) checkpoint settings folded in."""
-    effective = job.model_copy(deep=True)
-    ckpt = effective.spec.checkpoint
-    ckpt.uri = checkpoint_uri(job, settings)
-    if not job.spec.checkpoint.uri and ckpt.uri and settings.default_s3_endpoint:
-        ckpt.s3.endpoint = ckpt.s3.endpoint or settings.default_s3_endpoint
-    return trainer_config_for(effective, Path(run_dir(job)))
+def worker_config(job: TrainingJob, settings: Settings) -> str:
+    """The trainer config every worker reads (the ConfigMap): spec.trainer with the
+    job-level settings and the operator's defaults folded in."""
+    uri = checkpoint_uri(job, settings)
+    default = not job.spec.checkpoint.uri and uri is not None
+    cfg = trainer_config(
+        job,
+        run_dir=run_dir(job),
+        checkpoint_uri=uri or f"{run_dir(job)}/checkpoints",
+        s3_endpoint=settings.default_s3_endpoint if default else None,
+        metrics_port=job.spec.monitoring.port,
+    )
+    return to_yaml(cfg)
 
 
 def build_service(job: TrainingJob) -> Obj:
@@ -177,7 +182,7 @@ def build_configmap(job: TrainingJob, settings: Settings) -> Obj:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _meta(job, f"{job.metadata.name}-config"),
-        "data": {CONFIG_FILE: trainer_config(job, settings)},
+        "data": {CONFIG_FILE: worker_config(job, settings)},
     }
 
 
@@ -203,7 +208,6 @@ def torchrun_command(job: TrainingJob, index: int, settings: Settings) -> list[s
 def build_env(
     job: TrainingJob, index: int, recovery: RecoveryStatus, settings: Settings
 ) -> list[Obj]:
-    uri = checkpoint_uri(job, settings)
     env: list[Obj] = [
         {"name": Env.JOB_NAME, "value": job.metadata.name},
         {"name": Env.NAMESPACE, "value": job.metadata.namespace or ""},
@@ -211,15 +215,12 @@ def build_env(
         {"name": Env.RESTART_COUNT, "value": str(recovery.attempt)},
         {"name": Env.SKIP_BATCHES, "value": recovery.skipBatches},
         {"name": Env.LR_SCALE, "value": repr(recovery.lrScale)},
-        {"name": Env.METRICS_PORT, "value": str(job.spec.monitoring.port)},
         {"name": Env.RUN_DIR, "value": f"{run_dir(job)}/{index}"},
         {"name": Env.TERMINATION_LOG, "value": DEFAULT_TERMINATION_LOG},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         # The image's HOME is on the read-only root filesystem; caches go to scratch.
         {"name": "HOME", "value": SCRATCH_DIR},
     ]
-    if uri:
-        env.append({"name": Env.CHECKPOINT_URI, "value": uri})
     if recovery.rollbackBeforeStep is not None:
         env.append({"name": Env.ROLLBACK_BEFORE, "value": str(recovery.rollbackBeforeStep)})
         env.append({"name": Env.ROLLBACK_ID, "value": recovery.rollbackId or ""})

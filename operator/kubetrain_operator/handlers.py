@@ -12,33 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
-from kubernetes import config
 from pydantic import ValidationError
 
-from kubetrain_operator import builders, kube, operator_metrics, pod_policy
-from kubetrain_operator.actions import Observed, PatchStatus
-from kubetrain_operator.api import GROUP, PLURAL, VERSION, TrainingJob
-from kubetrain_operator.leader import LeaderElector
+from kubetrain_core import pod_policy
+from kubetrain_core.api import TrainingJob
+from kubetrain_core.config import format_validation_error
+from kubetrain_core.names import GROUP, PLURAL, VERSION
+from kubetrain_operator import builders, kube, operator_metrics
+from kubetrain_operator.actions import PatchStatus
 from kubetrain_operator.pod_watch import PodWatch
 from kubetrain_operator.reconcile import fail_stored, reconcile
 from kubetrain_operator.settings import Settings
 from kubetrain_operator.spec_limits import spec_problem
-from kubetrain_trainer.config import format_validation_error
 
 SETTINGS = Settings.from_env()
-_WATCHED: list[str] = []  # namespaces the operator serves (empty: all)
+WATCHED: list[str] = []  # namespaces the operator serves (empty: all)
 _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pod-events")
 
 
@@ -80,9 +75,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No kopf peering: with several replicas, a Lease elects the one that runs kopf at
     # all (run_operator), so this process acts alone.
     settings.peering.standalone = True
-    _load_kube_config()
+    kube.load_config()
     # Pods through a server-side label selector, not a kopf watch of every pod.
-    PodWatch(builders.JOB_LABEL, _WATCHED, _POOL_SUBMIT).start()
+    PodWatch(builders.JOB_LABEL, WATCHED, _POOL_SUBMIT).start()
     HEALTH.ready.set()
 
 
@@ -165,21 +160,8 @@ def _reconcile_once(namespace: str, name: str) -> None:
         _fail(body, kube.list_pods(namespace, name, uid), "InvalidSpec", problem or "invalid")
         return
     try:
-        pods = kube.list_pods(namespace, name, uid)
-        finished = job.status is not None and job.status.state in ("Succeeded", "Failed")
-        read = kube.progress(job, pods, SETTINGS.progress_timeout_seconds)
-        observed = Observed(
-            pods=pods,
-            service=kube.exists("Service", namespace, name, uid),
-            configmap=kube.exists("ConfigMap", namespace, f"{name}-config", uid),
-            now=datetime.now(UTC),
-            progress=read.progress,
-            progress_error=read.error,
-            lost_nodes=frozenset() if finished else kube.lost_nodes(pods),
-            signing_key=secrets.token_urlsafe(32),
-        )
         status = body.get("status") or {}
-        for action in reconcile(job, observed, SETTINGS):
+        for action in reconcile(job, kube.observe(job, uid, SETTINGS), SETTINGS):
             kube.apply(namespace, name, body, action)
             if isinstance(action, PatchStatus):
                 status = action.status
@@ -193,45 +175,3 @@ def _fail(body: dict[str, Any], pods: list[dict[str, Any]], reason: str, message
     for action in fail_stored(body, pods, reason, message, datetime.now(UTC)):
         kube.apply(meta["namespace"], meta["name"], body, action)
     operator_metrics.record_job(meta["namespace"], meta["name"], {"state": "Failed"})
-
-
-def _load_kube_config() -> None:
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-
-
-def run_operator(
-    namespaces: list[str],
-    health_port: int,
-    metrics_port: int,
-    leader_elect: bool = False,
-    verbose: bool = False,
-) -> int:
-    """`kubetrain operator`: JSON logs, /metrics, /healthz, /readyz, then (as the leader,
-    with leader_elect) kopf's loop."""
-    kopf.configure(log_format=kopf.LogFormat.JSON, verbose=verbose, debug=verbose)
-    # A tenant's spec may nest deep inside the free-form pod template fields (up to the
-    # API server's own JSON depth limit). Parsing it, in kopf and in the client, recurses:
-    # room for that, so that one such job fails with InvalidSpec (spec_limits.py) instead
-    # of breaking the watch of every job. Threads get the stack that depth needs.
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20_000))
-    threading.stack_size(64 * 1024 * 1024)
-    operator_metrics.serve_metrics(metrics_port)
-    HEALTH.serve(health_port)
-    started = time.monotonic()
-    _WATCHED[:] = namespaces
-    if leader_elect:
-        _load_kube_config()
-        elector = LeaderElector(
-            os.environ.get("POD_NAMESPACE", "kubetrain-system"),
-            "kubetrain-operator",
-            os.environ.get("POD_ID") or f"{socket.gethostname()}-{os.getpid()}",
-        )
-        elector.acquire()  # followers wait here, alive (/healthz) but not ready
-        elector.keep()
-    log.info("starting kubetrain operator (namespaces: %s)", namespaces or "all")
-    kopf.run(clusterwide=not namespaces, namespaces=namespaces, standalone=True)
-    log.info("operator stopped after %.0f s", time.monotonic() - started)
-    return 0

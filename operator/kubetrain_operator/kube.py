@@ -12,25 +12,20 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from kubetrain_operator import builders, operator_metrics
-from kubetrain_operator.actions import (
-    Action,
-    CreateObject,
-    DeleteJob,
-    DeletePods,
-    EmitEvent,
-    Observe,
-    PatchStatus,
-)
-from kubetrain_operator.api import GROUP, PLURAL, VERSION, TrainingJob
+from kubetrain_core.api import TrainingJob
+from kubetrain_core.names import GROUP, PLURAL, VERSION
+from kubetrain_operator import actions, builders, operator_metrics
+from kubetrain_operator.pod_facts import attempt_of, index_of, is_deleting, node_of, phase_of
 from kubetrain_operator.progress import ProgressRead, read_progress
+from kubetrain_operator.settings import Settings
 
 log = logging.getLogger("kubetrain.operator")
 
@@ -55,6 +50,14 @@ def _reason(err: ApiException) -> str:
         return str(json.loads(err.body or "{}").get("message") or err.reason)
     except (ValueError, AttributeError):
         return str(err.reason)
+
+
+def load_config() -> None:
+    """In a pod: its ServiceAccount; elsewhere: the kubeconfig."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -88,8 +91,8 @@ def list_pods(namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
     return [p for p in found if owned_by(p, uid)]
 
 
-def exists(kind: str, namespace: str, name: str, uid: str) -> bool:
-    """Whether the job's Service or ConfigMap exists; Rejected if that name is taken by
+def _read_owned(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
+    """The job's Service or ConfigMap (None: missing); Rejected if that name is taken by
     an object the job does not own."""
     core = client.CoreV1Api()
     read = core.read_namespaced_service if kind == "Service" else core.read_namespaced_config_map
@@ -97,41 +100,55 @@ def exists(kind: str, namespace: str, name: str, uid: str) -> bool:
         obj = read(name, namespace, _request_timeout=TIMEOUT)
     except ApiException as err:
         if err.status == 404:
-            return False
+            return None
         raise
-    body = client.ApiClient().sanitize_for_serialization(obj)
+    body: dict[str, Any] = client.ApiClient().sanitize_for_serialization(obj)
     if not owned_by(body, uid):
         raise Rejected("NameConflict", f"{kind} {namespace}/{name} exists and is not this job's")
-    return True
+    return body
+
+
+def config_data(namespace: str, name: str, uid: str) -> dict[str, str] | None:
+    """The data of the job's ConfigMap, None when it does not exist."""
+    body = _read_owned("ConfigMap", namespace, name, uid)
+    return None if body is None else dict(body.get("data") or {})
+
+
+def observe(job: TrainingJob, uid: str, settings: Settings) -> actions.Observed:
+    """Everything `reconcile` needs to know about the job's world, read fresh."""
+    namespace, name = job.metadata.namespace or "default", job.metadata.name
+    pods = list_pods(namespace, name, uid)
+    finished = job.status is not None and job.status.state in ("Succeeded", "Failed")
+    read = progress(job, pods, settings.progress_timeout_seconds)
+    return actions.Observed(
+        pods=pods,
+        service=_read_owned("Service", namespace, name, uid) is not None,
+        config=config_data(namespace, f"{name}-config", uid),
+        now=datetime.now(UTC),
+        progress=read.progress,
+        progress_error=read.error,
+        lost_nodes=frozenset() if finished else lost_nodes(pods),
+        signing_key=secrets.token_urlsafe(32),
+    )
 
 
 def progress(job: TrainingJob, pods: list[dict[str, Any]], timeout: float) -> ProgressRead:
     """One bounded read of rank 0's /progress, when rank 0 of the current attempt runs."""
-    attempt = str(job.status.recovery.attempt if job.status else 0)
+    attempt = job.status.recovery.attempt if job.status else 0
     for pod in pods:
-        labels = pod["metadata"].get("labels") or {}
-        status = pod.get("status") or {}
-        if (
-            labels.get(builders.INDEX_LABEL) == "0"
-            and labels.get(builders.ATTEMPT_LABEL) == attempt
-            and status.get("phase") == "Running"
-            and status.get("podIP")
-        ):
-            return read_progress(status["podIP"], job.spec.monitoring.port, timeout)
+        ip = (pod.get("status") or {}).get("podIP")
+        if index_of(pod) == 0 and attempt_of(pod) == attempt and phase_of(pod) == "Running" and ip:
+            return read_progress(str(ip), job.spec.monitoring.port, timeout)
     return ProgressRead()
 
 
 def lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
     """Nodes of the job's pods whose Ready condition is not True. Looked up only when a
     pod failed or is being deleted: that is when the answer changes a decision."""
-    troubled = any(
-        (p.get("status") or {}).get("phase") == "Failed" or p["metadata"].get("deletionTimestamp")
-        for p in pods
-    )
-    if not troubled:
+    if not any(phase_of(p) == "Failed" or is_deleting(p) for p in pods):
         return frozenset()
     lost: set[str] = set()
-    names = {str((p.get("spec") or {}).get("nodeName") or "") for p in pods} - {""}
+    names = {node_of(p) for p in pods} - {""}
     for node in sorted(names):
         try:
             body = client.CoreV1Api().read_node(node, _request_timeout=TIMEOUT)
@@ -149,22 +166,27 @@ def lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
 # --- acting ----------------------------------------------------------------------------
 
 
-def apply(namespace: str, name: str, body: dict[str, Any], action: Action) -> None:
+def apply(namespace: str, name: str, body: dict[str, Any], action: actions.Action) -> None:
     """Carry out one action for the job `body`. Raises Rejected for a permanent refusal."""
-    if isinstance(action, CreateObject):
+    if isinstance(action, actions.CreateObject):
         _create(namespace, action.body, body["metadata"]["uid"])
-    elif isinstance(action, DeletePods):
+    elif isinstance(action, actions.UpdateConfig):
+        client.CoreV1Api().patch_namespaced_config_map(
+            action.name, namespace, {"data": action.data}, _request_timeout=TIMEOUT
+        )
+        log.info("updated ConfigMap %s/%s", namespace, action.name)
+    elif isinstance(action, actions.DeletePods):
         _delete_pods(namespace, action)
-    elif isinstance(action, PatchStatus):
+    elif isinstance(action, actions.PatchStatus):
         client.CustomObjectsApi().patch_namespaced_custom_object_status(
             GROUP, VERSION, namespace, PLURAL, name, {"status": action.status},
             _request_timeout=TIMEOUT,
         )  # fmt: skip
-    elif isinstance(action, EmitEvent):
+    elif isinstance(action, actions.EmitEvent):
         _event(body, action)
-    elif isinstance(action, Observe):
+    elif isinstance(action, actions.Observe):
         operator_metrics.observe(action.metric, action.value, action.label)
-    elif isinstance(action, DeleteJob):
+    elif isinstance(action, actions.DeleteJob):
         log.info("deleting %s/%s: %s", namespace, name, action.reason)
         client.CustomObjectsApi().delete_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background",
@@ -202,7 +224,7 @@ def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
         raise
 
 
-def _delete_pods(namespace: str, action: DeletePods) -> None:
+def _delete_pods(namespace: str, action: actions.DeletePods) -> None:
     core = client.CoreV1Api()
     grace = 0 if action.force else None
     for pod in action.names:
@@ -216,7 +238,7 @@ def _delete_pods(namespace: str, action: DeletePods) -> None:
                 raise
 
 
-def _event(body: dict[str, Any], event: EmitEvent) -> None:
+def _event(body: dict[str, Any], event: actions.EmitEvent) -> None:
     meta = body["metadata"]
     now = datetime.now(UTC)
     # The kubelet's naming; generateName cannot end in ".".

@@ -11,6 +11,8 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from kubetrain_core.api import JOB_STATES, RESTART_CAUSES
+
 JOBS = Gauge("kubetrain_operator_jobs", "TrainingJobs by state", ["state"])
 JOB_INFO = Gauge(
     "kubetrain_operator_job_info",
@@ -43,8 +45,7 @@ RECOVERY = Histogram(
     "From a gang-restart decision to all pods of the next attempt running",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
-STATES = ("Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
-RESTART_CAUSES = ("nodeFailure", "nan", "error", "hang")
+STATES = JOB_STATES
 
 _states: dict[tuple[str, str], str] = {}
 _lock = threading.Lock()

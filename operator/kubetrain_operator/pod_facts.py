@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from kubetrain_core.api import WorkerCounts
+from kubetrain_core.contract import TerminationMessage
+from kubetrain_core.policy import Cause, classify
 from kubetrain_operator import builders
-from kubetrain_operator.api import WorkerCounts
-from kubetrain_operator.policy import Cause, classify
 from kubetrain_operator.status import parse_time
-from kubetrain_trainer.contract import TerminationMessage
 
 Obj = dict[str, Any]
 NODE_FAILURE_REASONS = {"Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated"}

@@ -19,8 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kubetrain_operator.api import CheckpointRef, Progress
-from kubetrain_trainer.contract import bounded_step
+from kubetrain_core.api import CheckpointRef, Progress
+from kubetrain_core.contract import bounded_step
 
 MAX_RESPONSE_BYTES = 64 * 1024  # a real /progress answer is a few hundred bytes
 _LIMITS = {"epoch": 1e12, "loss": 1e30, "valLoss": 1e30, "tokensPerSecond": 1e15}

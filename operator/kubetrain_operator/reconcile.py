@@ -9,11 +9,20 @@ so an operator restarted at any moment converges without duplicates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from kubetrain_operator import builders, goodput
+from kubetrain_core.api import (
+    ConditionType,
+    Progress,
+    RecoveryStatus,
+    RestartCounts,
+    TrainingJob,
+    TrainingJobStatus,
+)
+from kubetrain_core.contract import TerminationMessage
+from kubetrain_core.policy import Cause, RecoveryState, Rollback, decide, record
+from kubetrain_operator import builders, clock
 from kubetrain_operator.actions import (
     Action,
     CreateObject,
@@ -23,14 +32,7 @@ from kubetrain_operator.actions import (
     Observe,
     Observed,
     PatchStatus,
-)
-from kubetrain_operator.api import (
-    ConditionType,
-    Progress,
-    RecoveryStatus,
-    RestartCounts,
-    TrainingJob,
-    TrainingJobStatus,
+    UpdateConfig,
 )
 from kubetrain_operator.pod_facts import (
     attempt_of,
@@ -46,7 +48,6 @@ from kubetrain_operator.pod_facts import (
     pick_failure,
     terminated,
 )
-from kubetrain_operator.policy import Cause, RecoveryState, Rollback, decide, record
 from kubetrain_operator.settings import Settings
 from kubetrain_operator.status import (
     get_condition,
@@ -55,51 +56,16 @@ from kubetrain_operator.status import (
     state_of,
     timestamp,
 )
-from kubetrain_trainer.contract import TerminationMessage
+from kubetrain_operator.step import Step
 
 Obj = dict[str, Any]
-
-
-# --- the step ------------------------------------------------------------------------
-
-
-@dataclass
-class _Step:
-    job: TrainingJob
-    generation: int | None
-    now: datetime
-    status: TrainingJobStatus
-    actions: list[Action] = field(default_factory=list)
-    events: list[Action] = field(default_factory=list)  # EmitEvent and Observe
-    deletes: list[Action] = field(default_factory=list)
-    creates: list[Action] = field(default_factory=list)
-
-    def condition(self, kind: ConditionType, value: bool, reason: str, message: str) -> bool:
-        conds, changed = set_condition(
-            self.status.conditions,
-            kind,
-            value,
-            reason=reason,
-            message=message,
-            now=self.now,
-            generation=self.generation,
-        )
-        self.status.conditions = conds
-        if changed and value:  # one Event per transition into a state
-            warn = kind in ("Failed", "Restarting")
-            self.events.append(EmitEvent("Warning" if warn else "Normal", reason, message))
-        return changed
-
-    def delete(self, pods: list[Obj], reason: str, force: bool = False) -> None:
-        if pods:
-            self.deletes.append(DeletePods(tuple(name_of(p) for p in pods), reason, force))
 
 
 def reconcile(job: TrainingJob, observed: Observed, settings: Settings) -> list[Action]:
     """Actions that move the cluster toward the job's spec, in the order to carry them out."""
     meta = job.metadata.model_extra or {}
     before = job.status or TrainingJobStatus()
-    step = _Step(job, meta.get("generation"), observed.now, before.model_copy(deep=True))
+    step = Step(job, meta.get("generation"), observed.now, before.model_copy(deep=True))
     step.status.observedGeneration = step.generation
     _run(step, observed, settings)
     step.status.state = state_of(step.status.conditions)
@@ -145,7 +111,7 @@ def fail_stored(
     ]
 
 
-def _run(step: _Step, observed: Observed, settings: Settings) -> None:
+def _run(step: Step, observed: Observed, settings: Settings) -> None:
     job, st, now = step.job, step.status, observed.now
     spec = job.spec
     pods = observed.pods
@@ -154,8 +120,16 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
         return
     if not observed.service:
         step.actions.append(CreateObject(builders.build_service(job)))
-    if not observed.configmap:
-        step.actions.append(CreateObject(builders.build_configmap(job, settings)))
+    configmap = builders.build_configmap(job, settings)
+    if observed.config is None:
+        step.actions.append(CreateObject(configmap))
+    elif observed.config != configmap["data"]:
+        # A changed spec: the running gang keeps the config it started with, the next
+        # attempt (a restart, a resume after suspend) reads the new one.
+        name = configmap["metadata"]["name"]
+        step.actions.append(UpdateConfig(name, configmap["data"]))
+        text = "the trainer config changed; the gang's next attempt reads it"
+        step.events.append(EmitEvent("Normal", "ConfigUpdated", text))
     if spec.numNodes > 1 and builders.checkpoint_uri(job, settings) is None:
         text = "spec.checkpoint.uri is required with numNodes > 1 (the operator has no default)"
         _fail(step, pods, "CheckpointURIRequired", text)
@@ -172,7 +146,7 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
         if any(attempt_of(p) == st.recovery.attempt for p in pods):
             st.recovery.attempt += 1  # the next gang is a new attempt (not a restart)
         step.condition("Suspended", True, "Suspended", "pods deleted; checkpoints kept")
-        _end_progress_baseline(st)
+        clock.end_progress_baseline(st)
         step.condition("Running", False, "Suspended", "job suspended")
         st.workers = counts([])
         return
@@ -191,7 +165,7 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
     stale = [p for p in pods if attempt_of(p) != attempt]
     step.delete([p for p in stale if not is_deleting(p)], "StaleAttempt")
     st.workers = counts(list(current.values()))
-    _read_progress(step, observed)
+    clock.read_progress(step, observed)
 
     # Decide on the current gang: finished, failed, hung, or running.
     live = {i: p for i, p in current.items() if i < spec.numNodes}
@@ -213,7 +187,7 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
             return  # a peer that still looks alive may sit on a node that just died
         _gang_failed(step, pods, list(live.values()), cause, message, settings)
         return
-    if _hung(step, live):
+    if clock.hung(step, live):
         secs = spec.faultTolerance.progressDeadlineSeconds
         message = TerminationMessage("Hang", f"no step progress for {secs} s")
         _gang_failed(step, pods, list(live.values()), Cause.HANG, message, settings)
@@ -245,7 +219,7 @@ def _run(step: _Step, observed: Observed, settings: Settings) -> None:
         _all_running(step, job)
 
 
-def _not_starting(step: _Step, live: dict[int, Obj], pods: list[Obj]) -> bool:
+def _not_starting(step: Step, live: dict[int, Obj], pods: list[Obj]) -> bool:
     """A worker still Pending past the startup deadline: say why (the pod's own reason)
     in the Running condition, and fail the job if the policy says so. True if failed."""
     policy = step.job.spec.faultTolerance
@@ -270,7 +244,7 @@ def _not_starting(step: _Step, live: dict[int, Obj], pods: list[Obj]) -> bool:
     return False
 
 
-def _all_running(step: _Step, job: TrainingJob) -> None:
+def _all_running(step: Step, job: TrainingJob) -> None:
     st, now = step.status, step.now
     new_run = step.condition(
         "Running", True, "AllWorkersRunning", f"{job.spec.numNodes} workers running"
@@ -289,71 +263,6 @@ def _all_running(step: _Step, job: TrainingJob) -> None:
         st.progress.lastStepTime = timestamp(now)
 
 
-def _read_progress(step: _Step, observed: Observed) -> None:
-    st, now = step.status, step.now
-    if observed.progress_error is not None:
-        # Cannot see progress is not no progress: the hang clock stands still meanwhile.
-        if st.progress is not None and st.progress.unreadableSince is None:
-            st.progress.unreadableSince = timestamp(now)
-        step.condition(
-            "ProgressReadable", False, "ProgressUnreadable",
-            f"{observed.progress_error}; the hang clock is paused",
-        )  # fmt: skip
-        return
-    progress = observed.progress
-    if progress is None:
-        return
-    prev = st.progress
-    if prev is not None and prev.step > 0 and progress.step == 0:
-        return  # a new attempt serves /progress before it has resumed: keep the last known
-    _account_goodput(step, progress.step)
-    new = progress.model_copy(deep=True)
-    new.updateTime = timestamp(now)
-    advanced = prev is None or new.step > prev.step
-    new.lastStepTime = timestamp(now) if advanced else _paused_clock(prev, now)
-    if new.lastCheckpoint is None and prev is not None:
-        new.lastCheckpoint = prev.lastCheckpoint
-    st.progress = new
-    if get_condition(st.conditions, "ProgressReadable") is not None:
-        step.condition("ProgressReadable", True, "ProgressRead", "rank 0's /progress answers")
-
-
-def _paused_clock(prev: Progress | None, now: datetime) -> str | None:
-    """The hang clock after an outage of /progress: moved on by the outage's length."""
-    if prev is None:
-        return None
-    last, since = parse_time(prev.lastStepTime), parse_time(prev.unreadableSince)
-    if last is None or since is None:
-        return prev.lastStepTime
-    return timestamp(last + (now - since))
-
-
-def _end_progress_baseline(st: TrainingJobStatus) -> None:
-    if st.progress is not None:
-        st.progress.updateTime = None
-        st.progress.unreadableSince = None  # the next gang's clock starts afresh
-
-
-def _account_goodput(step: _Step, reached: int) -> None:
-    """Credit the time since the last reading to the steps beyond the highest ever
-    reached, then refresh goodputPercent. Called before status.progress moves on."""
-    st, rec = step.status, step.status.recovery
-    prev = st.progress
-    # No baseline from this attempt (first reading, or the gang was restarted since):
-    # nothing is credited, or downtime would count as the new steps' time.
-    since = parse_time(prev.updateTime if prev else None)
-    elapsed = (step.now - since).total_seconds() if since else 0.0
-    rec.productiveSeconds += goodput.productive_seconds(
-        prev.step if prev else 0, reached, rec.highestStep, elapsed
-    )
-    rec.highestStep = max(rec.highestStep, reached)
-    started = parse_time(st.startTime)
-    if started:
-        st.goodputPercent = goodput.percent(
-            rec.productiveSeconds, (step.now - started).total_seconds()
-        )
-
-
 def _settling(live: dict[int, Obj], failed: list[Obj], now: datetime, settings: Settings) -> bool:
     """Whether to wait before blaming a plain error: some peer is neither finished nor
     deleted yet, and the first failure is younger than the settle time."""
@@ -365,26 +274,8 @@ def _settling(live: dict[int, Obj], failed: list[Obj], now: datetime, settings: 
     return bool(alive) and first is not None and now - first < window
 
 
-def _hung(step: _Step, live: dict[int, Obj]) -> bool:
-    deadline = step.job.spec.faultTolerance.progressDeadlineSeconds
-    progress = step.status.progress
-    if not deadline or progress is None or len(live) < step.job.spec.numNodes:
-        return False
-    if not all(phase_of(p) == "Running" for p in live.values()):
-        return False
-    running = get_condition(step.status.conditions, "Running")
-    if running is None or running.status != "True":
-        return False  # this gang has only just started: its clock starts now
-    if progress.unreadableSince is not None:
-        return False  # progress cannot be seen: not evidence of a hang
-    # The clock restarts with each gang: the step it resumed from is no progress yet.
-    times = (parse_time(progress.lastStepTime), parse_time(running.lastTransitionTime))
-    last = max((t for t in times if t is not None), default=None)
-    return last is not None and (step.now - last).total_seconds() > deadline
-
-
 def _gang_failed(  # noqa: PLR0917 (one call site per cause)
-    step: _Step,
+    step: Step,
     pods: list[Obj],
     gang: list[Obj],
     cause: Cause,
@@ -431,16 +322,16 @@ def _gang_failed(  # noqa: PLR0917 (one call site per cause)
     )
     step.condition("Restarting", True, decision.reason, detail)
     step.condition("Running", False, decision.reason, "restarting the gang")
-    _end_progress_baseline(st)
+    clock.end_progress_baseline(st)
     step.delete([p for p in gang if not is_deleting(p)], decision.reason)
     step.events.append(Observe("restart", 1, decision.cause.value))
 
 
-def _succeed(step: _Step, pods: list[Obj], zero: Obj) -> None:
+def _succeed(step: Step, pods: list[Obj], zero: Obj) -> None:
     st = step.status
     message = TerminationMessage.from_json(terminated(zero).get("message") or "")
     if message and message.step is not None:
-        _account_goodput(step, message.step)
+        clock.account_goodput(step, message.step)
         st.progress = st.progress or Progress()
         st.progress.step = max(st.progress.step, message.step)
         st.progress.updateTime = timestamp(step.now)
@@ -451,7 +342,7 @@ def _succeed(step: _Step, pods: list[Obj], zero: Obj) -> None:
     _cleanup(step, pods)
 
 
-def _fail(step: _Step, pods: list[Obj], reason: str, message: str) -> None:
+def _fail(step: Step, pods: list[Obj], reason: str, message: str) -> None:
     step.status.completionTime = timestamp(step.now)
     step.condition("Failed", True, reason, message)
     step.condition("Running", False, reason, "job failed")
@@ -459,7 +350,7 @@ def _fail(step: _Step, pods: list[Obj], reason: str, message: str) -> None:
     _cleanup(step, pods)
 
 
-def _finished(step: _Step, pods: list[Obj]) -> None:
+def _finished(step: Step, pods: list[Obj]) -> None:
     _cleanup(step, pods)
     ttl = step.job.spec.runPolicy.ttlSecondsAfterFinished
     done = parse_time(step.status.completionTime)
@@ -467,7 +358,7 @@ def _finished(step: _Step, pods: list[Obj]) -> None:
         step.actions.append(DeleteJob(f"ttlSecondsAfterFinished ({ttl} s) passed"))
 
 
-def _cleanup(step: _Step, pods: list[Obj]) -> None:
+def _cleanup(step: Step, pods: list[Obj]) -> None:
     policy = step.job.spec.runPolicy.cleanPodPolicy
     live = [p for p in pods if not is_deleting(p)]
     if policy == "Running":

@@ -8,7 +8,8 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-PREFIX = "kubetrain.io"
+from kubetrain_core.names import PREFIX
+
 TORCHRUN = ("python", "-m", "torch.distributed.run")
 # Prometheus, in whatever namespace it runs (the chart's networkPolicy.metricsPeers).
 DEFAULT_METRICS_PEERS: tuple[dict[str, Any], ...] = (

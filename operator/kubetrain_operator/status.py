@@ -4,8 +4,9 @@ transition time changes only when the status does."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import cast
 
-from kubetrain_operator.api import Condition, ConditionType, JobState
+from kubetrain_core.api import STATE_PRECEDENCE, Condition, ConditionType, JobState
 
 
 def timestamp(now: datetime) -> str:
@@ -53,20 +54,9 @@ def set_condition(
     return [*others, new], changed
 
 
-# The printer column's states, most decisive first: each is its condition type's name.
-_STATES: tuple[tuple[ConditionType, JobState], ...] = (
-    ("Failed", "Failed"),
-    ("Succeeded", "Succeeded"),
-    ("Suspended", "Suspended"),
-    ("Restarting", "Restarting"),
-    ("Running", "Running"),
-    ("Created", "Created"),
-)
-
-
 def state_of(conditions: list[Condition]) -> JobState:
     """The printer column: the most decisive true condition."""
-    for kind, state in _STATES:
-        if is_true(conditions, kind):
+    for state in STATE_PRECEDENCE:
+        if is_true(conditions, cast(ConditionType, state)):
             return state
     return "Pending"

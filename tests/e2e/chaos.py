@@ -19,13 +19,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from tests.e2e.jobs import ROOT, get_job, job_status, store_uri
-
+from kubetrain_core.config import S3Config
+from kubetrain_devcluster.jobs import ROOT, get_job, job_status, store_uri
 from kubetrain_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, LocalStorage
-from kubetrain_trainer.config import S3Config
 
 if TYPE_CHECKING:
-    from tests.harness.cluster import Cluster
+    from localkube.cluster import Cluster
 
 REPORT = ROOT / "runs" / "chaos.json"
 ROWS: list[Row] = []

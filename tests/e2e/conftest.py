@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from tests.harness.cluster import Cluster
-    from tests.harness.operator_process import OperatorProcess
+    from kubetrain_devcluster.operator import OperatorProcess
+    from localkube.cluster import Cluster
 
 
 @pytest.fixture(scope="module")
 def operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    from tests.harness.operator_process import OperatorProcess, install
+    from kubetrain_devcluster.operator import OperatorProcess, install
 
     install(cluster)
     op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator"))

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from tests.e2e.chaos import Scenario, rank0_logs
-from tests.e2e.jobs import (
+
+from kubetrain_devcluster.jobs import (
     apply_job,
     example_job,
     job_pods,
@@ -28,22 +29,21 @@ from tests.e2e.jobs import (
     wait_checkpoint,
     wait_state,
 )
-from tests.harness.kubelet import NodeSpec
-from tests.harness.operator_process import (
+from kubetrain_devcluster.operator import (
     S3_SECRET,
     OperatorProcess,
     admission_params,
     create_s3_secret,
     install,
 )
-from tests.harness.services import wait_until
-from tests.integration.minio import s3_env
-
 from kubetrain_trainer.checkpoint import Claim, parse_checkpoint_dir
 from kubetrain_trainer.checkpoint.claims import claim_key
+from localkube.kubelet import NodeSpec
+from localkube.s3 import s3_env
+from localkube.services import wait_until
 
 if TYPE_CHECKING:
-    from tests.harness.cluster import Cluster
+    from localkube.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.chaos]
 

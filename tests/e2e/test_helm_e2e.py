@@ -24,14 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from tests.e2e.jobs import checkpoint_steps, store_uri
-from tests.harness.binaries import binary
-from tests.harness.operator_process import S3_SECRET, create_s3_secret
-from tests.harness.services import wait_until
+
+from kubetrain_devcluster.jobs import checkpoint_steps, store_uri
+from kubetrain_devcluster.operator import S3_SECRET, create_s3_secret
+from localkube.binaries import binary
+from localkube.services import wait_until
 
 if TYPE_CHECKING:
-    from tests.harness.cluster import Cluster
-    from tests.harness.services import PrometheusServer
+    from localkube.cluster import Cluster
+    from localkube.services import PrometheusServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -81,14 +82,15 @@ def _restricted_namespace(cluster: Cluster) -> str:
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest",
     }
-    status, body = cluster.api.request(
+    cluster.api.request(
         "POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}}
     )
-    assert status == 201, body
 
     def ready() -> bool:
-        sa, _ = cluster.api.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")
-        return sa == 200
+        return (
+            cluster.api.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default")
+            is not None
+        )
 
     wait_until(ready, timeout=30, what=f"namespace {name} to be ready")
     return name

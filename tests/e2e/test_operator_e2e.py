@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
-from tests.e2e.jobs import (
+
+from kubetrain_devcluster.jobs import (
     ATTEMPT_LABEL,
     EXAMPLE,
     JOB_LABEL,
@@ -28,11 +29,11 @@ from tests.e2e.jobs import (
     wait_checkpoint,
     wait_state,
 )
-from tests.harness.operator_process import OperatorProcess, create_s3_secret, install
-from tests.harness.services import wait_until
+from kubetrain_devcluster.operator import OperatorProcess, create_s3_secret, install
+from localkube.services import wait_until
 
 if TYPE_CHECKING:
-    from tests.harness.cluster import Cluster
+    from localkube.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,12 +9,20 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from tests.e2e.jobs import apply_job, get_job, job_pods, job_status, short_job, wait_state
-from tests.harness.operator_process import OperatorProcess, create_s3_secret
-from tests.harness.services import wait_until
+
+from kubetrain_devcluster.jobs import (
+    apply_job,
+    get_job,
+    job_pods,
+    job_status,
+    short_job,
+    wait_state,
+)
+from kubetrain_devcluster.operator import OperatorProcess, create_s3_secret
+from localkube.services import wait_until
 
 if TYPE_CHECKING:
-    from tests.harness.cluster import Cluster
+    from localkube.cluster import Cluster
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

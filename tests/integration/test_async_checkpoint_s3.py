@@ -18,8 +18,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from tests.harness.services import MinioServer
-from tests.integration.minio import new_bucket, running_minio, s3_env
 from tests.integration.trainer_runs import (
     REPO,
     env_with,
@@ -30,9 +28,12 @@ from tests.integration.trainer_runs import (
     write_config,
 )
 
+from kubetrain_core.config.schema import S3Config
+from kubetrain_devcluster.project import source_path
 from kubetrain_trainer.checkpoint import CheckpointInfo, CheckpointManager, ResumeRequest, S3Storage
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer
-from kubetrain_trainer.config.schema import S3Config
+from localkube.s3 import new_bucket, running_minio, s3_env
+from localkube.services import MinioServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -311,7 +312,7 @@ def test_two_ranks_write_on_the_checkpoint_group_while_training_all_reduces(
         **os.environ,
         **s3_env(minio),
         "AWS_ENDPOINT_URL": minio.endpoint,
-        "PYTHONPATH": str(REPO / "trainer_image"),
+        "PYTHONPATH": source_path(),
         "GLOO_SOCKET_IFNAME": "lo",  # rank-to-rank traffic stays on loopback
         "OMP_NUM_THREADS": "1",
     }

@@ -8,16 +8,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from botocore.exceptions import ClientError
-from tests.harness.services import MinioServer
-from tests.integration.minio import new_bucket, running_minio, s3_env
 from torch import nn
 
+from kubetrain_core.config.schema import CheckpointConfig, S3Config
+from kubetrain_devcluster.project import source_path
 from kubetrain_trainer.checkpoint import (
     CheckpointManager,
     CorruptCheckpoint,
@@ -28,17 +27,12 @@ from kubetrain_trainer.checkpoint import (
 )
 from kubetrain_trainer.checkpoint.claims import claim_key
 from kubetrain_trainer.checkpoint.state import read_state, write_state
-from kubetrain_trainer.config.schema import CheckpointConfig, S3Config
+from localkube.s3 import new_bucket, s3_env
+from localkube.services import MinioServer
 
 pytestmark = pytest.mark.integration
 
 _MIB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
-    with running_minio(tmp_path_factory.mktemp("minio")) as server:
-        yield server
 
 
 @pytest.fixture
@@ -344,12 +338,11 @@ def test_two_ddp_ranks_save_and_resume_through_minio(
 ) -> None:
     script = tmp_path / "worker.py"
     script.write_text(_DDP_WORKER)
-    repo = Path(__file__).resolve().parents[2]
     env = {
         **os.environ,
         **s3_env(minio),
         "AWS_ENDPOINT_URL": minio.endpoint,  # as the operator would set it
-        "PYTHONPATH": str(repo / "trainer_image"),
+        "PYTHONPATH": source_path(),
         "GLOO_SOCKET_IFNAME": "lo",  # rank-to-rank traffic stays on loopback
         "OMP_NUM_THREADS": "1",
     }

@@ -16,18 +16,24 @@ from tests.integration.trainer_runs import (
     tiny_config,
 )
 
+from kubetrain_core.api import CHECKPOINT_FIELDS
+
 pytestmark = pytest.mark.integration
 
 
 def job(tmp_path: Path, *, nodes: int = 1, fault_tolerance: dict[str, Any], **trainer: Any) -> Path:
     cfg = tiny_config(tmp_path / "ignored", **trainer)
     del cfg["run_dir"]  # `kubetrain run` puts it under --runs-dir/<name>
+    # A TrainingJob sets checkpointing in spec.checkpoint, in camelCase.
+    checkpoint = cfg.pop("checkpoint")
     doc = {
         "apiVersion": "kubetrain.io/v1alpha1",
         "kind": "TrainingJob",
         "metadata": {"name": "tiny"},
         "spec": {"numNodes": nodes, "numProcPerNode": 1, "trainer": cfg,
-                 "faultTolerance": fault_tolerance},
+                 "faultTolerance": fault_tolerance,
+                 "checkpoint": {camel: checkpoint[snake] for camel, snake in CHECKPOINT_FIELDS.items()
+                                if snake in checkpoint}},
     }  # fmt: skip
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -78,10 +84,17 @@ def test_invalid_job_is_rejected_with_field_paths(tmp_path: Path) -> None:
 
 
 def test_two_process_job_runs_under_torchrun_standalone(tmp_path: Path) -> None:
-    path = job(tmp_path, nodes=2, fault_tolerance={}, training={"max_steps": 10})
+    path = job(
+        tmp_path, nodes=2, fault_tolerance={}, training={"max_steps": 10},
+        metrics={"tensorboard": True},
+    )  # fmt: skip
     code, out = run(path, tmp_path / "runs")
     assert code == 0, out[-3000:]
-    assert committed_steps(tmp_path / "runs" / "tiny" / "checkpoints") == [5, 10]
+    run_dir = tmp_path / "runs" / "tiny"
+    assert committed_steps(run_dir / "checkpoints") == [5, 10]
+    # metrics.tensorboard is honoured, by rank 0 alone: one event file for two processes
+    # (it used to be read by nothing, and the TensorBoard callback wrote on every rank).
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def _checkpoint_files(run_dir: Path) -> dict[str, bytes]:

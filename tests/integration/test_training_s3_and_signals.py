@@ -9,13 +9,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from tests.harness.services import MinioServer
-from tests.integration.minio import new_bucket, running_minio, s3_env
 from tests.integration.trainer_runs import (
     REPO,
     committed_steps,
@@ -27,13 +24,10 @@ from tests.integration.trainer_runs import (
     write_config,
 )
 
+from localkube.s3 import new_bucket, s3_env
+from localkube.services import MinioServer
+
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def minio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MinioServer]:
-    with running_minio(tmp_path_factory.mktemp("minio")) as server:
-        yield server
 
 
 def free_port() -> int:

@@ -50,7 +50,7 @@ def kubetrain(
 ) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a fresh process."""
     return subprocess.run(
-        [sys.executable, "-m", "kubetrain_trainer", *args],
+        [sys.executable, "-m", "kubetrain_cli", *args],
         env=env or env_with(),
         capture_output=True,
         text=True,

@@ -12,10 +12,10 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
-from tests.harness.binaries import MissingBinary, binary
 
 from kubetrain_operator import operator_metrics
 from kubetrain_trainer.metrics.prometheus import TrainerMetrics
+from localkube.binaries import MissingBinary, binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "kubetrain"

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetrain_core.api import RecoveryStatus, TrainingJob
+from kubetrain_core.config import parse_config
 from kubetrain_operator import builders
-from kubetrain_operator.api import RecoveryStatus, TrainingJob
 from kubetrain_operator.settings import Settings
-from kubetrain_trainer.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = Settings(default_image="example/trainer:1", torchrun=["torchrun"])
@@ -85,13 +85,13 @@ def test_env_carries_the_contract_and_recovery_state() -> None:
     env = _env(builders.build_pod(job, 0, recovery, SETTINGS))
     assert env["KUBETRAIN_JOB_NAME"] == NAME
     assert env["KUBETRAIN_NAMESPACE"] == "team-a"
-    assert env["KUBETRAIN_CHECKPOINT_URI"] == "s3://ckpt/run"
     assert env["KUBETRAIN_RESTART_COUNT"] == "3"
     assert env["KUBETRAIN_ROLLBACK_BEFORE"] == "50"
     assert env["KUBETRAIN_ROLLBACK_ID"] == "u/3"
     assert env["KUBETRAIN_SKIP_BATCHES"] == "51-53"
     assert float(env["KUBETRAIN_LR_SCALE"]) == 0.5
-    assert env["KUBETRAIN_METRICS_PORT"] == "9090"
+    # The config travels only in the ConfigMap: no env var overrides any of it.
+    assert not {"KUBETRAIN_CHECKPOINT_URI", "KUBETRAIN_METRICS_PORT"} & env.keys()
     assert env["AWS_ACCESS_KEY_ID"] == {
         "secretKeyRef": {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID"}
     }
@@ -101,7 +101,6 @@ def test_env_carries_the_contract_and_recovery_state() -> None:
 def test_no_rollback_request_without_a_rollback() -> None:
     env = _env(builders.build_pod(_job(), 0, RecoveryStatus(), SETTINGS))
     assert "KUBETRAIN_ROLLBACK_BEFORE" not in env and "KUBETRAIN_ROLLBACK_ID" not in env
-    assert "KUBETRAIN_CHECKPOINT_URI" not in env  # no URI anywhere: the trainer's default
 
 
 def test_operator_default_checkpoint_uri_and_credentials() -> None:
@@ -113,7 +112,6 @@ def test_operator_default_checkpoint_uri_and_credentials() -> None:
     job = _job()
     env = _env(builders.build_pod(job, 0, RecoveryStatus(), settings))
     # A re-created job (new UID) gets a store of its own.
-    assert env["KUBETRAIN_CHECKPOINT_URI"] == f"s3://kubetrain/team-a/{NAME}/1234-abcd"
     assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == "kubetrain-s3"
     config = builders.build_configmap(job, settings)["data"]["trainer.yaml"]
     cfg = parse_config(yaml.safe_load(config))

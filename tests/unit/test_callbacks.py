@@ -1,24 +1,21 @@
-"""Callbacks: dispatch order, EarlyStopping, building from config, TensorBoard availability."""
+"""Callbacks: dispatch order, EarlyStopping, building from config."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kubetrain_trainer import registry
+from kubetrain_core import registry
+from kubetrain_core.config.schema import CallbackConfig
 from kubetrain_trainer.callbacks import (
     HOOKS,
     Callback,
     CallbackList,
     EarlyStopping,
-    TensorBoardCallback,
     TrainerState,
     build_callbacks,
 )
-from kubetrain_trainer.config.schema import CallbackConfig
 
 
 class Recorder(Callback):
@@ -132,19 +129,3 @@ def test_registered_extension_callback_is_built_by_name() -> None:
     [built] = build_callbacks([CallbackConfig(name="test_counter", options={"start": 5})])
     assert isinstance(built, Counter)
     assert built.count == 5
-
-
-def test_tensorboard_callback_writes_or_says_how_to_install(tmp_path: Path) -> None:
-    if importlib.util.find_spec("tensorboard") is None:
-        with pytest.raises(RuntimeError, match="pip install tensorboard"):
-            TensorBoardCallback()
-        with pytest.raises(RuntimeError, match="pip install tensorboard"):
-            build_callbacks([CallbackConfig(name="tensorboard")])
-        return
-    callback = TensorBoardCallback(log_every=1)
-    state = TrainerState(step=1, run_dir=tmp_path, metrics={"loss": 1.0, "val_loss": 2.0})
-    callback.on_train_begin(state)
-    callback.on_batch_end(state)
-    callback.on_validation_end(state)
-    callback.on_train_end(state)
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetrain_trainer.config import ConfigError, load_config, parse_config, to_yaml
+from kubetrain_core.config import ConfigError, load_config, parse_config, to_yaml
 
 MINIMAL = {"data": {"path": "corpus.txt"}, "training": {"max_steps": 10}}
 
@@ -137,6 +137,6 @@ def test_config_package_does_not_import_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys, kubetrain_trainer.config, kubetrain_operator.api; print('torch' in sys.modules)"
+    code = "import sys, kubetrain_core.config, kubetrain_core.api; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

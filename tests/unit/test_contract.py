@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetrain_trainer.checkpoint import Owner
-from kubetrain_trainer.config import ConfigError, load_config
-from kubetrain_trainer.contract import (
+from kubetrain_core.config import ConfigError, load_config
+from kubetrain_core.contract import (
     Fault,
     TerminationMessage,
     format_step_ranges,
     parse_faults,
     parse_step_ranges,
 )
+from kubetrain_trainer.checkpoint import Owner
 from kubetrain_trainer.runtime import Runtime
 
 
@@ -68,8 +68,7 @@ def test_runtime_from_env() -> None:
         "KUBETRAIN_ROLLBACK_BEFORE": "30",
         "KUBETRAIN_ROLLBACK_ID": "u-1/2",
         "KUBETRAIN_CHECKPOINT_KEY": "secret",
-        "KUBETRAIN_CHECKPOINT_URI": "s3://b/p #1",
-        "KUBETRAIN_METRICS_PORT": "9100",
+        "KUBETRAIN_RUN_DIR": "/tmp/run #1",
     }
     rt = Runtime.from_env(env)
     assert (rt.restart_count, rt.skip_ranges, rt.lr_scale) == (2, [(5, 6)], 0.5)
@@ -77,12 +76,10 @@ def test_runtime_from_env() -> None:
     assert rt.owner == Owner("team-a", "bert", "u-1")
     assert rt.checkpoint_key == b"secret" and "secret" not in repr(rt)
     # Strings stay strings: nothing after "#" is dropped as a YAML comment.
-    assert rt.overrides == {"checkpoint.uri": "s3://b/p #1", "metrics.port": 9100}
+    assert rt.overrides == {"run_dir": "/tmp/run #1"}
 
 
-@pytest.mark.parametrize(
-    "name", ["KUBETRAIN_RESTART_COUNT", "KUBETRAIN_ROLLBACK_BEFORE", "KUBETRAIN_METRICS_PORT"]
-)
+@pytest.mark.parametrize("name", ["KUBETRAIN_RESTART_COUNT", "KUBETRAIN_ROLLBACK_BEFORE"])
 def test_malformed_numbers_in_the_env_name_the_variable(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Runtime.from_env({name: "ten"})
@@ -91,8 +88,10 @@ def test_malformed_numbers_in_the_env_name_the_variable(name: str) -> None:
 def test_a_uri_with_a_comment_is_rejected_not_truncated(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"data": {"path": "x"}, "training": {"max_steps": 1}}))
-    env = Runtime.from_env({"KUBETRAIN_CHECKPOINT_URI": "s3://bucket/team-a #1"})
-    for values, overrides in ((env.overrides, []), ({}, ["checkpoint.uri=s3://bucket/team-a #1"])):
+    for values, overrides in (
+        ({"checkpoint.uri": "s3://bucket/team-a #1"}, []),
+        ({}, ["checkpoint.uri=s3://bucket/team-a #1"]),
+    ):
         with pytest.raises(ConfigError, match=r"checkpoint\.uri"):
             load_config(config, overrides, values=values)
     cfg = load_config(config, ["checkpoint.uri=s3://bucket/x", "training.max_steps=7"])

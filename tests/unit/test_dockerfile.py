@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetrain_operator.api import TrainingJob
+from kubetrain_core.api import TrainingJob
 from kubetrain_operator.builders import torchrun_command
 from kubetrain_operator.settings import Settings
 
@@ -139,7 +139,7 @@ def test_operator_image_has_no_torch_and_runs_kubetrain_operator() -> None:
     assert re.search(r"args:\n\s+- operator\n", chart.read_text())
     assert "command:" not in chart.read_text()
     scripts = _pyproject()["project"]["scripts"]
-    assert scripts["kubetrain"] == "kubetrain_trainer.cli:main"
+    assert scripts["kubetrain"] == "kubetrain_cli.cli:main"
 
 
 def _pyproject() -> dict[str, Any]:
@@ -204,3 +204,12 @@ def test_default_trainer_image_agrees_with_the_chart() -> None:
     chart = yaml.safe_load((ROOT / "helm" / "kubetrain" / "Chart.yaml").read_text())
     image = f"{values['trainer']['image']['repository']}:{chart['appVersion']}"
     assert image == Settings().default_image
+
+
+def test_the_local_cluster_runs_the_images_entry_points() -> None:
+    from kubetrain_devcluster.project import REPO_ROOT, images
+
+    seen = images()
+    assert seen.entrypoints["kubetrain-operator"] == ["kubetrain"]
+    assert seen.entrypoints["kubetrain-trainer"] == ["kubetrain"]
+    assert seen.workdir == str(REPO_ROOT)  # examples/ resolves, as under the image WORKDIR

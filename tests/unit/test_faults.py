@@ -7,14 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
-from kubetrain_trainer.contract import Fault, parse_faults
+from kubetrain_core.contract import Fault, parse_faults
+from kubetrain_devcluster.project import source_path
 from kubetrain_trainer.faults import FaultInjector
 
-TRAINER_ROOT = str(Path(__file__).resolve().parents[2] / "trainer_image")
+TRAINER_ROOT = source_path()
 
 
 class HungError(Exception):

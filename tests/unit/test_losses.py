@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import LossConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import LossConfig
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss, compute_loss
 
 B, T, V = 3, 5, 11

@@ -15,16 +15,23 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from kubetrain_core.config import MetricsConfig
 from kubetrain_trainer.metrics import (
+    EvalRecord,
     MetricsLogger,
     MetricsServer,
     ProgressReporter,
+    Sink,
+    StepRecord,
+    TensorBoardWriter,
     TrainerMetrics,
+    build_sinks,
     perplexity,
     read_metrics,
     summary_table,
 )
 from kubetrain_trainer.metrics.prometheus import job_labels
+from kubetrain_trainer.metrics.records import Sinks
 
 TRAIN: dict[str, Any] = {
     "epoch": 0.5,
@@ -37,14 +44,18 @@ TRAIN: dict[str, Any] = {
 }
 
 
+def _record(step: int, **fields: Any) -> StepRecord:
+    return StepRecord(step=step, **{**TRAIN, **fields})
+
+
 # --- metrics.jsonl -----------------------------------------------------------------------------
 
 
 def test_jsonl_records_parse_with_kinds_and_perplexity(tmp_path: Path) -> None:
     with MetricsLogger(tmp_path) as log:
-        log.train(step=10, **TRAIN)
-        log.val(step=10, val_loss=1.0)
-        log.test(step=20, test_loss=0.5)
+        log.step(_record(10))
+        log.evaluation(EvalRecord("val", 10, 1.0))
+        log.evaluation(EvalRecord("test", 20, 0.5))
         log.event("nan_skip", step=11, loss=float("nan"), reason="non-finite loss")
 
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -64,9 +75,9 @@ def test_jsonl_records_parse_with_kinds_and_perplexity(tmp_path: Path) -> None:
 
 def test_jsonl_appends_across_instances(tmp_path: Path) -> None:
     with MetricsLogger(tmp_path / "run") as first:
-        first.val(step=1, val_loss=3.0)
+        first.evaluation(EvalRecord("val", 1, 3.0))
     with MetricsLogger(tmp_path / "run") as second:  # a resumed attempt
-        second.val(step=2, val_loss=2.0)
+        second.evaluation(EvalRecord("val", 2, 2.0))
     assert [r["step"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
 
 
@@ -80,12 +91,12 @@ def test_jsonl_lines_are_flushed_as_written(tmp_path: Path) -> None:
 
 def test_only_rank_zero_writes(tmp_path: Path) -> None:
     log = MetricsLogger(tmp_path / "r1", rank=1)
-    log.train(step=1, **TRAIN)
+    log.step(_record(1))
     log.close()
     assert not log.active
     assert not (tmp_path / "r1").exists()
     disabled = MetricsLogger(tmp_path / "off", enabled=False)
-    disabled.val(step=1, val_loss=1.0)
+    disabled.evaluation(EvalRecord("val", 1, 1.0))
     assert not (tmp_path / "off").exists()
 
 
@@ -122,8 +133,9 @@ def _value(text: str, name: str, **labels: str) -> float:
 def test_prometheus_text_after_updates() -> None:
     m = TrainerMetrics(labels={"trainingjob": "demo", "namespace": "team"})
     m.total_steps.set(100)
-    m.observe_step(step=42, **TRAIN)
-    m.update_val(1.25)
+    m.step(_record(42))
+    m.evaluation(EvalRecord("val", 42, 1.25))
+    m.evaluation(EvalRecord("test", 42, 9.0))  # not a gauge of its own
     m.checkpoint_stalled(0.3)
     m.checkpoint_committed(40, upload_seconds=2.0, timestamp=1_700_000_000.0)
     m.checkpoint_good(30)
@@ -160,7 +172,7 @@ def test_prometheus_text_after_updates() -> None:
 
 def test_each_instance_has_its_own_registry_and_rejects_unknown_actions() -> None:
     a, b = TrainerMetrics(labels={}), TrainerMetrics(labels={})
-    a.step.set(5)
+    a.step_gauge.set(5)
     assert _value(b.render().decode(), "kubetrain_step") == 0
     with pytest.raises(ValueError, match="unknown NaN action"):
         a.nan_event("explode")
@@ -206,7 +218,7 @@ def test_server_metrics_endpoint_reflects_updates(
     assert status == 200
     assert ctype.startswith("text/plain")
     assert _value(body, "kubetrain_step") == 0
-    server.metrics.observe_step(step=7, **TRAIN)
+    server.metrics.step(_record(7))
     assert _value(_get(server, "/metrics")[2], "kubetrain_step") == 7
     # OpenMetrics when Prometheus asks for it.
     status, ctype, body = _get(server, "/metrics", accept="application/openmetrics-text")
@@ -288,13 +300,15 @@ def test_terminal_shows_a_bar_and_nan_plainly() -> None:
 
 def test_step_records_and_validation_lines() -> None:
     console, out = _console(terminal=False)
-    reporter = ProgressReporter(total_steps=100, console=console)  # the loop filters log steps
-    record = {"step": 10, "loss": 2.0, "loss_ema": None, "lr": 1e-3, "tokens_per_second": 5.0}
-    reporter.step(record)
-    reporter.validation(10, 1.0)
+    reporter = ProgressReporter(total_steps=100, log_steps=10, console=console)
+    reporter.step(_record(9, loss_ema=None, lr=1e-3, tokens_per_second=5.0))  # bar only
+    reporter.step(_record(10, loss_ema=None, lr=1e-3, tokens_per_second=5.0))
+    reporter.evaluation(EvalRecord("val", 10, 1.0))
+    reporter.evaluation(EvalRecord("test", 10, 1.0))
     assert out.getvalue().splitlines() == [
         "step 10/100 | loss 2.0000 | ema - | lr 1.000e-03 | 5 tok/s",
         f"step 10/100 | val_loss 1.0000 | val_ppl {math.e:.2f}",
+        f"test_loss 1.0000 | test_ppl {math.e:.2f}",
     ]
 
 
@@ -349,3 +363,61 @@ def test_summary_table_with_missing_facts_and_outcome() -> None:
     assert "3/-" in text
     assert "nan / nan" in text
     assert "resumed from" not in text
+
+
+# --- one record, every sink --------------------------------------------------------------------
+
+
+class _Seen(Sink):
+    def __init__(self, every_step: bool) -> None:
+        self.every_step = every_step
+        self.steps: list[int] = []
+        self.evals: list[str] = []
+
+    def step(self, record: StepRecord) -> None:
+        self.steps.append(record.step)
+
+    def evaluation(self, record: EvalRecord) -> None:
+        self.evals.append(record.split)
+
+
+def test_sinks_take_every_step_or_the_logged_ones_and_the_last() -> None:
+    gauges, files = _Seen(every_step=True), _Seen(every_step=False)
+    sinks = Sinks([gauges, files], log_steps=4, total_steps=10)
+    for step in range(1, 11):
+        sinks.step(_record(step))
+    sinks.evaluation(EvalRecord("val", 10, 1.0))
+    assert gauges.steps == list(range(1, 11))
+    assert files.steps == [4, 8, 10]
+    assert gauges.evals == files.evals == ["val"]
+
+
+def test_build_sinks_writes_files_and_tensorboard_on_rank_zero_only(tmp_path: Path) -> None:
+    cfg = MetricsConfig(log_steps=1, console=False, tensorboard=True)
+    for rank, run_dir in ((0, tmp_path / "r0"), (1, tmp_path / "r1")):
+        sinks = build_sinks(
+            cfg, run_dir=run_dir, is_main=rank == 0, total_steps=2, start_step=0,
+            prometheus=TrainerMetrics(labels={}),
+        )  # fmt: skip
+        sinks.step(_record(1))
+        sinks.evaluation(EvalRecord("val", 1, 1.0))
+        sinks.close()
+    assert not (tmp_path / "r1").exists()  # rank 1 writes nothing, TensorBoard included
+    events = list((tmp_path / "r0" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    assert [r["kind"] for r in read_metrics(tmp_path / "r0" / "metrics.jsonl")] == ["train", "val"]
+
+
+def test_tensorboard_scalars_are_named_like_the_jsonl_fields(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    writer = TensorBoardWriter(tmp_path)
+    writer.step(_record(3))
+    writer.evaluation(EvalRecord("val", 3, 1.0))
+    writer.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/perplexity", "val/loss", "val/perplexity"} <= tags
+    [loss] = events.Scalars("train/loss")
+    assert (loss.step, loss.value) == (3, 2.0)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import OptimizerConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import OptimizerConfig
 from kubetrain_trainer.optimization.optimizers import build_optimizer, param_groups
 
 

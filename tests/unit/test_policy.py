@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from kubetrain_operator.api import FaultToleranceSpec
-from kubetrain_operator.policy import (
+from kubetrain_core.api import FaultToleranceSpec
+from kubetrain_core.contract import ExitCode, TerminationMessage
+from kubetrain_core.policy import (
     Cause,
     RecoveryState,
     Rollback,
@@ -11,7 +12,6 @@ from kubetrain_operator.policy import (
     decide,
     record,
 )
-from kubetrain_trainer.contract import ExitCode, TerminationMessage
 
 
 def nan_message(restored: int | None = 20) -> TerminationMessage:
@@ -93,3 +93,21 @@ def test_skip_ranges_accumulate_across_rollbacks() -> None:
 def test_nan_action_fail() -> None:
     policy = FaultToleranceSpec.model_validate({"nan": {"action": "Fail"}})
     assert decide(policy, RecoveryState(), Cause.NAN, nan_message()).action == "fail"
+
+
+def test_restart_causes_and_states_come_from_the_api_models() -> None:
+    import typing
+
+    from kubetrain_core.api import (
+        JOB_STATES,
+        RESTART_CAUSES,
+        STATE_PRECEDENCE,
+        ConditionType,
+        RestartCounts,
+    )
+    from kubetrain_core.policy import RESTART_KEYS, RecoveryState
+
+    assert set(RESTART_KEYS.values()) <= set(RESTART_CAUSES)
+    assert set(RecoveryState().restarts) == set(RestartCounts.model_fields)
+    assert {*STATE_PRECEDENCE, "Pending"} == set(JOB_STATES)
+    assert set(STATE_PRECEDENCE) <= set(typing.get_args(ConditionType))

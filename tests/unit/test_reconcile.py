@@ -8,6 +8,9 @@ from typing import Any
 
 import yaml
 
+from kubetrain_core.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
+from kubetrain_core.config import parse_config
+from kubetrain_core.contract import TerminationMessage
 from kubetrain_operator import builders
 from kubetrain_operator.actions import (
     Action,
@@ -18,12 +21,11 @@ from kubetrain_operator.actions import (
     Observe,
     Observed,
     PatchStatus,
+    UpdateConfig,
 )
-from kubetrain_operator.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
 from kubetrain_operator.progress import parse_progress
 from kubetrain_operator.reconcile import fail_stored, reconcile
 from kubetrain_operator.settings import Settings
-from kubetrain_trainer.contract import TerminationMessage
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -64,7 +66,8 @@ def _run(
     progress: Progress | None = None,
     **kw: Any,
 ) -> list[Action]:
-    observed = Observed(pods=pods, service=True, configmap=True, now=now, progress=progress)
+    config = builders.build_configmap(job, SETTINGS)["data"]
+    observed = Observed(pods=pods, service=True, config=config, now=now, progress=progress)
     return reconcile(job, observed, SETTINGS, **kw)
 
 
@@ -92,7 +95,7 @@ def _running_status(**recovery: Any) -> dict[str, Any]:
 
 
 def test_new_job_creates_service_configmap_signing_key_and_the_gang() -> None:
-    observed = Observed(pods=[], service=False, configmap=False, now=NOW, signing_key="k3y")
+    observed = Observed(pods=[], service=False, config=None, now=NOW, signing_key="k3y")
     actions = reconcile(_job(), observed, SETTINGS)
     kinds = [a.body["kind"] for a in actions if isinstance(a, CreateObject)]
     assert kinds == ["Service", "ConfigMap", "Secret", "NetworkPolicy", "Pod", "Pod"]
@@ -117,6 +120,26 @@ def test_new_job_creates_service_configmap_signing_key_and_the_gang() -> None:
     # the status patch comes before the creates it implies
     first_patch = next(i for i, a in enumerate(actions) if isinstance(a, PatchStatus))
     assert first_patch < next(i for i, a in enumerate(actions) if _created_pods([a]))
+
+
+def test_an_edited_spec_updates_the_configmap_for_the_next_attempt() -> None:
+    """Mutable fields (spec.checkpoint.intervalSteps, ...) edited on a running job reach
+    the ConfigMap; before, it was created once and edits were silently ignored."""
+    before = _job(_running_status())
+    pods = [_pod(0, "Running"), _pod(1, "Running")]
+    stale = builders.build_configmap(before, SETTINGS)["data"]
+    edited = _job(_running_status(), checkpoint={"intervalSteps": 7, "keepLast": 5})
+    observed = Observed(pods=pods, service=True, config=stale, now=NOW)
+    actions = reconcile(edited, observed, SETTINGS)
+    updates = [a for a in actions if isinstance(a, UpdateConfig)]
+    assert [u.name for u in updates] == [f"{NAME}-config"]
+    cfg = parse_config(yaml.safe_load(updates[0].data["trainer.yaml"]))
+    assert (cfg.checkpoint.interval_steps, cfg.checkpoint.keep_last) == (7, 5)
+    assert any(isinstance(a, EmitEvent) and a.reason == "ConfigUpdated" for a in actions)
+    assert not any(isinstance(a, DeletePods) for a in actions)  # the running gang stays
+    # Once the ConfigMap holds it, nothing more to do.
+    same = Observed(pods=pods, service=True, config=updates[0].data, now=NOW)
+    assert not any(isinstance(a, UpdateConfig) for a in reconcile(edited, same, SETTINGS))
 
 
 def test_existing_pods_are_never_created_twice() -> None:

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from kubetrain_trainer.config.schema import RecoveryConfig
-from kubetrain_trainer.contract import format_step_ranges
+from kubetrain_core.config.schema import RecoveryConfig
+from kubetrain_core.contract import format_step_ranges
 from kubetrain_trainer.recovery import (
     HealthTracker,
     NanGuard,

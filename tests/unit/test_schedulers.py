@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-from kubetrain_trainer.config.schema import SchedulerConfig
+from kubetrain_core.config.schema import SchedulerConfig
 from kubetrain_trainer.optimization.schedulers import build_scheduler, current_lr, scale_lr
 
 PEAK = 0.1

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import DataConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import DataConfig
 from kubetrain_trainer.data.text import TextFileDataset
 from kubetrain_trainer.data.tokenizers import CharacterTokenizer, Tokenizer
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import TokenizerConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import TokenizerConfig
 from kubetrain_trainer.data.tokenizers import (
     BPETokenizer,
     CharacterTokenizer,

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import ModelConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import ModelConfig
 from kubetrain_trainer.models.adapters import StandardModelAdapter
 from kubetrain_trainer.models.transformer import Block, Transformer
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss

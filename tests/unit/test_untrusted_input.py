@@ -19,18 +19,27 @@ from typing import Any
 import pytest
 import yaml
 
+from kubetrain_core.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
+from kubetrain_core.contract import TerminationMessage, merge_step_ranges
+from kubetrain_core.policy import Cause, classify
 from kubetrain_operator import builders
 from kubetrain_operator.actions import EmitEvent, Observed, PatchStatus
-from kubetrain_operator.api import Progress, RecoveryStatus, TrainingJob, TrainingJobStatus
-from kubetrain_operator.policy import Cause, classify
 from kubetrain_operator.progress import MAX_RESPONSE_BYTES, parse_progress, read_progress
 from kubetrain_operator.reconcile import reconcile
 from kubetrain_operator.settings import Settings
-from kubetrain_trainer.contract import TerminationMessage, merge_step_ranges
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 SETTINGS = Settings(default_checkpoint_uri="s3://ckpt", failure_settle_seconds=0)
+
+
+def _config(job: TrainingJob) -> dict[str, str]:
+    return builders.build_configmap(job, SETTINGS)["data"]
+
+
+def _observed(job: TrainingJob, pods: list[dict[str, Any]], **kw: Any) -> Observed:
+    """What the operator sees of a job whose Service and ConfigMap are in place."""
+    return Observed(pods=pods, service=True, config=_config(job), now=NOW, **kw)
 
 
 def _job(status: dict[str, Any]) -> TrainingJob:
@@ -109,7 +118,7 @@ CRAFTED_MESSAGES = [
 def test_crafted_termination_messages_never_break_reconcile(message: str, code: int) -> None:
     job = _job(_running(skipBatches="1-2"))
     pods = [_failed_pod(job, 0, code, message), _failed_pod(job, 1, 1, None)]
-    observed = Observed(pods=pods, service=True, configmap=True, now=NOW)
+    observed = _observed(job, pods)
     status = _checked(reconcile(job, observed, SETTINGS))
     assert status.state in ("Restarting", "Failed")  # never "Succeeded" on a failed exit
     assert len(status.recovery.skipBatches) <= 4096
@@ -127,9 +136,7 @@ def test_accumulated_skip_ranges_stay_within_the_status_bound() -> None:
         {"reason": "NaNUnrecoverable", "step": 90_000, "skip_batches": MANY_RANGES}
     )
     pods = [_failed_pod(job, 0, 65, message), _failed_pod(job, 1, 1, None)]
-    status = _checked(
-        reconcile(job, Observed(pods=pods, service=True, configmap=True, now=NOW), SETTINGS)
-    )
+    status = _checked(reconcile(job, _observed(job, pods), SETTINGS))
     assert status.recovery.skipBatches and len(status.recovery.skipBatches) <= 4000
     assert merge_step_ranges([(4, 9), (0, 1), (2, 5)]) == [(0, 9)]  # overlapping, adjacent
     # Over the bound, the closest ranges join first (a few good batches skipped too).
@@ -167,7 +174,7 @@ def test_crafted_progress_never_breaks_reconcile(body: Any) -> None:
     pods = [builders.build_pod(job, i, RecoveryStatus(), SETTINGS) for i in (0, 1)]
     for pod in pods:
         pod["status"] = {"phase": "Running", "podIP": "10.0.0.1"}
-    observed = Observed(pods=pods, service=True, configmap=True, now=NOW, progress=progress)
+    observed = _observed(job, pods, progress=progress)
     status = _checked(reconcile(job, observed, SETTINGS))
     assert status.progress is not None  # a valid step is kept (it may go down: rollbacks)
 
@@ -275,7 +282,7 @@ def test_unreadable_progress_pauses_the_hang_clock() -> None:
     for pod in pods:
         pod["status"] = {"phase": "Running", "podIP": "10.0.0.1"}
     observed = Observed(
-        pods=pods, service=True, configmap=True, now=NOW, progress_error="timed out"
+        pods=pods, service=True, config=_config(job), now=NOW, progress_error="timed out"
     )
     status = _checked(reconcile(job, observed, SETTINGS))
     assert status.restarts.hang == 0  # ten minutes without a step, but unseen: no restart

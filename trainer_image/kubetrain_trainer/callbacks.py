@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import CallbackConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import CallbackConfig
 
 HOOKS = (
     "on_train_begin",
@@ -174,52 +174,6 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = state["best"]
         self.bad_validations = int(state["bad_validations"])
-
-
-class TensorBoardCallback(Callback):
-    """Write the loop's metrics as TensorBoard scalars under ``<run_dir>/tensorboard`` (rank 0).
-
-    Training metrics are written every ``log_every`` steps, validation metrics
-    at each validation. Needs the ``tensorboard`` package.
-    """
-
-    def __init__(self, log_dir: str | None = None, log_every: int = 10) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise RuntimeError(
-                "the tensorboard callback needs the tensorboard package: pip install tensorboard"
-            ) from exc
-        self._writer_class = SummaryWriter
-        self.log_dir = log_dir
-        self.log_every = max(1, int(log_every))
-        self._writer: Any = None
-
-    def on_train_begin(self, state: TrainerState, **kwargs: Any) -> None:
-        if state.rank == 0 and self._writer is None:
-            log_dir = Path(self.log_dir) if self.log_dir else Path(state.run_dir) / "tensorboard"
-            self._writer = self._writer_class(log_dir=str(log_dir))
-
-    def _write(self, state: TrainerState, evaluation: bool) -> None:
-        """Write the training metrics, or (``evaluation``) the val_/test_ ones."""
-        if self._writer is None:
-            return
-        for name, value in state.metrics.items():
-            if name.startswith(("val_", "test_")) == evaluation:
-                self._writer.add_scalar(name, value, state.step)
-        self._writer.flush()
-
-    def on_batch_end(self, state: TrainerState, **kwargs: Any) -> None:
-        if state.step % self.log_every == 0:
-            self._write(state, evaluation=False)
-
-    def on_validation_end(self, state: TrainerState, **kwargs: Any) -> None:
-        self._write(state, evaluation=True)
-
-    def on_train_end(self, state: TrainerState, **kwargs: Any) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
 
 
 def build_callbacks(cfgs: list[CallbackConfig]) -> list[Callback]:

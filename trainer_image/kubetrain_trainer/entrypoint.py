@@ -7,8 +7,8 @@ import sys
 import traceback
 from pathlib import Path
 
-from kubetrain_trainer.config import ConfigError, load_config
-from kubetrain_trainer.contract import ExitCode, TerminationMessage
+from kubetrain_core.config import ConfigError, load_config
+from kubetrain_core.contract import ExitCode, TerminationMessage
 from kubetrain_trainer.runtime import Runtime
 
 log = logging.getLogger("kubetrain")
@@ -53,8 +53,8 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
                 "NaNUnrecoverable",
                 str(err),
                 step=err.step,
-                resumed_from=trainer.resumed_from.uri if trainer.resumed_from else None,
-                restored_step=trainer.restored_step,
+                resumed_from=resumed.uri if (resumed := trainer.checkpoints.resumed_from) else None,
+                restored_step=trainer.checkpoints.restored_step,
                 skip_batches=",".join(f"{a}-{b}" for a, b in err.skip_ranges),
             ).write(runtime.termination_log)
         log.error("%s", err)

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from kubetrain_trainer.contract import Env, Fault, parse_faults
+from kubetrain_core.contract import Env, Fault, parse_faults
 
 
 def _hang_forever() -> None:

@@ -7,7 +7,7 @@ before applying the update and acts on the verdict:
 * ``SKIP``: drop this update (zero the gradients), go on with the next step.
 * ``RESTORE``: too many bad steps in a row; load the last good state, skip
   ``batches_to_skip()`` when replaying (batch content is a pure function of
-  the step, so skipping is exact), optionally ``scale_lr`` by ``cfg.lr_scale``.
+  the step, so skipping is exact), optionally ``scale_lr`` to ``cfg.lr_scale_percent``.
 * ``ABORT``: the restore budget is spent; exit with
   ``ExitCode.NAN_UNRECOVERABLE`` and let the operator roll back further.
 
@@ -28,7 +28,7 @@ from collections import deque
 from enum import Enum
 from typing import Any
 
-from kubetrain_trainer.config.schema import RecoveryConfig
+from kubetrain_core.config.schema import RecoveryConfig
 
 
 class Verdict(Enum):

@@ -6,9 +6,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetrain_core.config import ConfigError
+from kubetrain_core.contract import DEFAULT_TERMINATION_LOG, Env, parse_step_ranges
 from kubetrain_trainer.checkpoint.lineage import Owner
-from kubetrain_trainer.config import ConfigError
-from kubetrain_trainer.contract import DEFAULT_TERMINATION_LOG, Env, parse_step_ranges
 
 
 def _int(env: dict[str, str] | os._Environ[str], name: str, default: int | None) -> int | None:
@@ -45,15 +45,10 @@ class Runtime:
             lr_scale = float(e.get(Env.LR_SCALE, "1") or 1)
         except ValueError as err:
             raise ConfigError("environment", [str(err)]) from None
-        # Strings stay strings: a URI is never parsed as YAML.
+        # Strings stay strings: a path is never parsed as YAML.
         overrides: dict[str, Any] = {}
-        if e.get(Env.CHECKPOINT_URI):
-            overrides["checkpoint.uri"] = e[Env.CHECKPOINT_URI]
         if e.get(Env.RUN_DIR):
             overrides["run_dir"] = e[Env.RUN_DIR]
-        port = _int(e, Env.METRICS_PORT, None)
-        if port is not None:
-            overrides["metrics.port"] = port
         key = e.get(Env.CHECKPOINT_KEY, "")
         return cls(
             job_name=e.get(Env.JOB_NAME, ""),

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from kubetrain_trainer.config import OptimizationConfig
+from kubetrain_core.config import OptimizationConfig
+from kubetrain_core.registry import STRATEGIES
 from kubetrain_trainer.data.base import DatasetAdapter
 from kubetrain_trainer.distributed import DistInfo, mean_across_ranks
 from kubetrain_trainer.models.adapters import ModelAdapter
-from kubetrain_trainer.registry import STRATEGIES
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -28,7 +28,8 @@ from kubetrain_trainer.checkpoint.manifest import (
 )
 from kubetrain_trainer.checkpoint.resume import NoUsableCheckpoint, ResumeRequest
 from kubetrain_trainer.checkpoint.retrying import RetryingStorage
-from kubetrain_trainer.checkpoint.storage import LocalStorage, S3Storage, Storage, open_storage
+from kubetrain_trainer.checkpoint.s3 import S3Storage
+from kubetrain_trainer.checkpoint.storage import LocalStorage, Storage, open_storage
 
 __all__ = [
     "GOOD_MARKER",

@@ -55,7 +55,7 @@ from kubetrain_trainer.checkpoint.resume import (
 from kubetrain_trainer.checkpoint.storage import Storage, open_storage
 
 if TYPE_CHECKING:
-    from kubetrain_trainer.config.schema import CheckpointConfig, S3Config
+    from kubetrain_core.config.schema import CheckpointConfig, S3Config
 
 __all__ = ["CheckpointManager"]
 

@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from kubetrain_trainer.config.schema import DataConfig
+from kubetrain_core.config.schema import DataConfig
 from kubetrain_trainer.data.base import Batch, DatasetAdapter, Split
 from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
 

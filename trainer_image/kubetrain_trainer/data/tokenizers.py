@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Self
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import TokenizerConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import TokenizerConfig
 
 _FORMAT_VERSION = 1
 

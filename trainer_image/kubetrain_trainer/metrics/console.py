@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 from rich.console import Console
@@ -24,7 +23,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from kubetrain_trainer.metrics.logger import perplexity
+from kubetrain_trainer.metrics.records import EvalRecord, Sink, StepRecord, perplexity
 
 
 def _num(value: float | None, fmt: str) -> str:
@@ -50,8 +49,10 @@ def format_step_line(
     )
 
 
-class ProgressReporter:
+class ProgressReporter(Sink):
     """Prints training progress on rank 0 (construct it with ``enabled=False`` elsewhere)."""
+
+    every_step = True  # the bar moves every step; a line is printed every log_steps
 
     def __init__(
         self,
@@ -109,20 +110,20 @@ class ProgressReporter:
                 )
             )
 
-    def step(self, record: Mapping[str, Any]) -> None:
-        """``update`` from a metrics.jsonl train record (step, loss, loss_ema, lr, tokens/s)."""
+    def step(self, record: StepRecord) -> None:
         self.update(
-            int(record["step"]),
-            loss=record["loss"],
-            loss_ema=record.get("loss_ema"),
-            lr=record["lr"],
-            tokens_per_second=record.get("tokens_per_second"),
+            record.step,
+            loss=record.loss,
+            loss_ema=record.loss_ema,
+            lr=record.lr,
+            tokens_per_second=record.tokens_per_second,
         )
 
-    def validation(self, step: int, val_loss: float) -> None:
+    def evaluation(self, record: EvalRecord) -> None:
+        step = "" if record.split == "test" else f"step {record.step}/{self.total_steps} | "
         self.message(
-            f"step {step}/{self.total_steps} | val_loss {_num(val_loss, '.4f')}"
-            f" | val_ppl {_num(perplexity(val_loss), '.2f')}"
+            f"{step}{record.split}_loss {_num(record.loss, '.4f')}"
+            f" | {record.split}_ppl {_num(record.perplexity, '.2f')}"
         )
 
     def message(self, text: str) -> None:
@@ -134,17 +135,6 @@ class ProgressReporter:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-
-    def __enter__(self) -> ProgressReporter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _duration(seconds: float) -> str:

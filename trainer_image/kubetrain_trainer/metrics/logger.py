@@ -16,18 +16,11 @@ import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
+from kubetrain_trainer.metrics.records import EvalRecord, Sink, StepRecord
+
 METRICS_FILE = "metrics.jsonl"
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss), infinite instead of an OverflowError for huge losses."""
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return math.inf
 
 
 def json_safe(value: Any) -> Any:
@@ -41,7 +34,7 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-class MetricsLogger:
+class MetricsLogger(Sink):
     """Appends metric records to ``<run_dir>/metrics.jsonl`` (rank 0 only)."""
 
     def __init__(self, run_dir: str | Path, rank: int = 0, enabled: bool = True) -> None:
@@ -64,38 +57,13 @@ class MetricsLogger:
         self._file.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
         self._file.flush()
 
-    def train(
-        self,
-        *,
-        step: int,
-        epoch: float,
-        loss: float,
-        loss_ema: float | None,
-        lr: float,
-        grad_norm: float | None,
-        tokens_per_second: float,
-        samples_per_second: float,
-    ) -> None:
-        self.write(
-            "train",
-            step=step,
-            epoch=epoch,
-            loss=loss,
-            loss_ema=loss_ema,
-            lr=lr,
-            grad_norm=grad_norm,
-            tokens_per_second=tokens_per_second,
-            samples_per_second=samples_per_second,
-            perplexity=perplexity(loss),
-        )
+    def step(self, record: StepRecord) -> None:
+        self.write("train", **record.fields())
 
-    def val(self, *, step: int, val_loss: float) -> None:
-        self.write("val", step=step, val_loss=val_loss, val_perplexity=perplexity(val_loss))
+    def evaluation(self, record: EvalRecord) -> None:
+        self.write(record.split, **record.fields())
 
-    def test(self, *, step: int, test_loss: float) -> None:
-        self.write("test", step=step, test_loss=test_loss, test_perplexity=perplexity(test_loss))
-
-    def event(self, event: str, *, step: int, **fields: Any) -> None:
+    def event(self, event: str, step: int, **fields: Any) -> None:
         """A discrete happening: ``nan_skip``, ``restore``, ``checkpoint``, ``early_stop``, ..."""
         self.write("event", event=event, step=step, **fields)
 
@@ -103,17 +71,6 @@ class MetricsLogger:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-    def __enter__(self) -> MetricsLogger:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def read_metrics(path: str | Path, kind: str | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from kubetrain_trainer.contract import Env
+from kubetrain_core.contract import Env
+from kubetrain_trainer.metrics.records import EvalRecord, Sink, StepRecord
 
 PREFIX = "kubetrain_"
 LABEL_JOB = "trainingjob"
@@ -35,8 +36,10 @@ def job_labels(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in labels.items() if v}
 
 
-class TrainerMetrics:
+class TrainerMetrics(Sink):
     """Gauges, counters and a histogram describing one trainer process (rank 0 serves them)."""
+
+    every_step = True  # a scrape sees the latest step, not the latest logged one
 
     def __init__(self, labels: Mapping[str, str] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -47,7 +50,7 @@ class TrainerMetrics:
             metric = Gauge(PREFIX + name, doc, names, registry=self.registry)
             return metric.labels(**self.labels) if names else metric
 
-        self.step = gauge("step", "Optimizer steps completed.")
+        self.step_gauge = gauge("step", "Optimizer steps completed.")
         self.total_steps = gauge("total_steps", "Optimizer steps the run will take.")
         self.epoch = gauge("epoch", "Current pass over the training split.")
         self.loss = gauge("loss", "Training loss of the last logged step.")
@@ -109,31 +112,21 @@ class TrainerMetrics:
 
     # The loop's verbs; each sets what one happening changes.
 
-    def observe_step(
-        self,
-        *,
-        step: int,
-        epoch: float,
-        loss: float,
-        loss_ema: float | None,
-        lr: float,
-        grad_norm: float | None,
-        tokens_per_second: float,
-        samples_per_second: float,
-    ) -> None:
-        self.step.set(step)
-        self.epoch.set(epoch)
-        self.loss.set(loss)
-        if loss_ema is not None:  # None until the first healthy step
-            self.loss_ema.set(loss_ema)
-        self.learning_rate.set(lr)
-        if grad_norm is not None:
-            self.grad_norm.set(grad_norm)
-        self.tokens_per_second.set(tokens_per_second)
-        self.samples_per_second.set(samples_per_second)
+    def step(self, record: StepRecord) -> None:
+        self.step_gauge.set(record.step)
+        self.epoch.set(record.epoch)
+        self.loss.set(record.loss)
+        if record.loss_ema is not None:  # None until the first healthy step
+            self.loss_ema.set(record.loss_ema)
+        self.learning_rate.set(record.lr)
+        if record.grad_norm is not None:
+            self.grad_norm.set(record.grad_norm)
+        self.tokens_per_second.set(record.tokens_per_second)
+        self.samples_per_second.set(record.samples_per_second)
 
-    def update_val(self, val_loss: float) -> None:
-        self.val_loss.set(val_loss)
+    def evaluation(self, record: EvalRecord) -> None:
+        if record.split == "val":
+            self.val_loss.set(record.loss)
 
     def checkpoint_stalled(self, seconds: float) -> None:
         """The loop was blocked `seconds` by a checkpoint (snapshot, waiting, and the

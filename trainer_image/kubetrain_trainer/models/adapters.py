@@ -12,8 +12,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import ModelConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import ModelConfig
 from kubetrain_trainer.data.base import Batch
 
 

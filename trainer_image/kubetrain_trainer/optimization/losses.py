@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 
-from kubetrain_trainer.config.schema import LossConfig
+from kubetrain_core.config.schema import LossConfig
 
 Reduction = Literal["mean", "sum", "none"]
 

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import OptimizerConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import OptimizerConfig
 
 ParamGroup = dict[str, Any]
 

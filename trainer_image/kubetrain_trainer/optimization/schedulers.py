@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from kubetrain_trainer import registry
-from kubetrain_trainer.config.schema import SchedulerConfig
+from kubetrain_core import registry
+from kubetrain_core.config.schema import SchedulerConfig
 
 
 @dataclass

@@ -1,0 +1,133 @@
+"""The `kubetrain` command: train (pod entry point), run (no cluster), validate, and more.
+
+Each subcommand imports only what it needs, so `validate` works without torch
+and the operator image never loads the trainer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetrain", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run the trainer (the pod entry point; torchrun-aware)")
+    train.add_argument("--config", required=True, type=Path, help="trainer config YAML")
+    train.add_argument("overrides", nargs="*", metavar="dotted.key=value")
+    train.set_defaults(func=_train)
+
+    run = sub.add_parser("run", help="run a TrainingJob YAML locally, without a cluster")
+    run.add_argument("file", type=Path, help="TrainingJob YAML")
+    run.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    run.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="start a new timeline at step 0; the run's earlier checkpoints are kept",
+    )
+    run.set_defaults(func=_run)
+
+    validate = sub.add_parser("validate", help="check a TrainingJob or trainer config offline")
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(func=_validate)
+
+    crd = sub.add_parser(
+        "crd", help="print the TrainingJob CRD (kubetrain crd | kubectl apply -f -)"
+    )
+    crd.set_defaults(func=_crd)
+
+    operator = sub.add_parser("operator", help="run the TrainingJob operator (kopf)")
+    operator.add_argument("--namespace", action="append", help="watch only these (default: all)")
+    operator.add_argument("--health-port", type=int, default=8080, help="/healthz and /readyz")
+    operator.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics")
+    operator.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="several replicas: only the holder of the Lease kubetrain-operator acts",
+    )
+    operator.add_argument("--verbose", action="store_true", help="debug logs")
+    operator.set_defaults(func=_operator)
+
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+def _train(args: argparse.Namespace) -> int:
+    from kubetrain_trainer.entrypoint import train_main
+
+    return train_main(args.config, args.overrides)
+
+
+def _load_job(path: Path) -> Any:
+    """A validated TrainingJob, or a ConfigError listing every problem."""
+    from pydantic import ValidationError
+
+    from kubetrain_core.api import TrainingJob
+    from kubetrain_core.config import ConfigError
+    from kubetrain_core.config.loading import format_validation_error, read_yaml, resolve_paths
+
+    data = read_yaml(path)
+    try:
+        job = TrainingJob.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(str(path), format_validation_error(err)) from None
+    resolve_paths(job.spec.trainer, path.parent)
+    return job
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kubetrain_cli.local_run import run_local
+    from kubetrain_core.config import ConfigError
+
+    try:
+        job = _load_job(args.file)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    return run_local(job, args.runs_dir, from_scratch=args.from_scratch)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kubetrain_core.config import ConfigError, load_config
+    from kubetrain_core.config.loading import read_yaml
+
+    try:
+        data = read_yaml(args.file)
+        if isinstance(data, dict) and data.get("kind") == "TrainingJob":
+            job = _load_job(args.file)
+            print(f"{args.file}: valid TrainingJob {job.metadata.name!r}")
+        else:
+            load_config(args.file)
+            print(f"{args.file}: valid trainer config")
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    return 0
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from kubetrain_core import crd
+
+    sys.stdout.write(crd.render())
+    return 0
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from kubetrain_operator.main import run_operator
+
+    return run_operator(
+        namespaces=args.namespace or [],
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        leader_elect=args.leader_elect,
+        verbose=args.verbose,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

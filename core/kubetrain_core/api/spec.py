@@ -1,0 +1,354 @@
+"""spec: what a TrainingJob asks for (the gang, the trainer config, checkpoints, recovery,
+the pod template pieces a tenant controls), with the CEL rules beside their validators."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from kubetrain_core import cel, pod_policy
+from kubetrain_core.api.base import (
+    DNS1123,
+    ENV_VAR_SCHEMA,
+    FREE_FORM,
+    QUALIFIED_NAME,
+    RESOURCES_SCHEMA,
+    AnnotationValue,
+    ApiModel,
+    K8sObject,
+    LabelValue,
+)
+from kubetrain_core.config import TrainingConfig
+from kubetrain_core.config.schema import (
+    CHECKPOINT_URI_PATTERN,
+    BestMetric,
+    CheckpointConfig,
+    S3Config,
+)
+
+# The job's checkpoint settings are the trainer's (config/schema.py: defaults, bounds and
+# descriptions live there), spelled in camelCase; job_config.py folds them back in.
+CHECKPOINT_FIELDS = {
+    "intervalSteps": "interval_steps",
+    "keepLast": "keep_last",
+    "keepBest": "keep_best",
+    "bestMetric": "best_metric",
+    "resume": "resume",
+    "asyncUpload": "async_upload",
+}
+
+
+def _same_as(model: type[BaseModel], name: str) -> Any:
+    """The trainer config's field `name`: its default, bounds and description."""
+    return FieldInfo.merge_field_infos(model.model_fields[name])
+
+
+class S3Settings(ApiModel):
+    """S3 connection for s3:// checkpoint URIs (MinIO or AWS)."""
+
+    endpoint: str | None = _same_as(S3Config, "endpoint")
+    region: str | None = _same_as(S3Config, "region")
+    credentialsSecretName: str | None = Field(None, max_length=253, pattern=DNS1123)
+    """Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, injected as env."""
+
+
+class CheckpointSpec(ApiModel):
+    """Where and how often the job checkpoints: the one place for it in a TrainingJob
+    (the trainer config's checkpoint section, camelCase)."""
+
+    uri: str | None = Field(
+        None,
+        max_length=2048,
+        pattern=CHECKPOINT_URI_PATTERN,
+        json_schema_extra=cel.immutable("uri"),
+    )
+    """Where checkpoints go: s3://bucket/prefix or file:///path (a volume shared by all
+    workers). Unset: the operator's default base + <namespace>/<name>/<uid> (kubetrain
+    run: runs/<name>/checkpoints). Two jobs must not share one: the second is refused."""
+    intervalSteps: int = _same_as(CheckpointConfig, "interval_steps")
+    keepLast: int = _same_as(CheckpointConfig, "keep_last")
+    keepBest: int = _same_as(CheckpointConfig, "keep_best")
+    bestMetric: BestMetric = _same_as(CheckpointConfig, "best_metric")
+    resume: bool = _same_as(CheckpointConfig, "resume")
+    asyncUpload: bool = _same_as(CheckpointConfig, "async_upload")
+    signingKeySecretName: str | None = Field(None, max_length=253, pattern=DNS1123)
+    """Secret whose key `checkpoint-key` signs the job's manifests. Unset: the operator
+    creates a Secret <name>-checkpoint-key for the job (deleted with it); name one of your
+    own to let a re-created job resume the checkpoints of an earlier one."""
+    s3: S3Settings = S3Settings()
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "!has(self.uri) || self.uri.startsWith('s3://') || !has(self.s3)"
+                " || (!has(self.s3.endpoint) && !has(self.s3.credentialsSecretName))",
+                "checkpoint.s3 settings apply to s3:// URIs only",
+                fieldPath=".s3",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _s3_settings_need_s3(self) -> Self:
+        s3_only = self.s3.endpoint or self.s3.credentialsSecretName
+        if self.uri and not self.uri.startswith("s3://") and s3_only:
+            raise ValueError("checkpoint.s3 settings apply to s3:// URIs only")
+        return self
+
+
+class NaNPolicy(ApiModel):
+    """Tier-2 NaN recovery: roll the gang back to an older good checkpoint."""
+
+    action: Literal["Rollback", "Fail"] = "Rollback"
+    """What the operator does when the trainer exits with the NaN exit code."""
+    maxRollbacks: int = Field(3, ge=0, le=100)
+    """Rollbacks to older checkpoints before the job fails with NaNRollbackBudgetExhausted."""
+    skipBatches: int = Field(0, ge=0, le=1_000_000)
+    """Extra batches skipped after the ones that produced NaN, on each rollback."""
+    lrScalePercent: int = Field(100, ge=1, le=100)
+    """Scale the learning rate to this percentage after a rollback."""
+
+
+class FaultToleranceSpec(ApiModel):
+    """Gang restarts and rollbacks, with a budget per cause."""
+
+    startupDeadlineSeconds: int = Field(600, ge=30, le=86_400)
+    """A worker pod not running this long after it was created (unschedulable, an image
+    that cannot be pulled, a missing Secret or ConfigMap) is reported in the Running
+    condition with the pod's own reason; then onStartupTimeout applies."""
+    onStartupTimeout: Literal["Wait", "Fail"] = "Wait"
+    """Wait: keep the pods and keep reporting (the cause may be fixed, capacity may come);
+    Fail: fail the job with reason StartupDeadlineExceeded and delete its pods."""
+
+    maxRestarts: int = Field(3, ge=0, le=1000)
+    """Gang restarts allowed for infrastructure failures and crashes."""
+    nan: NaNPolicy = NaNPolicy()
+    nodeFailureTolerationSeconds: int = Field(30, ge=0, le=3600)
+    """Workers tolerate a NotReady/unreachable node this long before eviction."""
+    progressDeadlineSeconds: int | None = Field(None, ge=10, le=86400)
+    """No step progress for this long counts as a hang and restarts the gang. The clock
+    starts when the gang is Running, so it also covers start-up and resuming: set it
+    above the time those take."""
+
+
+class RunPolicy(ApiModel):
+    """Job lifecycle: suspension, deadlines, clean-up."""
+
+    suspend: bool = False
+    """Delete the pods but keep checkpoints; training continues from them when unsuspended."""
+    activeDeadlineSeconds: int | None = Field(None, ge=1, le=31_536_000)
+    """Fail the job when it has been active longer than this."""
+    ttlSecondsAfterFinished: int | None = Field(None, ge=0, le=31_536_000)
+    """Delete the finished job after this many seconds."""
+    cleanPodPolicy: Literal["All", "Running", "None"] = "Running"
+    """Which pods to delete when the job finishes."""
+
+
+class TemplateMetadata(ApiModel):
+    """Labels and annotations added to every worker pod."""
+
+    labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
+    """Labels added to every worker pod (not kubetrain.io/* nor app.kubernetes.io/name,
+    component, managed-by: the operator's own)."""
+    annotations: dict[str, AnnotationValue] = Field(default_factory=dict, max_length=64)
+    """Annotations added to every worker pod (not kubetrain.io/*)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "!has(self.labels) || self.labels.all(k, k.matches(r'" + QUALIFIED_NAME + "')"
+                " && !"
+                + cel.starts_with_any(
+                    "k", pod_policy.RESERVED_LABEL_PREFIXES, pod_policy.RESERVED_LABELS
+                )
+                + ")",
+                "template.metadata.labels: keys must be qualified names and not the operator's"
+                " (kubetrain.io/*, app.kubernetes.io/name, component, managed-by)",
+                fieldPath=".labels",
+                reason="FieldValueForbidden",
+            ),
+            cel.rule(
+                "!has(self.annotations) || self.annotations.all(k, k.matches(r'"
+                + QUALIFIED_NAME
+                + "') && !"
+                + cel.starts_with_any("k", pod_policy.RESERVED_ANNOTATION_PREFIXES)
+                + ")",
+                "template.metadata.annotations: keys must be qualified names and not"
+                " kubetrain.io/*",
+                fieldPath=".annotations",
+                reason="FieldValueForbidden",
+            ),
+        )
+    )
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _qualified_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if len(k) > 316 or not re.match(QUALIFIED_NAME, k)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a qualified name (prefix/name)")
+        return value
+
+
+class PodTemplateOverrides(ApiModel):
+    """Pieces of the worker pod template that the user controls."""
+
+    metadata: TemplateMetadata = TemplateMetadata()
+    spec: K8sObject = Field(
+        default_factory=dict, json_schema_extra={**FREE_FORM, "maxProperties": 32}
+    )
+    """Pod spec fields merged into every worker, from an allow-list: nodeSelector,
+    affinity, tolerations, topologySpreadConstraints, priorityClassName, schedulerName,
+    runtimeClassName, imagePullSecrets, terminationGracePeriodSeconds, securityContext
+    (fsGroup, fsGroupChangePolicy, supplementalGroups, runAsUser, runAsGroup), volumes
+    (emptyDir, configMap, persistentVolumeClaim, ephemeral, downwardAPI, projected) and
+    volumeMounts (for the trainer container). A cluster admin may allow more
+    (docs/security.md)."""
+
+
+class MonitoringSpec(ApiModel):
+    """Where rank 0 serves its metrics and progress."""
+
+    port: int = Field(9090, ge=1024, le=65535)
+    """Port of rank 0's /metrics and /progress endpoints (not 29400: the rendezvous)."""
+
+
+# Trainer config fields that a TrainingJob sets elsewhere: one place for each.
+SET_BY_THE_JOB = {
+    "checkpoint": "checkpointing is set in spec.checkpoint (uri, intervalSteps, keepLast,"
+    " keepBest, bestMetric, resume, asyncUpload, s3): move these settings there, in camelCase",
+    "metrics.port": "rank 0 serves on spec.monitoring.port: set that instead",
+    "run_dir": "kubetrain chooses the run dir (runs/<name> under kubetrain run): remove it",
+}
+
+
+def _present(data: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _has(var: str, path: str) -> str:
+    """CEL: the dotted `path` is set under `var` (every level checked)."""
+    parts = path.split(".")
+    return " && ".join(f"has({var}.{'.'.join(parts[: i + 1])})" for i in range(len(parts)))
+
+
+# CEL: the GPUs requested per worker, as the API server sees them (limits, else requests;
+# 0 when neither asks for any); gpus_per_node() in Python.
+_GPU = "'nvidia.com/gpu'"
+_GPU_LIMIT = (
+    f"(has(self.resources) && has(self.resources.limits) && {_GPU} in self.resources.limits"
+    f" ? int(self.resources.limits[{_GPU}])"
+    f" : has(self.resources) && has(self.resources.requests) && {_GPU} in self.resources.requests"
+    f" ? int(self.resources.requests[{_GPU}]) : 0)"
+)
+
+
+class TrainingJobSpec(ApiModel):
+    """Desired state of a TrainingJob: a gang of torchrun workers running the trainer."""
+
+    image: str | None = Field(None, min_length=1, max_length=1024, pattern=r"^\S+$")
+    """Trainer image; unset: the operator's default."""
+    numNodes: int = Field(1, ge=1, le=1024, json_schema_extra=cel.immutable("numNodes"))
+    """Pods in the gang (torchrun --nnodes)."""
+    numProcPerNode: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field(
+        "auto", json_schema_extra=cel.immutable("numProcPerNode")
+    )
+    """torchrun --nproc-per-node; auto = GPUs requested per pod, else 1."""
+    resources: K8sObject = Field(default_factory=dict, json_schema_extra=RESOURCES_SCHEMA)
+    """core/v1 ResourceRequirements for each worker (nvidia.com/gpu allowed)."""
+    env: list[K8sObject] = Field(
+        default_factory=list, max_length=128, json_schema_extra={"items": ENV_VAR_SCHEMA}
+    )
+    """Extra core/v1 EnvVar entries for the trainer container."""
+    trainer: TrainingConfig = Field(json_schema_extra=cel.immutable("trainer"))
+    """The trainer's config: the document `kubetrain train --config` reads, without what
+    the job sets (checkpoint: spec.checkpoint; metrics.port: spec.monitoring.port;
+    run_dir: kubetrain's)."""
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    faultTolerance: FaultToleranceSpec = FaultToleranceSpec()
+    runPolicy: RunPolicy = RunPolicy()
+    template: PodTemplateOverrides = PodTemplateOverrides()
+    monitoring: MonitoringSpec = MonitoringSpec()
+
+    def gpus_per_node(self) -> int:
+        for part in ("limits", "requests"):
+            value = (self.resources.get(part) or {}).get("nvidia.com/gpu")
+            if value is not None:
+                return int(value)
+        return 0
+
+    def procs_per_node(self) -> int:
+        if self.numProcPerNode == "auto":
+            return max(1, self.gpus_per_node())
+        return self.numProcPerNode
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            *(
+                cel.rule(
+                    f"!({_has('self.trainer', path)})",
+                    f"trainer.{path}: in a TrainingJob, {where}",
+                    fieldPath=f".trainer.{path}",
+                    reason="FieldValueForbidden",
+                )
+                for path, where in SET_BY_THE_JOB.items()
+            ),
+            cel.rule(
+                f"!has(self.monitoring) || !has(self.monitoring.port)"
+                f" || self.monitoring.port != {pod_policy.RDZV_PORT}",
+                f"spec.monitoring.port: {pod_policy.RDZV_PORT} is the rendezvous port; pick"
+                " another",
+                fieldPath=".monitoring.port",
+                reason="FieldValueInvalid",
+            ),
+            cel.rule(
+                f"type(self.numProcPerNode) == string || {_GPU_LIMIT} == 0"
+                f" || {_GPU_LIMIT} >= self.numProcPerNode",
+                "numProcPerNode exceeds the nvidia.com/gpu requested per node;"
+                " use numProcPerNode: auto or request more GPUs",
+                fieldPath=".numProcPerNode",
+                reason="FieldValueInvalid",
+            ),
+        )
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trainer_fields_set_by_the_job(cls, data: Any) -> Any:
+        trainer = data.get("trainer") if isinstance(data, dict) else None
+        problems = [
+            f"trainer.{path}: in a TrainingJob, {where}"
+            for path, where in SET_BY_THE_JOB.items()
+            if _present(trainer, path)
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return data
+
+    @model_validator(mode="after")
+    def _nothing_reserved(self) -> Self:
+        problems = pod_policy.fixed_problems(
+            {"env": self.env, "template": self.template.model_dump(mode="json")}
+        )
+        if self.monitoring.port == pod_policy.RDZV_PORT:
+            problems.append(f"spec.monitoring.port: {pod_policy.RDZV_PORT} is the rendezvous port")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @model_validator(mode="after")
+    def _procs_fit_gpus(self) -> Self:
+        gpus = self.gpus_per_node()
+        if gpus and self.numProcPerNode != "auto" and self.numProcPerNode > gpus:
+            raise ValueError(
+                f"numProcPerNode ({self.numProcPerNode}) exceeds the nvidia.com/gpu requested "
+                f"per node ({gpus}); use numProcPerNode: auto or request more GPUs"
+            )
+        return self

@@ -1,0 +1,405 @@
+"""The trainer's configuration tree (pydantic v2, no torch).
+
+The tree mirrors the object tree: ``model`` configures the model adapter,
+``data`` the dataset adapter, ``optimization`` the optimizer/scheduler/loss,
+and so on. The same model is embedded in the TrainingJob CRD as
+``spec.trainer``, so every field carries a docstring (it becomes the
+``kubectl explain`` text) and every number, string and list is bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kubetrain_core import cel, registry
+from kubetrain_core.registry import Registry
+
+BestMetric = Literal["val_loss", "val_perplexity"]
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
+
+# Checkpoint URIs: whole path segments of safe characters, never ".", ".." or empty,
+# no whitespace, "#", "?" or "%" (one URI must name one place, however it is parsed).
+# RE2-compatible (no lookaround): the CRD's OpenAPI pattern is the same text.
+_SAFE, _SAFE_DOT = r"[A-Za-z0-9_~+=,@-]", r"[A-Za-z0-9_.~+=,@-]"
+_SEGMENT = rf"(?:{_SAFE}{_SAFE_DOT}*|\.{_SAFE}{_SAFE_DOT}*|\.\.{_SAFE_DOT}+)"
+_S3_URI = rf"s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](?:/{_SEGMENT})*/?"
+_FILE_URI = rf"file://(?:/{_SEGMENT})+/?"
+CHECKPOINT_URI_PATTERN = rf"^(?:{_S3_URI}|{_FILE_URI})$"
+# An http(s) endpoint: host, optional port and path; no credentials in it.
+ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9_.~/-]*)?$"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, docstrings are descriptions."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
+    )
+
+
+def _registered(reg: Registry) -> AfterValidator:
+    """Validate a component name against its registry, listing what is allowed."""
+
+    def check(name: str) -> str:
+        if name not in reg:
+            raise ValueError(f"unknown {reg.kind} {name!r}; allowed: {', '.join(reg.names())}")
+        return name
+
+    return AfterValidator(check)
+
+
+class ModelConfig(Section):
+    """The network and the adapter that feeds it batches and computes its loss."""
+
+    adapter: Annotated[Name, _registered(registry.MODEL_ADAPTERS)] = "standard"
+    """Model adapter (registry ``model adapter``): how batches reach the model and loss."""
+    architecture: Annotated[Name, _registered(registry.MODELS)] = "transformer"
+    """Network architecture built by the adapter."""
+    d_model: int = Field(128, ge=8, le=16384)
+    """Width of the residual stream."""
+    n_layers: int = Field(2, ge=1, le=256)
+    """Number of Transformer blocks."""
+    n_heads: int = Field(4, ge=1, le=256)
+    """Attention heads per block; must divide d_model."""
+    d_ff: int | None = Field(None, ge=8, le=65536)
+    """Hidden width of the MLP; default 4 * d_model."""
+    max_seq_len: int = Field(256, ge=8, le=131072)
+    """Longest sequence the position embedding covers; must be >= data.seq_len."""
+    dropout: float = Field(0.0, ge=0.0, le=0.9)
+    """Dropout probability in attention and MLP outputs."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the output projection."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in backward to save memory."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "!has(self.d_model) || !has(self.n_heads) || self.d_model % self.n_heads == 0",
+                "d_model must be divisible by n_heads",
+                fieldPath=".n_heads",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Self:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
+        return self
+
+
+class TokenizerConfig(Section):
+    """How text becomes token ids."""
+
+    kind: Annotated[Name, _registered(registry.TOKENIZERS)] = "char"
+    """Tokenizer: ``char`` (one id per character) or ``bpe`` (byte-level BPE trained on data)."""
+    vocab_size: int = Field(512, ge=16, le=262144)
+    """Target vocabulary size for trained tokenizers (``bpe``); ignored by ``char``."""
+
+
+class SplitConfig(Section):
+    """Token-level split of the corpus into train, validation and test parts."""
+
+    train: float = Field(0.9, gt=0.0, le=1.0)
+    """Fraction of tokens used for training (the first part of the corpus)."""
+    val: float = Field(0.05, ge=0.0, lt=1.0)
+    """Fraction of tokens used for validation (after the train part)."""
+    test: float = Field(0.05, ge=0.0, lt=1.0)
+    """Fraction of tokens held out for the final test evaluation."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "!has(self.train) || !has(self.val) || !has(self.test)"
+                " || (self.train + self.val + self.test > 0.999999"
+                " && self.train + self.val + self.test < 1.000001)",
+                "splits: train + val + test must be 1.0",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Self:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
+        return self
+
+
+class DataConfig(Section):
+    """Where the data comes from and how it is batched."""
+
+    adapter: Annotated[Name, _registered(registry.DATASET_ADAPTERS)] = "text_file"
+    """Dataset adapter (registry ``dataset adapter``)."""
+    path: str = Field(min_length=1, max_length=4096)
+    """Corpus location: a local path (relative paths resolve against the config file)."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    seq_len: int = Field(128, ge=2, le=131072)
+    """Tokens per training sequence."""
+    batch_size: int = Field(16, ge=1, le=65536)
+    """Sequences per micro-batch on each process."""
+    splits: SplitConfig = SplitConfig()
+
+
+class OptimizerConfig(Section):
+    """The optimizer; weight decay never applies to biases and norm weights."""
+
+    name: Annotated[Name, _registered(registry.OPTIMIZERS)] = "adamw"
+    """Optimizer: adamw, adam, sgd or rmsprop (or any registered one)."""
+    lr: float = Field(3e-4, gt=0.0, le=10.0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    """Decoupled (adamw) or L2 weight decay on weight matrices and embeddings."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    eps: float = Field(1e-8, gt=0.0, le=1.0)
+    """Adam / RMSprop epsilon."""
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """Momentum for sgd and rmsprop."""
+    alpha: float = Field(0.99, gt=0.0, lt=1.0)
+    """RMSprop smoothing constant."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "!has(self.betas) || self.betas.all(b, b >= 0.0 && b < 1.0)",
+                "each beta must be in [0, 1)",
+                fieldPath=".betas",
+            )
+        )
+    )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+
+
+class SchedulerConfig(Section):
+    """Learning-rate schedule, stepped once per optimizer step."""
+
+    name: Annotated[Name, _registered(registry.SCHEDULERS)] = "cosine"
+    """Schedule: constant, linear_warmup, cosine or exponential (all with optional warmup)."""
+    warmup_steps: int = Field(0, ge=0, le=10_000_000)
+    """Steps of linear warmup from 0 to the peak LR."""
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    """Cosine: final LR as a fraction of the peak."""
+    decay_rate: float = Field(0.999, gt=0.0, le=1.0)
+    """Exponential: LR multiplier per step after warmup."""
+
+
+class LossConfig(Section):
+    """Training objective."""
+
+    name: Annotated[Name, _registered(registry.LOSSES)] = "cross_entropy"
+    """Loss (registry ``loss``)."""
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """Mix this much of the uniform distribution into the targets."""
+    ignore_index: int = Field(-100, ge=-1_000_000, le=-1)
+    """Target id excluded from the loss (padding)."""
+
+
+class OptimizationConfig(Section):
+    """Optimizer, schedule, loss and the gradient path between them."""
+
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    loss: LossConfig = LossConfig()
+    max_grad_norm: float | None = Field(1.0, gt=0.0, le=1e6)
+    """Clip the global gradient norm to this value; null disables clipping."""
+    accumulation_steps: int = Field(1, ge=1, le=4096)
+    """Micro-batches whose gradients are summed before each optimizer step."""
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when the validation metric stops improving."""
+
+    patience: int | None = Field(None, ge=1, le=100_000)
+    """Evaluations without improvement before stopping; null disables early stopping."""
+    metric: Literal["val_loss", "val_perplexity"] = "val_loss"
+    """Validation metric to watch (lower is better)."""
+    min_delta: float = Field(0.0, ge=0.0, le=1e6)
+    """Smallest decrease that counts as an improvement."""
+
+
+class TrainingLoopConfig(Section):
+    """How long to train and how each step runs."""
+
+    strategy: Annotated[Name, _registered(registry.STRATEGIES)] = "standard"
+    """Training strategy (registry ``training strategy``)."""
+    max_steps: int | None = Field(None, ge=1, le=1_000_000_000)
+    """Optimizer steps to run; if null, computed from num_epochs."""
+    num_epochs: float | None = Field(None, gt=0.0, le=1_000_000)
+    """Passes over the training split; used when max_steps is null."""
+    eval_steps: int = Field(100, ge=1, le=1_000_000_000)
+    """Validate every this many steps (and at the end)."""
+    eval_batches: int = Field(8, ge=1, le=100_000)
+    """Validation micro-batches per evaluation on each process."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast dtype: bf16, or fp16 with a GradScaler; fp32 disables AMP."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto picks CUDA (one GPU per local rank, NCCL) when present, else CPU (gloo)."""
+    seed: int = Field(1234, ge=0, le=2**31 - 1)
+    """Seeds weights, data order and dropout; batch content is a pure function of seed and step."""
+    loss_ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
+    """Smoothing of the reported loss EMA."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "has(self.max_steps) || has(self.num_epochs)",
+                "set training.max_steps or training.num_epochs",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _has_length(self) -> Self:
+        if self.max_steps is None and self.num_epochs is None:
+            raise ValueError("set training.max_steps or training.num_epochs")
+        return self
+
+
+class S3Config(Section):
+    """S3-compatible object store settings; credentials come from the environment
+    (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or a mounted Secret, never the config."""
+
+    endpoint: str | None = Field(None, max_length=2048, pattern=ENDPOINT_PATTERN)
+    """Endpoint URL, e.g. http://minio:9000 (no credentials in it); null uses AWS."""
+    region: str | None = Field(None, max_length=64)
+    """Region name."""
+
+
+class CheckpointConfig(Section):
+    """Committed, verifiable checkpoints (one directory per step, manifest written last)."""
+
+    uri: str | None = Field(
+        None, max_length=2048, pattern=rf"{CHECKPOINT_URI_PATTERN}|^[^:\x00-\x1f]+$"
+    )
+    """s3://bucket/prefix, file:///abs/path or a local path; default <run_dir>/checkpoints."""
+    interval_steps: int = Field(100, ge=1, le=1_000_000_000)
+    """Save every this many optimizer steps (and at the end)."""
+    keep_last: int = Field(3, ge=1, le=10_000)
+    """Committed checkpoints kept by recency (the newest is never deleted)."""
+    keep_best: int = Field(0, ge=0, le=10_000)
+    """Extra checkpoints kept by best validation metric."""
+    best_metric: BestMetric = "val_loss"
+    """Metric that ranks checkpoints for the best ones kept (lower is better)."""
+    resume: bool = True
+    """Resume from the newest committed checkpoint under uri when one exists; false starts
+    a new timeline on the job's first attempt (the old checkpoints are kept, never
+    deleted) and later attempts resume within it."""
+    async_upload: bool = True
+    """The loop only copies its state into RAM; a background thread writes, uploads and
+    commits it (one in flight, one extra copy of model + optimizer state per rank).
+    false: the loop waits for the whole save."""
+    s3: S3Config = S3Config()
+
+
+class MetricsConfig(Section):
+    """Where progress goes: JSONL, console, Prometheus, TensorBoard."""
+
+    log_steps: int = Field(10, ge=1, le=1_000_000)
+    """Log a training record every this many steps."""
+    jsonl: bool = True
+    """Write <run_dir>/metrics.jsonl."""
+    console: bool = True
+    """Print log lines (rank 0) and a progress bar on a terminal."""
+    port: int | None = Field(None, ge=1, le=65535)
+    """Serve /metrics (Prometheus) and /progress (JSON) on rank 0; null disables."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files under <run_dir>/tensorboard."""
+
+
+class RecoveryConfig(Section):
+    """Tier-1 recovery inside the trainer: the NaN and loss-spike guard."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "lr_scale" in data:
+            raise ValueError(
+                "lr_scale was replaced by lr_scale_percent, an integer percentage like"
+                " faultTolerance.nan.lrScalePercent (lr_scale: 0.5 is lr_scale_percent: 50)"
+            )
+        return data
+
+    enabled: bool = True
+    """Check every step's loss and gradient norm."""
+    max_consecutive_skips: int = Field(3, ge=0, le=1000)
+    """Bad steps whose update is skipped before the last good state is restored."""
+    max_restores: int = Field(2, ge=0, le=1000)
+    """In-process restores before the trainer exits with the NaN exit code."""
+    skip_batches: int = Field(0, ge=0, le=1_000_000)
+    """Extra batches skipped after the offending ones when restoring."""
+    lr_scale_percent: int = Field(100, ge=1, le=100)
+    """Scale the LR to this percentage after each restore (e.g. 50), the form of
+    faultTolerance.nan.lrScalePercent."""
+    spike_zscore: float | None = Field(None, gt=0.0, le=1000.0)
+    """Treat a loss this many standard deviations above the recent mean as a spike."""
+    spike_window: int = Field(50, ge=5, le=100_000)
+    """Steps in the loss window for the spike test."""
+    good_after_steps: int = Field(10, ge=0, le=1_000_000)
+    """A checkpoint counts as good once this many healthy steps follow it."""
+
+
+class CallbackConfig(Section):
+    """A callback chosen by name with its keyword options."""
+
+    name: Annotated[Name, _registered(registry.CALLBACKS)]
+    """Callback (registry ``callback``)."""
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=64)
+    """Keyword arguments for the callback's constructor."""
+
+
+class ExtensionsConfig(Section):
+    """Hooks into the loop."""
+
+    callbacks: list[CallbackConfig] = Field(default_factory=list, max_length=64)
+    """Callbacks called at train/epoch/batch/validation/checkpoint begin and end."""
+
+
+class TrainingConfig(Section):
+    """Everything the trainer needs; the same document as TrainingJob spec.trainer."""
+
+    run_dir: str = Field("runs/default", min_length=1, max_length=4096)
+    """Local directory for metrics.jsonl, logs and (by default) checkpoints."""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig
+    optimization: OptimizationConfig = OptimizationConfig()
+    training: TrainingLoopConfig
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    extensions: ExtensionsConfig = ExtensionsConfig()
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "!has(self.model) || !has(self.data.seq_len) || !has(self.model.max_seq_len)"
+                " || self.data.seq_len <= self.model.max_seq_len",
+                "data.seq_len exceeds model.max_seq_len; raise model.max_seq_len or lower"
+                " data.seq_len",
+                fieldPath=".data.seq_len",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _sequence_fits_model(self) -> Self:
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len "
+                f"({self.model.max_seq_len}); raise model.max_seq_len or lower data.seq_len"
+            )
+        return self

@@ -1,0 +1,109 @@
+"""`build_components(cfg)`: every object the loop uses, built by name from the config.
+
+The config tree mirrors this: `data` names the dataset adapter, `model` the model
+adapter, `optimization` the optimizer, scheduler and loss, `training.strategy` how
+a step is computed, `extensions.callbacks` the user's hooks. Nothing here trains,
+saves or reports: that is the Trainer's and the Checkpointer's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, cast
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from kubetrain_core import registry
+from kubetrain_core.config import ConfigError, TrainingConfig
+from kubetrain_trainer.callbacks import CallbackList, EarlyStopping, build_callbacks
+from kubetrain_trainer.data.base import DatasetAdapter
+from kubetrain_trainer.data.tokenizers import Tokenizer
+from kubetrain_trainer.distributed import DistInfo
+from kubetrain_trainer.models.adapters import ModelAdapter
+from kubetrain_trainer.optimization import build_optimizer, build_scheduler
+from kubetrain_trainer.strategies import TrainingStrategy
+
+
+@dataclass
+class Components:
+    dataset: DatasetAdapter
+    adapter: ModelAdapter
+    raw_model: torch.nn.Module  # what is saved: never wrapped
+    model: torch.nn.Module  # what is trained: compiled and/or DDP-wrapped raw_model
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    strategy: TrainingStrategy
+    callbacks: CallbackList
+    total_steps: int
+
+    def stateful(self) -> dict[str, Any]:
+        """What a checkpoint holds of them besides the model and optimizer (DCP's)."""
+        return {
+            "scheduler": self.scheduler,
+            "scaler": self.strategy.scaler,
+            "callbacks": self.callbacks,
+        }
+
+
+def build_components(
+    cfg: TrainingConfig, dist_info: DistInfo, tokenizer: Tokenizer | None = None
+) -> Components:
+    """Build everything; `tokenizer` is the resumed checkpoint's (else trained or loaded
+    as the config says), so a resumed run keeps its vocabulary."""
+    torch.manual_seed(cfg.training.seed)  # identical initial weights on every rank
+    try:
+        dataset = registry.DATASET_ADAPTERS.get(cfg.data.adapter)(
+            cfg.data, seed=cfg.training.seed, tokenizer=tokenizer
+        )
+    except (OSError, ValueError) as err:  # unreadable corpus, splits too small, ...
+        raise ConfigError(cfg.data.path, [str(err)]) from None
+    adapter: ModelAdapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(
+        cfg.model, dataset.vocab_size
+    )
+    raw_model = adapter.build_model().to(dist_info.device)
+    model: torch.nn.Module = raw_model
+    if cfg.training.compile:
+        model = cast(torch.nn.Module, torch.compile(raw_model))
+    if dist_info.distributed:
+        device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids)
+    loss_fn = registry.LOSSES.get(cfg.optimization.loss.name)(cfg.optimization.loss)
+    optimizer = build_optimizer(raw_model, cfg.optimization.optimizer)
+    total_steps = _total_steps(cfg, dataset, dist_info.world_size)
+    scheduler = build_scheduler(optimizer, cfg.optimization.scheduler, total_steps)
+    strategy: TrainingStrategy = registry.STRATEGIES.get(cfg.training.strategy)(
+        model=model,
+        adapter=adapter,
+        dataset=dataset,
+        loss_fn=loss_fn,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        cfg=cfg.optimization,
+        precision=cfg.training.precision,
+        dist_info=dist_info,
+    )
+    callbacks = build_callbacks(cfg.extensions.callbacks)
+    early = cfg.training.early_stopping
+    if early.patience is not None:
+        callbacks.append(EarlyStopping(early.patience, early.metric, early.min_delta))
+    return Components(
+        dataset=dataset,
+        adapter=adapter,
+        raw_model=raw_model,
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        strategy=strategy,
+        callbacks=CallbackList(callbacks),
+        total_steps=total_steps,
+    )
+
+
+def _total_steps(cfg: TrainingConfig, dataset: DatasetAdapter, world_size: int) -> int:
+    loop = cfg.training
+    if loop.max_steps is not None:
+        return loop.max_steps
+    per_epoch = dataset.steps_per_epoch(world_size, cfg.optimization.accumulation_steps)
+    return max(1, math.ceil((loop.num_epochs or 1.0) * per_epoch))
