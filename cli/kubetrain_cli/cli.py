@@ -35,6 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     validate.add_argument("file", type=Path)
     validate.set_defaults(func=_validate)
 
+    checkpoints = sub.add_parser(
+        "checkpoints", help="list (and --verify) what a job's checkpoint store holds"
+    )
+    checkpoints.add_argument("target", help="TrainingJob YAML, or a store URI (s3://, file://)")
+    checkpoints.add_argument("--runs-dir", type=Path, default=Path("runs"), help="default: ./runs")
+    checkpoints.add_argument("--key-file", type=Path, help="the job's manifest signing key")
+    checkpoints.add_argument(
+        "--verify", action="store_true", help="download each checkpoint and check every file"
+    )
+    checkpoints.set_defaults(func=_checkpoints)
+
     crd = sub.add_parser(
         "crd", help="print the TrainingJob CRD (kubetrain crd | kubectl apply -f -)"
     )
@@ -63,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.config, args.overrides)
 
 
-def _load_job(path: Path) -> Any:
+def load_job(path: Path) -> Any:
     """A validated TrainingJob, or a ConfigError listing every problem."""
     from pydantic import ValidationError
 
@@ -85,7 +96,7 @@ def _run(args: argparse.Namespace) -> int:
     from kubetrain_core.config import ConfigError
 
     try:
-        job = _load_job(args.file)
+        job = load_job(args.file)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
@@ -99,7 +110,7 @@ def _validate(args: argparse.Namespace) -> int:
     try:
         data = read_yaml(args.file)
         if isinstance(data, dict) and data.get("kind") == "TrainingJob":
-            job = _load_job(args.file)
+            job = load_job(args.file)
             print(f"{args.file}: valid TrainingJob {job.metadata.name!r}")
         else:
             load_config(args.file)
@@ -108,6 +119,12 @@ def _validate(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 2
     return 0
+
+
+def _checkpoints(args: argparse.Namespace) -> int:
+    from kubetrain_cli import checkpoints
+
+    return checkpoints.main(args.target, args.runs_dir, args.key_file, args.verify)
 
 
 def _crd(args: argparse.Namespace) -> int:

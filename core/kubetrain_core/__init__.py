@@ -1,2 +1,3 @@
 """The torch-free core both sides share: the TrainingJob API, the trainer config schema,
-the operator/trainer contract, the component registry and the recovery policy."""
+the operator/trainer contract, the component registry, the recovery policy, and the
+checkpoint store's read side (checkpoints/)."""

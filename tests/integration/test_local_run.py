@@ -96,6 +96,21 @@ def test_two_process_job_runs_under_torchrun_standalone(tmp_path: Path) -> None:
     # (it used to be read by nothing, and the TensorBoard callback wrote on every rank).
     assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
+    # `kubetrain checkpoints` reads the store as the trainer does, with the run's key.
+    listing = kubetrain("checkpoints", str(path), "--runs-dir", str(tmp_path / "runs"), "--verify")
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+    assert "2 checkpoint directories, manifests authenticated" in listing.stdout
+    lines = [line for line in listing.stdout.splitlines() if line.strip().startswith("step")]
+    assert [line.split()[1] for line in lines] == ["5", "10"]
+    assert all("verified" in line for line in lines)
+    shard = next((run_dir / "checkpoints" / "step-00000005-t0").rglob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[0] ^= 0xFF  # one flipped byte
+    shard.write_bytes(bytes(data))
+    damaged = kubetrain("checkpoints", str(path), "--runs-dir", str(tmp_path / "runs"), "--verify")
+    assert damaged.returncode == 1
+    assert "does not match its sha256" in damaged.stdout
+
 
 def _checkpoint_files(run_dir: Path) -> dict[str, bytes]:
     root = run_dir / "checkpoints"

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kubetrain_core.checkpoints.manifest import Manifest, describe_files
 from kubetrain_trainer.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -27,7 +28,6 @@ from kubetrain_trainer.checkpoint import (
     checkpoint_dir,
 )
 from kubetrain_trainer.checkpoint.claims import claim_key
-from kubetrain_trainer.checkpoint.manifest import Manifest, describe_files
 
 KEY = b"job-signing-key"
 

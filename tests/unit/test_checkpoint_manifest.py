@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetrain_trainer.checkpoint.manifest import (
+from kubetrain_core.checkpoints.manifest import (
     FileEntry,
     GoodMarker,
     Manifest,

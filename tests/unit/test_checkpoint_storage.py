@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from kubetrain_core.checkpoints.s3 import S3Storage
+from kubetrain_core.checkpoints.storage import LocalStorage, open_storage
 from kubetrain_core.config.schema import S3Config
-from kubetrain_trainer.checkpoint.s3 import S3Storage
-from kubetrain_trainer.checkpoint.storage import LocalStorage, open_storage
 
 
 def test_local_bytes_and_files_round_trip(tmp_path: Path) -> None:

@@ -1,20 +1,19 @@
-"""Checkpoints: storage backends, the manifest commit protocol, terms and lineage, the
-manager, torch state.
+"""Checkpoints, the writer's side: claims and fencing, terms and lineage, the manager,
+torch state. The store itself (backends, manifests, listing) is torch-free and lives in
+`kubetrain_core.checkpoints`, so `kubetrain checkpoints` reads it as the trainer does;
+it is re-exported here.
 
 `state` and `async_save` (torch) are not imported here, so the checkpoint protocol
 stays usable without torch.
 """
 
-from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
-from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
-from kubetrain_trainer.checkpoint.listing import (
+from kubetrain_core.checkpoints.listing import (
     CheckpointError,
     CheckpointInfo,
     CorruptCheckpoint,
     LoadedCheckpoint,
 )
-from kubetrain_trainer.checkpoint.manager import CheckpointManager
-from kubetrain_trainer.checkpoint.manifest import (
+from kubetrain_core.checkpoints.manifest import (
     GOOD_MARKER,
     MANIFEST,
     FileEntry,
@@ -26,10 +25,13 @@ from kubetrain_trainer.checkpoint.manifest import (
     checkpoint_dir,
     parse_checkpoint_dir,
 )
+from kubetrain_core.checkpoints.s3 import S3Storage
+from kubetrain_core.checkpoints.storage import LocalStorage, Storage, open_storage
+from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
+from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
+from kubetrain_trainer.checkpoint.manager import CheckpointManager
 from kubetrain_trainer.checkpoint.resume import NoUsableCheckpoint, ResumeRequest
 from kubetrain_trainer.checkpoint.retrying import RetryingStorage
-from kubetrain_trainer.checkpoint.s3 import S3Storage
-from kubetrain_trainer.checkpoint.storage import LocalStorage, Storage, open_storage
 
 __all__ = [
     "GOOD_MARKER",

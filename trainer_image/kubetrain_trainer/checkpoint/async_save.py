@@ -40,8 +40,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kubetrain_core.checkpoints.listing import CheckpointError, CheckpointInfo
 from kubetrain_trainer.checkpoint.claims import Fenced
-from kubetrain_trainer.checkpoint.listing import CheckpointError, CheckpointInfo
 from kubetrain_trainer.checkpoint.manager import CheckpointManager
 from kubetrain_trainer.checkpoint.retrying import RetryingStorage
 from kubetrain_trainer.checkpoint.state import Snapshot, StateStager, write_snapshot

@@ -16,9 +16,9 @@ import logging
 import re
 from collections.abc import Callable
 
+from kubetrain_core.checkpoints.manifest import parse_checkpoint_dir
+from kubetrain_core.checkpoints.storage import Storage
 from kubetrain_trainer.checkpoint.lineage import Claim, ClaimError, Owner
-from kubetrain_trainer.checkpoint.manifest import parse_checkpoint_dir
-from kubetrain_trainer.checkpoint.storage import Storage
 
 __all__ = [
     "CLAIMS_DIR",

@@ -27,16 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kubetrain_trainer.checkpoint import claims, listing, retention
-from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
-from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
-from kubetrain_trainer.checkpoint.listing import (
+from kubetrain_core.checkpoints import listing
+from kubetrain_core.checkpoints.listing import (
     CheckpointError,
     CheckpointInfo,
     CorruptCheckpoint,
     LoadedCheckpoint,
 )
-from kubetrain_trainer.checkpoint.manifest import (
+from kubetrain_core.checkpoints.manifest import (
     GOOD_MARKER,
     MANIFEST,
     FileEntry,
@@ -46,13 +44,16 @@ from kubetrain_trainer.checkpoint.manifest import (
     checkpoint_dir,
     describe_files,
 )
+from kubetrain_core.checkpoints.storage import Storage, open_storage
+from kubetrain_trainer.checkpoint import claims, retention
+from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
+from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
 from kubetrain_trainer.checkpoint.resume import (
     ResumePlan,
     ResumeRequest,
     plan_restore,
     plan_resume,
 )
-from kubetrain_trainer.checkpoint.storage import Storage, open_storage
 
 if TYPE_CHECKING:
     from kubetrain_core.config.schema import CheckpointConfig, S3Config

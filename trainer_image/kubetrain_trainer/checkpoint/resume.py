@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from kubetrain_core.checkpoints.listing import CheckpointInfo
 from kubetrain_trainer.checkpoint.lineage import Claim, Lineage
-from kubetrain_trainer.checkpoint.listing import CheckpointInfo
 
 __all__ = ["NoUsableCheckpoint", "ResumePlan", "ResumeRequest", "plan_restore", "plan_resume"]
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from kubetrain_trainer.checkpoint.storage import Storage
+from kubetrain_core.checkpoints.storage import Storage
 
 __all__ = ["RetryingStorage"]
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from kubetrain_trainer.checkpoint.manifest import (
+from kubetrain_core.checkpoints.manifest import (
     GOOD_MARKER,
     MANIFEST,
     FileEntry,
@@ -25,7 +25,7 @@ from kubetrain_trainer.checkpoint.manifest import (
     parse_checkpoint_dir,
     sha256_file,
 )
-from kubetrain_trainer.checkpoint.storage import Storage
+from kubetrain_core.checkpoints.storage import Storage
 
 __all__ = [
     "CheckpointError",

@@ -207,7 +207,7 @@ def open_storage(uri: str, s3: S3Config | None = None) -> Storage:
         parsed = urlparse(uri)
         if not parsed.netloc:
             raise ValueError(f"checkpoint URI {uri!r} names no bucket")
-        from kubetrain_trainer.checkpoint.s3 import S3Storage  # boto3 only for s3:// URIs
+        from kubetrain_core.checkpoints.s3 import S3Storage  # boto3 only for s3:// URIs
 
         return S3Storage(
             parsed.netloc,

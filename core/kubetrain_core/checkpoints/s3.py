@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from kubetrain_trainer.checkpoint.storage import TMP_PREFIX, Storage, check_key, dir_prefix
+from kubetrain_core.checkpoints.storage import TMP_PREFIX, Storage, check_key, dir_prefix
 
 # Transient S3 errors (throttling, 5xx, dropped connections) are retried by botocore's
 # "standard" mode with exponential backoff and jitter.
