@@ -14,24 +14,23 @@ term's own directories and `rotate` deletes only within the writer's own lineage
 (retention.py); both stop once a newer term exists. Nothing is ever deleted to
 abandon a timeline: lineage (lineage.py) hides it instead.
 
-The manager never touches torch: ranks hand it local files (state.py writes them).
+The manager never touches torch: ranks hand it local files (state.py writes them), and
+its collectives are collective.py's.
 """
 
 from __future__ import annotations
 
 import builtins
 import logging
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from kubetrain_core.checkpoints import listing
 from kubetrain_core.checkpoints.listing import (
     CheckpointError,
     CheckpointInfo,
-    CorruptCheckpoint,
     LoadedCheckpoint,
 )
 from kubetrain_core.checkpoints.manifest import (
@@ -46,7 +45,8 @@ from kubetrain_core.checkpoints.manifest import (
 )
 from kubetrain_core.checkpoints.storage import Storage, open_storage
 from kubetrain_trainer.checkpoint import claims, retention
-from kubetrain_trainer.checkpoint.claims import Fenced, StoreConflict, StoreUnreadable
+from kubetrain_trainer.checkpoint.claims import Fenced, StoreUnreadable
+from kubetrain_trainer.checkpoint.collective import first_verified, gather_self, on_rank0
 from kubetrain_trainer.checkpoint.lineage import Claim, Lineage, Owner
 from kubetrain_trainer.checkpoint.resume import (
     ResumePlan,
@@ -61,7 +61,6 @@ if TYPE_CHECKING:
 __all__ = ["CheckpointManager"]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -75,16 +74,6 @@ class _Timeline:
         if self.claim is None:
             raise CheckpointError("no term claimed: call start() before saving")
         return self.claim.term
-
-
-# Exceptions rank 0 hands to the other ranks by name (library exceptions may not unpickle).
-_SHARED_ERRORS: dict[str, type[Exception]] = {
-    cls.__name__: cls for cls in (Fenced, StoreConflict, StoreUnreadable, CheckpointError)
-}
-
-
-def _gather_self(obj: Any) -> list[Any]:
-    return [obj]
 
 
 class CheckpointManager:
@@ -128,7 +117,7 @@ class CheckpointManager:
         self.key = key
         self.owner = owner or Owner()
         self.attempt = attempt
-        self._all_gather = all_gather_object or _gather_self
+        self._all_gather = all_gather_object or gather_self
         self._timeline = _Timeline()
         self.rolled_back = False  # whether start() applied a rollback request
 
@@ -214,8 +203,8 @@ class CheckpointManager:
         `check(info)` may refuse a checkpoint before it is loaded (e.g. ConfigError for a
         config it cannot fit). Raises StoreConflict for another job's store, and
         NoUsableCheckpoint when the lineage has checkpoints but none verifies."""
-        plan = self._on_rank0(lambda: self._plan(request))
-        loaded = self._load_first(plan.candidates, local_dir, check)
+        plan = on_rank0(self.rank, self._all_gather, lambda: self._plan(request))
+        loaded = first_verified(plan.candidates, self._loader(local_dir), self._all_gather, check)
         if loaded is None and plan.must_resume:
             raise plan.unusable(self.uri)
         if loaded is None and plan.rolling_back:
@@ -232,8 +221,8 @@ class CheckpointManager:
     def restore(self, local_dir: Path) -> LoadedCheckpoint | None:
         """Tier-1 rollback in process: load the newest good checkpoint of the lineage
         (else the newest committed one) and continue from it in a new term. A collective."""
-        plan = self._on_rank0(lambda: plan_restore(self.list()))
-        loaded = self._load_first(plan.candidates, local_dir, None)
+        plan = on_rank0(self.rank, self._all_gather, lambda: plan_restore(self.list()))
+        loaded = first_verified(plan.candidates, self._loader(local_dir), self._all_gather, None)
         if loaded is not None:
             self._claim(loaded.info, plan)
         return loaded
@@ -267,51 +256,10 @@ class CheckpointManager:
             claims.prune_claims(self.storage, claim.term)
             return claim
 
-        self._timeline.claim = self._on_rank0(claim_on_rank0)
+        self._timeline.claim = on_rank0(self.rank, self._all_gather, claim_on_rank0)
 
-    def _on_rank0(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on rank 0 and hand every rank its result, or raise its error everywhere."""
-        outcome: tuple[Any, str | None, str] = (None, None, "")
-        failure: Exception | None = None
-        if self.rank == 0:
-            try:
-                outcome = (fn(), None, "")
-            except Exception as error:
-                failure = error
-                outcome = (None, str(error), type(error).__name__)
-        value, message, kind = self._all_gather(outcome)[0]
-        if failure is not None:
-            raise failure
-        if message is not None:
-            raise _SHARED_ERRORS.get(kind, CheckpointError)(f"rank 0: {message}")
-        result: T = value
-        return result
-
-    def _load_first(
-        self,
-        candidates: builtins.list[CheckpointInfo],
-        local_dir: Path,
-        check: Callable[[CheckpointInfo], None] | None,
-    ) -> LoadedCheckpoint | None:
-        """Load the first candidate that verifies on every rank (a corrupt one is skipped
-        with a warning, never deleted)."""
-        for info in candidates:
-            if check is not None:
-                check(info)  # the same manifest on every rank: the same answer
-            path: Path | None = None
-            try:
-                path = self.load(info, local_dir)
-            except CorruptCheckpoint as error:
-                log.warning(
-                    "checkpoint %s is corrupt (kept), trying the previous one: %s", info.uri, error
-                )
-            verdicts = self._all_gather(path is not None)
-            if path is not None and all(verdicts):
-                return LoadedCheckpoint(info, path)
-            if path is not None:
-                log.warning("checkpoint %s failed to verify on another rank", info.uri)
-                shutil.rmtree(path, ignore_errors=True)
-        return None
+    def _loader(self, local_dir: Path) -> Callable[[CheckpointInfo], Path]:
+        return lambda info: self.load(info, local_dir)
 
     def load(self, info: CheckpointInfo, local_dir: Path) -> Path:
         """Download a committed checkpoint into `local_dir`/<dir>, every file verified
