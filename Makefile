@@ -12,7 +12,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 export PYTHONPATH := $(CURDIR)/core:$(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/cli:$(CURDIR)/localkube:$(CURDIR)/hack
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint unit pytest test chaos demo testbin dev-cluster generate chart images kind bench benchmark clean
+.PHONY: help venv lint unit pytest test chaos demo demo-chat testbin dev-cluster generate chart images kind bench benchmark clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -55,6 +55,12 @@ chaos: lint testbin ## the fault suite on the local cluster; rows in runs/chaos.
 
 demo: venv ## train examples/trainingjob.yaml locally (no cluster needed)
 	$(VENV)/bin/kubetrain run examples/trainingjob.yaml
+
+examples/models/chat-base/config.json: examples/make_base_model.py examples/data/tiny_corpus.txt
+	$(PY) examples/make_base_model.py examples/models/chat-base
+
+demo-chat: venv examples/models/chat-base/config.json ## fine-tune a small Hugging Face model on the shipped chat data
+	$(VENV)/bin/kubetrain run examples/finetune-chat.yaml
 
 dev-cluster: venv testbin ## a local Kubernetes cluster with the CRD and operator; Ctrl-C stops it
 	$(PY) -m kubetrain_devcluster up

@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="start a new timeline at step 0; the run's earlier checkpoints are kept",
     )
+    run.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="dotted.key=value",
+        help="trainer settings relative to spec.trainer, e.g. model.pretrained=/models/m",
+    )
     run.set_defaults(func=_run)
 
     validate = sub.add_parser("validate", help="check a TrainingJob or trainer config offline")
@@ -63,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     operator.add_argument("--verbose", action="store_true", help="debug logs")
     operator.set_defaults(func=_operator)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse ends a `*` positional at the first option: `run JOB --runs-dir D k=v` leaves
+    # k=v over; overrides may come anywhere, so they are taken back here.
+    if extra and isinstance(getattr(args, "overrides", None), list):
+        if any(item.startswith("-") or "=" not in item for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     code: int = args.func(args)
     return code
 
@@ -74,15 +88,25 @@ def _train(args: argparse.Namespace) -> int:
     return train_main(args.config, args.overrides)
 
 
-def load_job(path: Path) -> Any:
-    """A validated TrainingJob, or a ConfigError listing every problem."""
+def load_job(path: Path, overrides: list[str] | None = None) -> Any:
+    """A validated TrainingJob, or a ConfigError listing every problem; `overrides`
+    (dotted.key=value) set spec.trainer fields as `kubetrain train` does."""
     from pydantic import ValidationError
 
     from kubetrain_core.api import TrainingJob
     from kubetrain_core.config import ConfigError
-    from kubetrain_core.config.loading import format_validation_error, read_yaml, resolve_paths
+    from kubetrain_core.config.loading import (
+        apply_overrides,
+        format_validation_error,
+        read_yaml,
+        resolve_paths,
+    )
 
     data = read_yaml(path)
+    if overrides:
+        if not isinstance(data, dict) or not isinstance(data.get("spec", {}), dict):
+            raise ConfigError(str(path), ["not a TrainingJob: no spec mapping"])
+        apply_overrides(data.setdefault("spec", {}).setdefault("trainer", {}), overrides)
     try:
         job = TrainingJob.model_validate(data)
     except ValidationError as err:
@@ -96,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     from kubetrain_core.config import ConfigError
 
     try:
-        job = load_job(args.file)
+        job = load_job(args.file, args.overrides)
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2

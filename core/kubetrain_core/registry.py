@@ -59,7 +59,11 @@ class Registry:
 _P = "kubetrain_trainer"
 
 MODEL_ADAPTERS = Registry(
-    "model adapter", {"standard": f"{_P}.models.adapters:StandardModelAdapter"}
+    "model adapter",
+    {
+        "standard": f"{_P}.models.adapters:StandardModelAdapter",
+        "hf_causal_lm": f"{_P}.models.hf:CausalLMAdapter",
+    },
 )
 MODELS = Registry("model architecture", {"transformer": f"{_P}.models.transformer:Transformer"})
 TOKENIZERS = Registry(
@@ -67,9 +71,17 @@ TOKENIZERS = Registry(
     {
         "char": f"{_P}.data.tokenizers:CharacterTokenizer",
         "bpe": f"{_P}.data.tokenizers:BPETokenizer",
+        "pretrained": f"{_P}.data.hf_tokenizer:PretrainedTokenizer",
     },
 )
-DATASET_ADAPTERS = Registry("dataset adapter", {"text_file": f"{_P}.data.text:TextFileDataset"})
+DATASET_ADAPTERS = Registry(
+    "dataset adapter",
+    {
+        "text_file": f"{_P}.data.text:TextFileDataset",
+        "jsonl_text": f"{_P}.data.records:PackedTextDataset",
+        "chat_jsonl": f"{_P}.data.records:ChatDataset",
+    },
+)
 STRATEGIES = Registry("training strategy", {"standard": f"{_P}.strategies:StandardStrategy"})
 OPTIMIZERS = Registry(
     "optimizer",

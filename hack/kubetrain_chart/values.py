@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubetrain_core.config.schema import CHECKPOINT_URI_PATTERN, ENDPOINT_PATTERN
+from kubetrain_core.config.base import CHECKPOINT_URI_PATTERN, ENDPOINT_PATTERN
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 IMAGE_TAG = r"^[A-Za-z0-9_.-]{0,128}$"

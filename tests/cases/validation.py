@@ -61,6 +61,7 @@ def _trainer(**trainer: Any) -> dict[str, Any]:
     return _spec(trainer=trainer)
 
 
+HF_SCRATCH = {"adapter": "hf_causal_lm", "hf_config": {"model_type": "llama", "hidden_size": 64}}
 GPUS = "exceeds the nvidia.com/gpu requested per node"
 
 CASES = [
@@ -75,6 +76,21 @@ CASES = [
     Case("no-length", _trainer(training={"max_steps": DELETE}), "max_steps or training.num_epochs"),
     Case("epochs-instead", _trainer(training={"max_steps": DELETE, "num_epochs": 1.5}), None),
     Case("seq-len", _trainer(data={"seq_len": 256}), "exceeds model.max_seq_len"),
+    Case(
+        "hf-model-sets-its-own-length",
+        _trainer(model=HF_SCRATCH, data={"seq_len": 256}),
+        None,
+    ),
+    Case(
+        "pretrained-and-config",
+        _trainer(model={**HF_SCRATCH, "pretrained": "/models/base"}),
+        "set model.pretrained or model.hf_config, not both",
+    ),
+    Case(
+        "chat-needs-hf-tokenizer",
+        _trainer(data={"adapter": "chat_jsonl", "tokenizer": {"kind": "char"}}),
+        "needs a Hugging Face tokenizer",
+    ),
     Case("rdzv-port", _spec(monitoring={"port": 29400}), "rendezvous port"),
     Case(
         "gpu-limit",

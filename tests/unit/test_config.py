@@ -88,7 +88,7 @@ def test_training_job_errors_carry_the_spec_trainer_prefix(tmp_path: Path) -> No
         ),
         (
             {"data": {"path": "x", "tokenizer": {"kind": "word"}}},
-            "data.tokenizer.kind: unknown tokenizer 'word'; allowed: bpe, char",
+            "data.tokenizer.kind: unknown tokenizer 'word'; allowed: auto, bpe, char, pretrained",
         ),
         (
             {"model": {"d_model": 100, "n_heads": 3}},

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from kubetrain_core.config import OptimizationConfig, RecoveryConfig
-from kubetrain_core.config.schema import ModelConfig
+from kubetrain_core.config.model import ModelConfig
 from kubetrain_trainer.distributed import DistInfo
 from kubetrain_trainer.models.adapters import StandardModelAdapter
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kubetrain_core import registry
-from kubetrain_core.config.schema import DataConfig
+from kubetrain_core.config.data import DataConfig
 from kubetrain_trainer.data.text import TextFileDataset
 from kubetrain_trainer.data.tokenizers import CharacterTokenizer, Tokenizer
 

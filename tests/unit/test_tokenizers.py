@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kubetrain_core import registry
-from kubetrain_core.config.schema import TokenizerConfig
+from kubetrain_core.config.data import TokenizerConfig
 from kubetrain_trainer.data.tokenizers import (
     BPETokenizer,
     CharacterTokenizer,

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from kubetrain_core import registry
-from kubetrain_core.config.schema import ModelConfig
+from kubetrain_core.config.model import ModelConfig
 from kubetrain_trainer.models.adapters import StandardModelAdapter
 from kubetrain_trainer.models.transformer import Block, Transformer
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss

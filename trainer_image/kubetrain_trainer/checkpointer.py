@@ -10,6 +10,7 @@ fencing, lineage, rotation) are the CheckpointManager's.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,18 +28,21 @@ from kubetrain_trainer.checkpoint import (
     ResumeRequest,
     RetryingStorage,
     checkpoint_dir,
+    claims,
     open_storage,
 )
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, SaveResult, group_collectives
 from kubetrain_trainer.checkpoint.state import read_state
 from kubetrain_trainer.data.tokenizers import Tokenizer
 from kubetrain_trainer.distributed import DistInfo, all_gather_object
+from kubetrain_trainer.export import beside, publish
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import Sink, TrainerMetrics
 from kubetrain_trainer.recovery import HealthTracker
 from kubetrain_trainer.runtime import Runtime
 
 TOKENIZER_FILE = "tokenizer.json"
+log = logging.getLogger(__name__)
 # Budgets a fresh process continues from the checkpoint; an in-process restore keeps
 # its own (the restore itself spends them).
 RESUME_ONLY = frozenset({"guard"})
@@ -206,6 +210,16 @@ class Checkpointer:
         """`steps_done` steps finished healthy: mark the checkpoints that proved good."""
         for good_step in self.health.observe_healthy(steps_done):
             self._mark_good(good_step)
+
+    def publish(self, export_dir: Path) -> str | None:
+        """Copy the exported model into the store (rank 0), unless the store is the run
+        dir's own or a newer attempt owns it; returns where it went."""
+        if beside(export_dir, self.manager.uri):
+            return None
+        if claims.superseded(self.manager.storage, self.manager.term):
+            log.warning("not publishing the export: a newer attempt owns %s", self.manager.uri)
+            return None
+        return publish(export_dir, self.manager.storage)
 
     def flush(self) -> None:
         """Wait for the upload in flight (before exit, restore, or the final save)."""

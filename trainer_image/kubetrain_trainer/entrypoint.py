@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -12,6 +13,7 @@ from kubetrain_core.contract import ExitCode, TerminationMessage
 from kubetrain_trainer.runtime import Runtime
 
 log = logging.getLogger("kubetrain")
+OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
 def train_main(config_path: Path, overrides: list[str]) -> int:
@@ -28,6 +30,8 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         TerminationMessage("ConfigInvalid", str(err)).write(runtime.termination_log)
         return ExitCode.CONFIG_INVALID
 
+    # Nothing is downloaded at run time: the Hugging Face libraries read local files only.
+    os.environ.update(dict.fromkeys(OFFLINE, "1"))
     # torch is imported only once the config is known to be good.
     from kubetrain_trainer import distributed
     from kubetrain_trainer.checkpoint import Fenced, StoreConflict

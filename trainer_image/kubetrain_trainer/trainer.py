@@ -28,6 +28,7 @@ from kubetrain_trainer.checkpoint import CheckpointError
 from kubetrain_trainer.checkpointer import Checkpointer
 from kubetrain_trainer.components import build_components
 from kubetrain_trainer.distributed import DistInfo
+from kubetrain_trainer.export import write_export
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import (
     EvalRecord,
@@ -71,6 +72,7 @@ class RunSummary:
     resumed_from: int | None
     run_dir: Path
     last_checkpoint: str | None
+    export: str | None = None  # where the loadable model went (rank 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -93,7 +95,9 @@ class Trainer:
         )
         resume = self.checkpoints.resume_point()
         saved = self.checkpoints.tokenizer_file(resume)
-        tokenizer = registry.TOKENIZERS.get(cfg.data.tokenizer.kind).load(saved) if saved else None
+        tokenizer = (
+            registry.TOKENIZERS.get(cfg.data.tokenizer.resolved_kind).load(saved) if saved else None
+        )
         self.parts = parts = build_components(cfg, dist_info, tokenizer)
         self.total_steps = parts.total_steps
         self.guard = NanGuard(cfg.recovery)
@@ -187,6 +191,7 @@ class Trainer:
             self.validate()
         test_loss = self.evaluate("test")
         self.checkpoints.ensure_saved(self.step)  # the final checkpoint, committed
+        exported = self.export()
         callbacks.on_epoch_end(self.state)
         callbacks.on_train_end(self.state)
         seconds = time.monotonic() - start
@@ -205,6 +210,7 @@ class Trainer:
             resumed_from=resumed.step if (resumed := self.checkpoints.resumed_from) else None,
             run_dir=self.run_dir,
             last_checkpoint=last.uri if last else None,
+            export=exported,
         )
 
     # ------------------------------------------------------------------ verbs
@@ -224,6 +230,17 @@ class Trainer:
         self.best_val = min(self.best_val, val_loss)
         self.parts.callbacks.on_validation_end(self.state)
         return val_loss
+
+    def export(self) -> str | None:
+        """Rank 0 writes the trained model as a loadable directory (export.py) and
+        copies it into the checkpoint store; returns where it is."""
+        if not self.dist.is_main:
+            return None
+        parts = self.parts
+        directory = write_export(
+            parts.raw_model, parts.dataset.tokenizer, self.cfg, self.run_dir / "export"
+        )
+        return self.checkpoints.publish(directory) or str(directory)
 
     def save_checkpoint(self) -> None:
         self.parts.callbacks.on_checkpoint_begin(self.state)

@@ -22,12 +22,8 @@ from kubetrain_core.api.base import (
     LabelValue,
 )
 from kubetrain_core.config import TrainingConfig
-from kubetrain_core.config.schema import (
-    CHECKPOINT_URI_PATTERN,
-    BestMetric,
-    CheckpointConfig,
-    S3Config,
-)
+from kubetrain_core.config.base import CHECKPOINT_URI_PATTERN, BestMetric
+from kubetrain_core.config.schema import CheckpointConfig, S3Config
 
 # The job's checkpoint settings are the trainer's (config/schema.py: defaults, bounds and
 # descriptions live there), spelled in camelCase; job_config.py folds them back in.

@@ -1,5 +1,6 @@
 """Trainer configuration: pydantic models, loading and overrides. Imports no torch."""
 
+from kubetrain_core.config.data import DataConfig, SplitConfig, TokenizerConfig
 from kubetrain_core.config.loading import (
     ConfigError,
     apply_overrides,
@@ -8,22 +9,19 @@ from kubetrain_core.config.loading import (
     parse_config,
     to_yaml,
 )
+from kubetrain_core.config.model import ModelConfig
 from kubetrain_core.config.schema import (
     CallbackConfig,
     CheckpointConfig,
-    DataConfig,
     EarlyStoppingConfig,
     ExtensionsConfig,
     LossConfig,
     MetricsConfig,
-    ModelConfig,
     OptimizationConfig,
     OptimizerConfig,
     RecoveryConfig,
     S3Config,
     SchedulerConfig,
-    SplitConfig,
-    TokenizerConfig,
     TrainingConfig,
     TrainingLoopConfig,
 )

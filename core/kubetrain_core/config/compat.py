@@ -24,8 +24,11 @@ SHAPE_FIELDS = (
     "model.d_ff",
     "model.max_seq_len",
     "model.tie_embeddings",
+    "model.pretrained",
+    "model.hf_config",
     "data.tokenizer.kind",
     "data.tokenizer.vocab_size",
+    "data.tokenizer.path",
     "optimization.optimizer.name",
 )
 

@@ -110,12 +110,30 @@ def read_yaml(path: str | Path) -> Any:
 
 
 def resolve_paths(config: TrainingConfig, base: Path) -> TrainingConfig:
-    """Relative data paths resolve against the config file's folder, like includes do."""
-    data_path = Path(config.data.path)
-    if not data_path.is_absolute() and "://" not in config.data.path:
-        candidate = base / data_path
-        if candidate.exists() or not data_path.exists():
-            config.data.path = str(candidate)
+    """Relative paths resolve against the config file's folder, like includes do: the
+    data always (a missing file is then reported where it was looked for), a model or
+    tokenizer directory when it exists there (else it may be a cached hub id)."""
+
+    def resolved(location: str, must_exist: bool) -> str:
+        path = Path(location)
+        if path.is_absolute() or "://" in location:
+            return location
+        candidate = base / path
+        if candidate.exists() or not (must_exist or path.exists()):
+            return str(candidate)
+        return location
+
+    config.data.path = resolved(config.data.path, must_exist=False)
+    pretrained = config.model.pretrained
+    if pretrained is not None:
+        config.model.pretrained = resolved(pretrained, must_exist=True)
+    tokenizer = config.data.tokenizer
+    if tokenizer.path is not None:
+        tokenizer.path = (
+            config.model.pretrained
+            if tokenizer.path == pretrained
+            else resolved(tokenizer.path, must_exist=True)
+        )
     return config
 
 

@@ -11,145 +11,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kubetrain_core import cel, registry
-from kubetrain_core.registry import Registry
-
-BestMetric = Literal["val_loss", "val_perplexity"]
-Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
-
-# Checkpoint URIs: whole path segments of safe characters, never ".", ".." or empty,
-# no whitespace, "#", "?" or "%" (one URI must name one place, however it is parsed).
-# RE2-compatible (no lookaround): the CRD's OpenAPI pattern is the same text.
-_SAFE, _SAFE_DOT = r"[A-Za-z0-9_~+=,@-]", r"[A-Za-z0-9_.~+=,@-]"
-_SEGMENT = rf"(?:{_SAFE}{_SAFE_DOT}*|\.{_SAFE}{_SAFE_DOT}*|\.\.{_SAFE_DOT}+)"
-_S3_URI = rf"s3://[a-z0-9][a-z0-9.-]{{1,61}}[a-z0-9](?:/{_SEGMENT})*/?"
-_FILE_URI = rf"file://(?:/{_SEGMENT})+/?"
-CHECKPOINT_URI_PATTERN = rf"^(?:{_S3_URI}|{_FILE_URI})$"
-# An http(s) endpoint: host, optional port and path; no credentials in it.
-ENDPOINT_PATTERN = r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9_.~/-]*)?$"
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, docstrings are descriptions."""
-
-    model_config = ConfigDict(
-        extra="forbid", validate_assignment=True, use_attribute_docstrings=True
-    )
-
-
-def _registered(reg: Registry) -> AfterValidator:
-    """Validate a component name against its registry, listing what is allowed."""
-
-    def check(name: str) -> str:
-        if name not in reg:
-            raise ValueError(f"unknown {reg.kind} {name!r}; allowed: {', '.join(reg.names())}")
-        return name
-
-    return AfterValidator(check)
-
-
-class ModelConfig(Section):
-    """The network and the adapter that feeds it batches and computes its loss."""
-
-    adapter: Annotated[Name, _registered(registry.MODEL_ADAPTERS)] = "standard"
-    """Model adapter (registry ``model adapter``): how batches reach the model and loss."""
-    architecture: Annotated[Name, _registered(registry.MODELS)] = "transformer"
-    """Network architecture built by the adapter."""
-    d_model: int = Field(128, ge=8, le=16384)
-    """Width of the residual stream."""
-    n_layers: int = Field(2, ge=1, le=256)
-    """Number of Transformer blocks."""
-    n_heads: int = Field(4, ge=1, le=256)
-    """Attention heads per block; must divide d_model."""
-    d_ff: int | None = Field(None, ge=8, le=65536)
-    """Hidden width of the MLP; default 4 * d_model."""
-    max_seq_len: int = Field(256, ge=8, le=131072)
-    """Longest sequence the position embedding covers; must be >= data.seq_len."""
-    dropout: float = Field(0.0, ge=0.0, le=0.9)
-    """Dropout probability in attention and MLP outputs."""
-    tie_embeddings: bool = True
-    """Share the token embedding with the output projection."""
-    gradient_checkpointing: bool = False
-    """Recompute block activations in backward to save memory."""
-
-    model_config = ConfigDict(
-        json_schema_extra=cel.rules(
-            cel.rule(
-                "!has(self.d_model) || !has(self.n_heads) || self.d_model % self.n_heads == 0",
-                "d_model must be divisible by n_heads",
-                fieldPath=".n_heads",
-            )
-        )
-    )
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> Self:
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
-            )
-        return self
-
-
-class TokenizerConfig(Section):
-    """How text becomes token ids."""
-
-    kind: Annotated[Name, _registered(registry.TOKENIZERS)] = "char"
-    """Tokenizer: ``char`` (one id per character) or ``bpe`` (byte-level BPE trained on data)."""
-    vocab_size: int = Field(512, ge=16, le=262144)
-    """Target vocabulary size for trained tokenizers (``bpe``); ignored by ``char``."""
-
-
-class SplitConfig(Section):
-    """Token-level split of the corpus into train, validation and test parts."""
-
-    train: float = Field(0.9, gt=0.0, le=1.0)
-    """Fraction of tokens used for training (the first part of the corpus)."""
-    val: float = Field(0.05, ge=0.0, lt=1.0)
-    """Fraction of tokens used for validation (after the train part)."""
-    test: float = Field(0.05, ge=0.0, lt=1.0)
-    """Fraction of tokens held out for the final test evaluation."""
-
-    model_config = ConfigDict(
-        json_schema_extra=cel.rules(
-            cel.rule(
-                "!has(self.train) || !has(self.val) || !has(self.test)"
-                " || (self.train + self.val + self.test > 0.999999"
-                " && self.train + self.val + self.test < 1.000001)",
-                "splits: train + val + test must be 1.0",
-            )
-        )
-    )
-
-    @model_validator(mode="after")
-    def _sums_to_one(self) -> Self:
-        total = self.train + self.val + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + val + test must be 1.0, got {total:g}")
-        return self
-
-
-class DataConfig(Section):
-    """Where the data comes from and how it is batched."""
-
-    adapter: Annotated[Name, _registered(registry.DATASET_ADAPTERS)] = "text_file"
-    """Dataset adapter (registry ``dataset adapter``)."""
-    path: str = Field(min_length=1, max_length=4096)
-    """Corpus location: a local path (relative paths resolve against the config file)."""
-    tokenizer: TokenizerConfig = TokenizerConfig()
-    seq_len: int = Field(128, ge=2, le=131072)
-    """Tokens per training sequence."""
-    batch_size: int = Field(16, ge=1, le=65536)
-    """Sequences per micro-batch on each process."""
-    splits: SplitConfig = SplitConfig()
+from kubetrain_core.config.base import (
+    CHECKPOINT_URI_PATTERN,
+    ENDPOINT_PATTERN,
+    BestMetric,
+    Name,
+    Section,
+    registered,
+)
+from kubetrain_core.config.data import CHAT_ADAPTERS, DataConfig
+from kubetrain_core.config.model import ModelConfig
 
 
 class OptimizerConfig(Section):
     """The optimizer; weight decay never applies to biases and norm weights."""
 
-    name: Annotated[Name, _registered(registry.OPTIMIZERS)] = "adamw"
+    name: Annotated[Name, registered(registry.OPTIMIZERS)] = "adamw"
     """Optimizer: adamw, adam, sgd or rmsprop (or any registered one)."""
     lr: float = Field(3e-4, gt=0.0, le=10.0)
     """Peak learning rate."""
@@ -185,7 +65,7 @@ class OptimizerConfig(Section):
 class SchedulerConfig(Section):
     """Learning-rate schedule, stepped once per optimizer step."""
 
-    name: Annotated[Name, _registered(registry.SCHEDULERS)] = "cosine"
+    name: Annotated[Name, registered(registry.SCHEDULERS)] = "cosine"
     """Schedule: constant, linear_warmup, cosine or exponential (all with optional warmup)."""
     warmup_steps: int = Field(0, ge=0, le=10_000_000)
     """Steps of linear warmup from 0 to the peak LR."""
@@ -198,7 +78,7 @@ class SchedulerConfig(Section):
 class LossConfig(Section):
     """Training objective."""
 
-    name: Annotated[Name, _registered(registry.LOSSES)] = "cross_entropy"
+    name: Annotated[Name, registered(registry.LOSSES)] = "cross_entropy"
     """Loss (registry ``loss``)."""
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     """Mix this much of the uniform distribution into the targets."""
@@ -232,7 +112,7 @@ class EarlyStoppingConfig(Section):
 class TrainingLoopConfig(Section):
     """How long to train and how each step runs."""
 
-    strategy: Annotated[Name, _registered(registry.STRATEGIES)] = "standard"
+    strategy: Annotated[Name, registered(registry.STRATEGIES)] = "standard"
     """Training strategy (registry ``training strategy``)."""
     max_steps: int | None = Field(None, ge=1, le=1_000_000_000)
     """Optimizer steps to run; if null, computed from num_epochs."""
@@ -356,7 +236,7 @@ class RecoveryConfig(Section):
 class CallbackConfig(Section):
     """A callback chosen by name with its keyword options."""
 
-    name: Annotated[Name, _registered(registry.CALLBACKS)]
+    name: Annotated[Name, registered(registry.CALLBACKS)]
     """Callback (registry ``callback``)."""
     options: dict[str, str | int | float | bool] = Field(default_factory=dict, max_length=64)
     """Keyword arguments for the callback's constructor."""
@@ -387,6 +267,7 @@ class TrainingConfig(Section):
         json_schema_extra=cel.rules(
             cel.rule(
                 "!has(self.model) || !has(self.data.seq_len) || !has(self.model.max_seq_len)"
+                " || (has(self.model.adapter) && self.model.adapter != 'standard')"
                 " || self.data.seq_len <= self.model.max_seq_len",
                 "data.seq_len exceeds model.max_seq_len; raise model.max_seq_len or lower"
                 " data.seq_len",
@@ -397,9 +278,33 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _sequence_fits_model(self) -> Self:
-        if self.data.seq_len > self.model.max_seq_len:
+        if self.model.adapter == "standard" and self.data.seq_len > self.model.max_seq_len:
             raise ValueError(
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len "
                 f"({self.model.max_seq_len}); raise model.max_seq_len or lower data.seq_len"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_tokenizer(self) -> Self:
+        """A tokenizer without a path is the model's own (``auto``, ``pretrained``);
+        ``auto`` is then written as what it resolved to, as checkpoints record it."""
+        tokenizer = self.data.tokenizer
+        if tokenizer.kind in ("auto", "pretrained") and tokenizer.path is None:
+            if tokenizer.kind == "pretrained" and self.model.pretrained is None:
+                raise ValueError(
+                    "data.tokenizer.kind pretrained needs data.tokenizer.path (a Hugging "
+                    "Face tokenizer directory) or model.pretrained"
+                )
+            tokenizer.path = self.model.pretrained
+        tokenizer.kind = tokenizer.resolved_kind
+        return self
+
+    @model_validator(mode="after")
+    def _masks_match_the_loss(self) -> Self:
+        if self.data.adapter in CHAT_ADAPTERS and self.optimization.loss.ignore_index != -100:
+            raise ValueError(
+                f"data.adapter {self.data.adapter!r} marks the targets it does not learn "
+                "with -100: leave optimization.loss.ignore_index at -100"
             )
         return self

@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from kubetrain_core.config.schema import DataConfig
+from kubetrain_core.config.data import DataConfig
 from kubetrain_trainer.data.tokenizers import Tokenizer
 
 Batch = dict[str, torch.Tensor]

@@ -3,31 +3,21 @@
 The corpus is tokenized once and split at token level into contiguous train,
 validation and test parts (in that order). The train part is cut into
 non-overlapping windows of ``seq_len + 1`` tokens (inputs plus the shifted
-targets). Each epoch visits every window once, in an order drawn from
-``(seed, epoch)``; the samples of one optimizer step are numbered globally, so
-the batch of any (step, micro, rank) is computed directly, with no iterator.
+targets), visited in the order of sampling.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
 import torch
 
-from kubetrain_core.config.schema import DataConfig
+from kubetrain_core.config.data import DataConfig
 from kubetrain_trainer.data.base import Batch, DatasetAdapter, Split
+from kubetrain_trainer.data.sampling import SampleOrder, eval_indices
 from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
-
-_CACHED_PERMUTATIONS = 4  # a step spans at most two epochs unless one epoch is under one step
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A 64-bit generator seed that is stable across processes and Python versions."""
-    digest = hashlib.sha256(f"kubetrain-data:{seed}:{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
 
 
 def read_corpus(path: Path) -> str:
@@ -62,8 +52,7 @@ class TextFileDataset(DatasetAdapter):
         if int(tokens.max()) >= self.tokenizer.vocab_size:
             raise ValueError("data.tokenizer: produced ids outside its vocabulary")
         self._splits = self._split(tokens)
-        self._train_windows = self._windows("train")
-        self._perms: dict[int, torch.Tensor] = {}
+        self.order = SampleOrder(self._windows("train"), seed=seed, batch_size=cfg.batch_size)
 
     def _split(self, tokens: torch.Tensor) -> dict[Split, torch.Tensor]:
         n = len(tokens)
@@ -93,24 +82,13 @@ class TextFileDataset(DatasetAdapter):
     def split_tokens(self, split: Split) -> int:
         return len(self._splits[split])
 
-    def _global_batch(self, world_size: int, accumulation_steps: int) -> int:
-        return self.batch_size * world_size * accumulation_steps
-
     def steps_per_epoch(self, world_size: int, accumulation_steps: int) -> int:
-        return max(1, self._train_windows // self._global_batch(world_size, accumulation_steps))
+        return self.order.steps_per_epoch(world_size, accumulation_steps)
 
     def epoch_at(self, step: int, *, world_size: int, accumulation_steps: int) -> float:
-        return step * self._global_batch(world_size, accumulation_steps) / self._train_windows
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        perm = self._perms.get(epoch)
-        if perm is None:
-            generator = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
-            perm = torch.randperm(self._train_windows, generator=generator)
-            if len(self._perms) >= _CACHED_PERMUTATIONS:
-                del self._perms[min(self._perms)]
-            self._perms[epoch] = perm
-        return perm
+        return self.order.epoch_at(
+            step, world_size=world_size, accumulation_steps=accumulation_steps
+        )
 
     def _gather(self, split: Split, windows: torch.Tensor, device: torch.device) -> Batch:
         offsets = windows[:, None] * self.seq_len + torch.arange(self.seq_len + 1)[None, :]
@@ -130,26 +108,9 @@ class TextFileDataset(DatasetAdapter):
         accumulation_steps: int,
         device: torch.device,
     ) -> Batch:
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        if not 0 <= micro < accumulation_steps:
-            raise ValueError(f"micro must be in [0, {accumulation_steps}), got {micro}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-        # Rank r, micro m holds samples [(m*W + r)*B, +B) of the step, so one process with
-        # batch B*k holds exactly the samples of k micro-batches of B (accumulation k).
-        first = (
-            step * self._global_batch(world_size, accumulation_steps)
-            + (micro * world_size + rank) * self.batch_size
+        windows = self.order.train_indices(
+            step, micro, rank=rank, world_size=world_size, accumulation_steps=accumulation_steps
         )
-        samples = torch.arange(first, first + self.batch_size)
-        epochs = samples // self._train_windows
-        positions = samples % self._train_windows
-        windows = torch.empty_like(samples)
-        # Usually one epoch; two when the micro-batch straddles an epoch boundary.
-        for epoch in range(first // self._train_windows, int(epochs[-1]) + 1):
-            mask = epochs == epoch
-            windows[mask] = self._permutation(epoch)[positions[mask]]
         return self._gather("train", windows, device)
 
     def eval_batches(
@@ -163,12 +124,11 @@ class TextFileDataset(DatasetAdapter):
     ) -> Iterator[Batch]:
         """Windows in corpus order, batch k going to rank ``k % world_size``; the last batch
         of the split may be smaller than ``batch_size``, and a rank may get none."""
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
         total = self._windows(split)
         for j in range(max_batches):
-            start = (j * world_size + rank) * self.batch_size
-            if start >= total:
+            windows = eval_indices(
+                total, j, batch_size=self.batch_size, rank=rank, world_size=world_size
+            )
+            if windows is None:
                 return
-            windows = torch.arange(start, min(start + self.batch_size, total))
             yield self._gather(split, windows, device)

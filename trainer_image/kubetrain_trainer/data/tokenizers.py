@@ -16,7 +16,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from kubetrain_core import registry
-from kubetrain_core.config.schema import TokenizerConfig
+from kubetrain_core.config.data import TokenizerConfig
 
 _FORMAT_VERSION = 1
 
@@ -30,6 +30,11 @@ class Tokenizer(ABC):
     @property
     @abstractmethod
     def vocab_size(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int | None:
+        """The end-of-text id placed between packed documents, if the tokenizer has one."""
+        return None
 
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
@@ -119,6 +124,11 @@ class BPETokenizer(Tokenizer):
         self._hf = hf
 
     @property
+    def hf(self) -> HFTokenizer:
+        """The Hugging Face ``tokenizers`` object (an export wraps it for transformers)."""
+        return self._hf
+
+    @property
     def vocab_size(self) -> int:
         return int(self._hf.get_vocab_size(with_added_tokens=True))
 
@@ -150,6 +160,6 @@ class BPETokenizer(Tokenizer):
 
 
 def build_tokenizer(text: str, cfg: TokenizerConfig) -> Tokenizer:
-    """Train the tokenizer that ``cfg.kind`` names on ``text``."""
-    cls: type[Tokenizer] = registry.TOKENIZERS.get(cfg.kind)
+    """Train (or load) the tokenizer that ``cfg`` names on ``text``."""
+    cls: type[Tokenizer] = registry.TOKENIZERS.get(cfg.resolved_kind)
     return cls.train(text, cfg)

@@ -149,7 +149,7 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     ``summary`` holds the run's facts (the trainer's ``RunSummary.as_dict()``):
     steps, total_steps, seconds, train_loss, val_loss, test_loss,
     tokens_per_second, checkpoints, nan_events, restores, run_dir and,
-    optionally, resumed_from, last_checkpoint and outcome. Missing facts show as "-".
+    optionally, resumed_from, last_checkpoint, export and outcome. Missing facts show as "-".
     """
     get = summary.get
     table = Table(title=f"kubetrain run {get('outcome', 'finished')}", show_header=False)
@@ -174,6 +174,8 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
         table.add_row("resumed from step", str(get("resumed_from")))
     if get("last_checkpoint"):
         table.add_row("last checkpoint", str(get("last_checkpoint")))
+    if get("export"):
+        table.add_row("model (from_pretrained)", str(get("export")))
     table.add_row("run dir", str(get("run_dir", "-")))
     return table
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from kubetrain_core import registry
-from kubetrain_core.config.schema import ModelConfig
+from kubetrain_core.config.model import ModelConfig
 from kubetrain_trainer.data.base import Batch
 
 

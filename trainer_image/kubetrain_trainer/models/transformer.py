@@ -14,7 +14,7 @@ import torch.nn.functional as F  # noqa: N812 - the conventional alias
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from kubetrain_core.config.schema import ModelConfig
+from kubetrain_core.config.model import ModelConfig
 
 _INIT_STD = 0.02
 

@@ -1,0 +1,248 @@
+"""Dataset adapters over records (JSONL, Parquet, text): packed text and chat.
+
+Records become fixed-length rows once (token_cache.py), and batches are rows picked
+by sampling.py, so a batch stays a pure function of (seed, step, micro, rank).
+Splits are contiguous row ranges in file order: train, then validation, then test.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from kubetrain_core.config.data import DataConfig
+from kubetrain_trainer.data.base import Batch, DatasetAdapter, Split
+from kubetrain_trainer.data.chat import ChatRenderer, messages_of
+from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
+from kubetrain_trainer.data.readers import BadRecord, Record, data_files, field, read_records
+from kubetrain_trainer.data.sampling import SampleOrder, eval_indices
+from kubetrain_trainer.data.token_cache import RowStats, cache_key, default_cache_dir, rows_dataset
+from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
+
+IGNORE = -100  # the loss's default ignore_index: no loss on this target
+
+
+class RecordDataset(DatasetAdapter):
+    """Rows of one shape built from records; subclasses say how records become rows."""
+
+    columns: tuple[str, ...]
+
+    def __init__(self, cfg: DataConfig, *, seed: int, tokenizer: Tokenizer | None = None) -> None:
+        self.cfg, self.seq_len, self.batch_size = cfg, cfg.seq_len, cfg.batch_size
+        self.files = data_files(cfg.path)
+        self.tokenizer = tokenizer if tokenizer is not None else self._tokenizer()
+        self._check_tokenizer()
+        settings = {"adapter": type(self).__name__, **self._settings()}
+        key = cache_key(self.files, self.tokenizer._state(), settings)
+        root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+        rows, self.stats = rows_dataset(root, key, self._build_rows, self._features())
+        if self.stats["rows"] == 0:
+            problem = self.stats["first_problem"] or "no records long enough"
+            raise ValueError(f"data.path: {cfg.path} gave no usable records ({problem})")
+        self.cache_path = root / key
+        self._rows = rows.with_format("torch", columns=list(self.columns))
+        self._bounds = self._split(len(rows))
+        self.order = SampleOrder(self._size("train"), seed=seed, batch_size=self.batch_size)
+
+    # ---- what a subclass provides ---------------------------------------------
+
+    @abstractmethod
+    def _row(self, record: Record) -> dict[str, list[int]] | None:
+        """The row of one record (None: nothing to learn in it), or BadRecord."""
+
+    @abstractmethod
+    def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
+        """Model inputs and shifted targets from stacked rows."""
+
+    def _settings(self) -> dict[str, Any]:
+        return self.cfg.model_dump(include={"format", "seq_len", "bad_records", "text_field"})
+
+    def _check_tokenizer(self) -> None:
+        return None
+
+    def _tokenizer(self) -> Tokenizer:
+        """The configured tokenizer; trained ones learn from the text of every record."""
+        kind = self.cfg.tokenizer.resolved_kind
+        if kind == "pretrained":
+            return build_tokenizer("", self.cfg.tokenizer)
+        texts = (
+            field(r, self.cfg.text_field, str)
+            for r in read_records(self.files, self.cfg.format, self.cfg.text_field)
+        )
+        return build_tokenizer("\n".join(texts), self.cfg.tokenizer)
+
+    def _features(self) -> Any:
+        import datasets
+
+        ids = datasets.List(datasets.Value("int32"))
+        return datasets.Features(dict.fromkeys(self.columns, ids))
+
+    # ---- building the rows ----------------------------------------------------
+
+    def _build_rows(self, stats: RowStats) -> Iterator[dict[str, list[int]]]:
+        for record in read_records(self.files, self.cfg.format, self.cfg.text_field):
+            stats.records += 1
+            try:
+                row = self._row(record)
+            except BadRecord as bad:
+                if self.cfg.bad_records == "error":
+                    raise ValueError(f"{bad} (data.bad_records: skip skips such records)") from None
+                stats.skipped += 1
+                stats.first_problem = stats.first_problem or str(bad)
+                continue
+            if row is not None:
+                stats.rows += 1
+                yield row
+        yield from self._flush(stats)
+
+    def _flush(self, stats: RowStats) -> Iterator[dict[str, list[int]]]:
+        """Rows held back until the last record (packing); none by default."""
+        return iter(())
+
+    def _split(self, n: int) -> dict[Split, tuple[int, int]]:
+        fractions = self.cfg.splits
+        end_train = round(n * fractions.train)
+        end_val = min(n, round(n * (fractions.train + fractions.val)))
+        bounds: dict[Split, tuple[int, int]] = {
+            "train": (0, end_train),
+            "val": (end_train, end_val),
+            "test": (end_val, n),
+        }
+        for split, (start, end) in bounds.items():
+            if getattr(fractions, split) > 0 and end <= start:
+                raise ValueError(
+                    f"data.splits.{split} ({getattr(fractions, split):g}) of {n} rows is "
+                    f"empty: enlarge that split, lower data.seq_len, or add data"
+                )
+        return bounds
+
+    def _size(self, split: Split) -> int:
+        start, end = self._bounds[split]
+        return end - start
+
+    # ---- the DatasetAdapter interface -----------------------------------------
+
+    def split_tokens(self, split: Split) -> int:
+        return self._size(split) * self.seq_len
+
+    def steps_per_epoch(self, world_size: int, accumulation_steps: int) -> int:
+        return self.order.steps_per_epoch(world_size, accumulation_steps)
+
+    def epoch_at(self, step: int, *, world_size: int, accumulation_steps: int) -> float:
+        return self.order.epoch_at(
+            step, world_size=world_size, accumulation_steps=accumulation_steps
+        )
+
+    def _gather(self, split: Split, indices: torch.Tensor, device: torch.device) -> Batch:
+        rows = self._rows[(indices + self._bounds[split][0]).tolist()]
+        batch = self._batch({name: rows[name].long() for name in self.columns})
+        return {name: t.to(device, non_blocking=True) for name, t in batch.items()}
+
+    def train_batch(
+        self,
+        step: int,
+        micro: int,
+        *,
+        rank: int,
+        world_size: int,
+        accumulation_steps: int,
+        device: torch.device,
+    ) -> Batch:
+        indices = self.order.train_indices(
+            step, micro, rank=rank, world_size=world_size, accumulation_steps=accumulation_steps
+        )
+        return self._gather("train", indices, device)
+
+    def eval_batches(
+        self,
+        split: Literal["val", "test"],
+        max_batches: int,
+        *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+    ) -> Iterator[Batch]:
+        total = self._size(split)
+        for j in range(max_batches):
+            indices = eval_indices(
+                total, j, batch_size=self.batch_size, rank=rank, world_size=world_size
+            )
+            if indices is None:
+                return
+            yield self._gather(split, indices, device)
+
+
+class PackedTextDataset(RecordDataset):
+    """Registry name ``jsonl_text``: each record's text field, joined by the tokenizer's
+    end-of-text token (a newline for tokenizers without one) and cut into blocks of
+    seq_len + 1 (a short tail is dropped)."""
+
+    columns = ("tokens",)
+
+    def __init__(self, cfg: DataConfig, *, seed: int, tokenizer: Tokenizer | None = None) -> None:
+        self._buffer: list[int] = []
+        super().__init__(cfg, seed=seed, tokenizer=tokenizer)
+
+    def _check_tokenizer(self) -> None:
+        eos = self.tokenizer.eos_id
+        self.separator = [eos] if eos is not None else self.tokenizer.encode("\n")
+
+    def _row(self, record: Record) -> dict[str, list[int]] | None:
+        self._buffer += self.tokenizer.encode(field(record, self.cfg.text_field, str))
+        self._buffer += self.separator
+        block = self.seq_len + 1
+        if len(self._buffer) < block:
+            return None
+        row, self._buffer = self._buffer[:block], self._buffer[block:]
+        return {"tokens": row}
+
+    def _flush(self, stats: RowStats) -> Iterator[dict[str, list[int]]]:
+        block = self.seq_len + 1
+        while len(self._buffer) >= block:
+            stats.rows += 1
+            yield {"tokens": self._buffer[:block]}
+            self._buffer = self._buffer[block:]
+        self._buffer = []
+
+    def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
+        tokens = rows["tokens"]
+        return {"input_ids": tokens[:, :-1], "targets": tokens[:, 1:]}
+
+
+class ChatDataset(RecordDataset):
+    """Registry name ``chat_jsonl``: one conversation per row, truncated to seq_len + 1
+    tokens; loss only where the next token is the assistant's."""
+
+    columns = ("input_ids", "targets")
+
+    def _check_tokenizer(self) -> None:
+        if not isinstance(self.tokenizer, PretrainedTokenizer):
+            raise ValueError("data.tokenizer: chat_jsonl needs a Hugging Face tokenizer")
+        self.renderer = ChatRenderer(self.tokenizer, self.cfg.chat_template)
+        eos = self.tokenizer.eos_id
+        self.pad_id = eos if eos is not None else 0
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **self.cfg.model_dump(include={"format", "seq_len", "bad_records", "messages_field"}),
+            "template": self.renderer.template,
+        }
+
+    def _row(self, record: Record) -> dict[str, list[int]] | None:
+        messages = messages_of(record, self.cfg.messages_field)
+        ids, assistant = self.renderer.encode(messages, record.where)
+        ids, assistant = ids[: self.seq_len + 1], assistant[: self.seq_len + 1]
+        targets = [t if learn else IGNORE for t, learn in zip(ids[1:], assistant[1:], strict=True)]
+        if all(t == IGNORE for t in targets):
+            return None  # the assistant's reply starts past seq_len: nothing to learn
+        pad = self.seq_len - len(targets)
+        return {"input_ids": ids[:-1] + [self.pad_id] * pad, "targets": targets + [IGNORE] * pad}
+
+    def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
+        # Padding only ever follows the conversation, and its targets are ignored, so a
+        # causal model needs no attention mask: no real token attends to a later pad.
+        return {"input_ids": rows["input_ids"], "targets": rows["targets"]}

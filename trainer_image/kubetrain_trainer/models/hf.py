@@ -1,0 +1,92 @@
+"""Hugging Face transformers models behind the model adapter interface.
+
+The model comes from `model.pretrained` (a save_pretrained directory: local, s3:// or
+a cached hub id) or is built from scratch from the inline `model.hf_config`. The
+loss is kubetrain's (batches carry shifted targets with -100 where nothing is
+learned), so label smoothing, masking and the NaN guard work as for the native model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kubetrain_core.config import ConfigError
+from kubetrain_trainer.data.base import Batch
+from kubetrain_trainer.models.adapters import ModelAdapter
+from kubetrain_trainer.pretrained import local_dir
+
+
+class CausalLMAdapter(ModelAdapter):
+    """Registry name ``hf_causal_lm``: any AutoModelForCausalLM architecture."""
+
+    def build_model(self) -> nn.Module:
+        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours reports
+        cfg = self.cfg
+        kwargs: dict[str, Any] = {
+            "attn_implementation": self._attention(),
+            "dtype": getattr(torch, cfg.dtype),
+        }
+        model: nn.Module
+        if cfg.pretrained is not None:
+            directory = local_dir(cfg.pretrained, "model.pretrained")
+            try:
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(directory), local_files_only=True, **kwargs
+                )
+            except (OSError, ValueError) as err:
+                raise ConfigError(
+                    "model.pretrained", [f"{directory}: not a loadable causal LM: {err}"]
+                ) from None
+        else:
+            fields = dict(cfg.hf_config or {})
+            model_type = fields.pop("model_type")
+            fields.setdefault("vocab_size", self.vocab_size)
+            try:
+                config = AutoConfig.for_model(model_type, **fields)
+            except (ValueError, TypeError) as err:
+                raise ConfigError("model.hf_config", [str(err)]) from None
+            model = AutoModelForCausalLM.from_config(config, **kwargs)  # type: ignore[no-untyped-call]
+        self._check_vocabulary(model)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()  # type: ignore[operator]
+        model.config.use_cache = False  # type: ignore[union-attr]  # no KV cache in training
+        return model
+
+    def _attention(self) -> str:
+        wanted = self.cfg.attn_implementation
+        if wanted == "flash_attention_2" and not torch.cuda.is_available():
+            raise ConfigError(
+                "model.attn_implementation",
+                ["flash_attention_2 needs a CUDA GPU and the flash-attn package; use sdpa"],
+            )
+        return wanted
+
+    def _check_vocabulary(self, model: nn.Module) -> None:
+        embeddings = model.get_input_embeddings()  # type: ignore[operator]
+        rows = int(embeddings.num_embeddings)
+        if self.vocab_size > rows:
+            raise ConfigError(
+                "data.tokenizer",
+                [
+                    f"the tokenizer has {self.vocab_size} tokens but the model embeds only "
+                    f"{rows}: use the model's own tokenizer, or a vocab_size >= "
+                    f"{self.vocab_size} in model.hf_config"
+                ],
+            )
+
+    def compute_loss(self, model: nn.Module, batch: Batch, loss_fn: nn.Module) -> torch.Tensor:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        loss: torch.Tensor = loss_fn(out.logits, batch["targets"])
+        return loss
+
+
+def save_pretrained(model: nn.Module, directory: Path) -> None:
+    """The model as a directory `from_pretrained` loads (safetensors and config)."""
+    model.save_pretrained(str(directory), safe_serialization=True)  # type: ignore[operator]
