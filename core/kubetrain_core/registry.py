@@ -5,13 +5,25 @@ optimizer, scheduler, loss, callback) is chosen by name in the config. A
 registry maps names to classes; built-ins are listed as lazy import paths so
 that this module (and the config package that validates names against it)
 never imports torch.
+
+User code plugs in two ways, both without a line of kubetrain changed: any name may
+be an import path, ``package.module:Name``, found on the image's Python path; and an
+installed package may add names through the ``kubetrain.plugins`` entry-point group,
+``"<kind key>.<name>" = "package.module:Name"`` (e.g. ``"optimizer.lion"``). Both are
+known from metadata alone: nothing is imported until the trainer builds the component.
 """
 
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from typing import Any
+
+ENTRY_POINT_GROUP = "kubetrain.plugins"
+IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+"""``package.module:Name``: a plugin named by where it lives."""
 
 
 class UnknownComponentError(KeyError):
@@ -26,6 +38,7 @@ class Registry:
 
     def __init__(self, kind: str, builtins: dict[str, str]) -> None:
         self.kind = kind
+        self.key = kind.replace(" ", "_")  # the entry-point name prefix
         self._lazy = dict(builtins)  # name -> "module:attr", imported on first use
         self._classes: dict[str, Any] = {}
 
@@ -39,21 +52,51 @@ class Registry:
 
         return add
 
+    def _plugins(self) -> dict[str, str]:
+        """Names installed packages add through the entry-point group (metadata only)."""
+        prefix = f"{self.key}."
+        return {
+            ep.name.removeprefix(prefix): ep.value
+            for ep in entry_points(group=ENTRY_POINT_GROUP)
+            if ep.name.startswith(prefix)
+        }
+
     def names(self) -> list[str]:
-        return sorted({*self._lazy, *self._classes})
+        return sorted({*self._lazy, *self._classes, *self._plugins()})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._classes or name in self._lazy
+        if not isinstance(name, str):
+            return False
+        known = name in self._classes or name in self._lazy
+        return known or bool(IMPORT_PATH.match(name)) or name in self._plugins()
+
+    def is_plugin(self, name: str) -> bool:
+        """Whether `name` is user code (an import path or an entry point), not built in."""
+        return name not in self._lazy and (bool(IMPORT_PATH.match(name)) or name in self._plugins())
 
     def get(self, name: str) -> Any:
-        if name not in self:
+        """The class `name` stands for, importing it (and any plugin) on first use."""
+        if name in self._classes:
+            return self._classes[name]
+        target = self._lazy.get(name) or self._plugins().get(name)
+        if target is None and IMPORT_PATH.match(name):
+            target = name
+        if target is None:
             raise UnknownComponentError(
-                f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}, "
+                "or a plugin as package.module:Name"
             )
-        if name not in self._classes:
-            module, attr = self._lazy.pop(name).split(":")
-            self._classes[name] = getattr(importlib.import_module(module), attr)
-        return self._classes[name]
+        module, _, attr = target.partition(":")
+        try:
+            found = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise UnknownComponentError(
+                f"{self.kind} {name!r}: cannot import {target} ({err}); is its package "
+                "installed in the image?"
+            ) from None
+        self._lazy.pop(name, None)
+        self._classes[name] = found
+        return found
 
 
 _P = "kubetrain_trainer"

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from kubetrain_core import pod_policy
 from kubetrain_core.api import TrainingJob
 from kubetrain_core.config import format_validation_error
+from kubetrain_core.config.base import PLUGINS
 from kubetrain_core.names import GROUP, PLURAL, VERSION
 from kubetrain_operator import builders, kube, operator_metrics
 from kubetrain_operator.actions import PatchStatus
@@ -149,7 +150,8 @@ def _reconcile_once(namespace: str, name: str) -> None:
     job: TrainingJob | None = None
     if problem is None:
         try:
-            job = TrainingJob.model_validate(body)
+            # Plugin names are the image's to resolve: the trainer checks them at start.
+            job = TrainingJob.model_validate(body, context={PLUGINS: "unchecked"})
         except ValidationError as err:
             problem = f"spec is invalid: {'; '.join(format_validation_error(err))}"
     if job is not None:

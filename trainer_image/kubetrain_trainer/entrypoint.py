@@ -24,7 +24,8 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         TerminationMessage("ConfigInvalid", str(err)).write(Runtime().termination_log)
         return ExitCode.CONFIG_INVALID
     try:
-        cfg = load_config(config_path, overrides, values=runtime.overrides)
+        # Plugins are imported here: one that cannot be is a config error naming its field.
+        cfg = load_config(config_path, overrides, values=runtime.overrides, plugins="import")
     except ConfigError as err:
         print(err, file=sys.stderr)
         TerminationMessage("ConfigInvalid", str(err)).write(runtime.termination_log)

@@ -5,12 +5,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 
-from kubetrain_core.registry import Registry
+from kubetrain_core.registry import Registry, UnknownComponentError
 
 BestMetric = Literal["val_loss", "val_perplexity"]
-Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z][a-z0-9_]*$")]
+# A registered name, or a plugin's import path (package.module:Name).
+Name = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^(?:[a-z][a-z0-9_]*|[A-Za-z_][A-Za-z0-9_]*(?:[.][A-Za-z_][A-Za-z0-9_]*)*"
+        r":[A-Za-z_][A-Za-z0-9_]*)$",
+    ),
+]
+PLUGINS = "plugins"
+"""Validation context key: how far component names are checked. ``names`` (default):
+registered, an entry point, or an import path's syntax, importing nothing. ``import``
+(the trainer, where the image's packages are): plugins are imported, so one that
+cannot be is an error naming its field. ``unchecked`` (the operator, which has none
+of the image's packages): any well-formed name; the trainer checks it at start."""
 
 # Checkpoint URIs: whole path segments of safe characters, never ".", ".." or empty,
 # no whitespace, "#", "?" or "%" (one URI must name one place, however it is parsed).
@@ -35,12 +50,24 @@ class Section(BaseModel):
 
 
 def registered(reg: Registry, also: tuple[str, ...] = ()) -> AfterValidator:
-    """Validate a component name against its registry (or `also`), listing what is allowed."""
+    """Validate a component name against its registry (or `also`), listing what is allowed;
+    the validation context's PLUGINS says how far (above)."""
 
-    def check(name: str) -> str:
-        if name not in reg and name not in also:
+    def check(name: str, info: ValidationInfo) -> str:
+        mode = (info.context or {}).get(PLUGINS, "names")
+        if name in also or mode == "unchecked":
+            return name
+        if name not in reg:
             allowed = ", ".join([*also, *reg.names()])
-            raise ValueError(f"unknown {reg.kind} {name!r}; allowed: {allowed}")
+            raise ValueError(
+                f"unknown {reg.kind} {name!r}; allowed: {allowed}, or a plugin's "
+                "package.module:Name"
+            )
+        if mode == "import" and reg.is_plugin(name):
+            try:
+                reg.get(name)
+            except UnknownComponentError as err:
+                raise ValueError(str(err)) from None
         return name
 
     return AfterValidator(check)

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from kubetrain_core.config.base import PLUGINS
 from kubetrain_core.config.schema import TrainingConfig
 
 
@@ -90,12 +91,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def parse_config(data: Any, source: str = "config", prefix: str = "") -> TrainingConfig:
-    """Validate a mapping into a TrainingConfig, raising ConfigError on any problem."""
+def parse_config(
+    data: Any, source: str = "config", prefix: str = "", plugins: str = "names"
+) -> TrainingConfig:
+    """Validate a mapping into a TrainingConfig, raising ConfigError on any problem;
+    `plugins` says how far component names are checked (config/base.py PLUGINS)."""
     if not isinstance(data, dict):
         raise ConfigError(source, [f"{prefix or '<root>'}: expected a mapping of config sections"])
     try:
-        return TrainingConfig.model_validate(data)
+        return TrainingConfig.model_validate(data, context={PLUGINS: plugins})
     except ValidationError as err:
         raise ConfigError(source, format_validation_error(err, prefix)) from None
 
@@ -141,6 +145,7 @@ def load_config(
     path: str | Path,
     overrides: list[str] | None = None,
     values: dict[str, Any] | None = None,
+    plugins: str = "names",
 ) -> TrainingConfig:
     """Load a trainer config file (a bare TrainingConfig or a TrainingJob's spec.trainer),
     set the typed dotted `values` (the environment's), then apply CLI `overrides`."""
@@ -150,7 +155,7 @@ def load_config(
         data, prefix = (data.get("spec") or {}).get("trainer"), "spec.trainer"
     data = set_values(data if isinstance(data, dict) else {}, values or {})
     data = apply_overrides(data, overrides or [])
-    return resolve_paths(parse_config(data, str(path), prefix), Path(path).parent)
+    return resolve_paths(parse_config(data, str(path), prefix, plugins), Path(path).parent)
 
 
 def to_yaml(model: BaseModel) -> str:
