@@ -124,7 +124,8 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(err, file=sys.stderr)
         return 2
-    return run_local(job, args.runs_dir, from_scratch=args.from_scratch)
+    again = " ".join(["kubetrain run", str(args.file), *args.overrides])
+    return run_local(job, args.runs_dir, from_scratch=args.from_scratch, again=f"`{again}`")
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import uuid
 from pathlib import Path
 
 from kubetrain_core.api import TrainingJob
-from kubetrain_core.config import to_yaml
+from kubetrain_core.config import ConfigError, TrainingConfig, parse_config, to_yaml
 from kubetrain_core.contract import Env, ExitCode, TerminationMessage
 from kubetrain_core.job_config import trainer_config
 from kubetrain_core.policy import RecoveryState, classify, decide, record
@@ -32,8 +33,52 @@ def signing_key(run_dir: Path) -> str:
     return path.read_text().strip()
 
 
-def run_local(job: TrainingJob, runs_root: Path = Path("runs"), from_scratch: bool = False) -> int:
-    """Train `job` here; `from_scratch` starts a new timeline beside the old checkpoints."""
+def preflight(cfg: TrainingConfig) -> list[str]:
+    """Config problems that would stop every rank at start: plugins that do not import,
+    missing data, a model directory that is not there."""
+    from kubetrain_trainer.preflight import problems
+
+    try:
+        parse_config(cfg.model_dump(mode="json"), plugins="import")
+    except ConfigError as err:
+        return err.errors
+    return problems(cfg)
+
+
+def stop(gang: subprocess.Popen[bytes], termination: Path, again: str) -> int:
+    """SIGTERM the gang (it saves a checkpoint and exits); a second Ctrl-C kills it."""
+    print("\nkubetrain run: stopping: the workers save a checkpoint (Ctrl-C again to kill)")
+    os.killpg(gang.pid, signal.SIGTERM)
+    try:
+        gang.wait()
+    except KeyboardInterrupt:
+        os.killpg(gang.pid, signal.SIGKILL)
+        gang.wait()
+        print("kubetrain run: killed; the last committed checkpoint stands", file=sys.stderr)
+        return 130
+    message = last_word(termination)
+    step = f" at step {message.step}" if message and message.step is not None else ""
+    print(f"kubetrain run: stopped{step}; run {again} to resume from its checkpoint")
+    return 130
+
+
+def last_word(termination: Path) -> TerminationMessage | None:
+    """The gang's termination message, if rank 0 wrote one."""
+    return TerminationMessage.from_json(termination.read_text()) if termination.exists() else None
+
+
+def _sigterm_as_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_local(
+    job: TrainingJob,
+    runs_root: Path = Path("runs"),
+    from_scratch: bool = False,
+    again: str = "the same command",
+) -> int:
+    """Train `job` here; `from_scratch` starts a new timeline beside the old checkpoints.
+    `again` is how the user resumes after stopping it (Ctrl-C or SIGTERM)."""
     name = job.metadata.name
     run_dir = (runs_root / name).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -44,11 +89,17 @@ def run_local(job: TrainingJob, runs_root: Path = Path("runs"), from_scratch: bo
     config_path = run_dir / "trainer.yaml"
     uri = job.spec.checkpoint.uri or str(run_dir / "checkpoints")
     cfg = trainer_config(job, run_dir=str(run_dir), checkpoint_uri=uri)
+    problems = preflight(cfg)
+    if problems:  # one message here, not one per rank and torchrun's traceback
+        print(ConfigError(name, problems), file=sys.stderr)
+        return 2  # as for a spec that does not validate
     config_path.write_text(to_yaml(cfg))
     nproc = job.spec.numNodes * job.spec.procs_per_node()
     termination = run_dir / "termination-log.json"
     state = RecoveryState()
     print(f"kubetrain run: {name}: {nproc} process(es), run dir {run_dir}", flush=True)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)  # stopped like Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignoring it
     while True:
         termination.unlink(missing_ok=True)
         env = {
@@ -68,14 +119,18 @@ def run_local(job: TrainingJob, runs_root: Path = Path("runs"), from_scratch: bo
             env[Env.ROLLBACK_BEFORE] = str(state.rollback.before_step)
             env[Env.ROLLBACK_ID] = state.rollback.id
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+            sys.executable, "-m", "kubetrain_trainer.launch", "--standalone", "--nnodes=1",
             f"--nproc-per-node={nproc}", "-m", "kubetrain_trainer", "train", "--config",
             str(config_path),
         ]  # fmt: skip
-        code = subprocess.call(command, env=env)
-        message = (
-            TerminationMessage.from_json(termination.read_text()) if termination.exists() else None
-        )
+        # Its own session: Ctrl-C reaches this process only, which stops the gang the
+        # way a cluster does (SIGTERM: a checkpoint, then exit), with no tracebacks.
+        gang = subprocess.Popen(command, env=env, start_new_session=True)
+        try:
+            code = gang.wait()
+        except KeyboardInterrupt:
+            return stop(gang, termination, again)
+        message = last_word(termination)
         cause = classify(code, message)
         decision = decide(job.spec.faultTolerance, state, cause, message, uuid.uuid4().hex)
         print(f"kubetrain run: {decision.reason}: {decision.message}", flush=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +152,32 @@ def test_a_changed_model_shape_is_one_clear_config_error_and_keeps_the_checkpoin
     after = _checkpoint_files(run_dir)
     assert all(after[name] == data for name, data in before.items() if "/good.json" not in name)
     assert any(name.startswith("step-00000010-t1/") for name in after)
+
+
+def test_a_bad_path_is_one_clear_error_before_any_process_starts(tmp_path: Path) -> None:
+    path = job(tmp_path, fault_tolerance={}, data={"path": str(tmp_path / "nowhere.txt")})
+    code, out = run(path, tmp_path / "runs")
+    assert code == 2  # as for a spec that does not validate
+    assert f"data.path: {tmp_path / 'nowhere.txt'} does not exist" in out
+    assert "Traceback" not in out and "torch" not in out  # torchrun never started
+
+
+def test_ctrl_c_saves_a_checkpoint_stops_cleanly_and_says_how_to_resume(tmp_path: Path) -> None:
+    path = job(tmp_path, fault_tolerance={}, training={"max_steps": 100_000})
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "kubetrain_cli", "run", str(path), "--runs-dir", str(runs)]
+    with subprocess.Popen(
+        command, env=env_with(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as proc:
+        metrics = runs / "tiny" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) > 20):
+            assert time.monotonic() < deadline and proc.poll() is None, "never started training"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-3000:]
+    stopped = int(out.split("stopped at step ")[1].split(";")[0])
+    assert stopped in committed_steps(runs / "tiny" / "checkpoints")  # saved where it stopped
+    assert f"run `kubetrain run {path}` to resume" in out
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out

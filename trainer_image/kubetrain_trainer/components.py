@@ -57,6 +57,8 @@ def build_components(
         dataset = registry.DATASET_ADAPTERS.get(cfg.data.adapter)(
             cfg.data, seed=cfg.training.seed, tokenizer=tokenizer
         )
+    except ConfigError:  # already names its field (a tokenizer directory, ...)
+        raise
     except (OSError, ValueError) as err:  # unreadable corpus, splits too small, ...
         raise ConfigError(cfg.data.path, [str(err)]) from None
     adapter: ModelAdapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(
