@@ -73,6 +73,40 @@ def test_checkpoints_go_to_s3_and_a_second_run_resumes_from_them(
     assert max(losses_by_step(tmp_path / "run")) == 15
 
 
+def test_the_model_and_the_logs_outlive_the_run_dir_in_the_store(
+    minio: MinioServer, tmp_path: Path
+) -> None:
+    bucket = new_bucket(minio)
+    cfg = tiny_config(
+        tmp_path / "run",
+        training={"max_steps": 10},
+        metrics={"tensorboard": True},
+        checkpoint={"uri": f"s3://{bucket}/jobs/tiny", "s3": {"endpoint": minio.endpoint}},
+    )
+    result = kubetrain(
+        "train",
+        "--config",
+        str(write_config(tmp_path / "c.yaml", cfg)),
+        env=env_with(**s3_env(minio)),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    s3 = minio.client()
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    logs = "jobs/tiny/logs/attempt-0"
+    body = s3.get_object(Bucket=bucket, Key=f"{logs}/metrics.jsonl")["Body"].read()
+    assert body == (tmp_path / "run" / "metrics.jsonl").read_bytes()  # the whole log, at the end
+    assert any(k.startswith(f"{logs}/tensorboard/events.out.tfevents.") for k in keys)
+    export = {
+        k.removeprefix("jobs/tiny/export/") for k in keys if k.startswith("jobs/tiny/export/")
+    }
+    assert {
+        "model.safetensors",
+        "config.json",
+        "kubetrain-config.yaml",
+        "kubetrain-tokenizer.json",
+    } <= export
+
+
 def test_rank0_serves_metrics_and_progress_while_training(tmp_path: Path) -> None:
     port = free_port()
     # Synchronous uploads: the loop records a commit, and the trainer hangs (below) right

@@ -42,6 +42,7 @@ from kubetrain_trainer.recovery import HealthTracker
 from kubetrain_trainer.runtime import Runtime
 
 TOKENIZER_FILE = "tokenizer.json"
+LOGS_PREFIX = "logs"
 log = logging.getLogger(__name__)
 # Budgets a fresh process continues from the checkpoint; an in-process restore keeps
 # its own (the restore itself spends them).
@@ -71,6 +72,7 @@ class Checkpointer:
         self.scratch = scratch
         self.metrics = metrics
         self.shape = shape_of(cfg)
+        self.run_dir = Path(cfg.run_dir)
         uri = cfg.checkpoint.uri or str(Path(cfg.run_dir) / "checkpoints")
         self.manager = CheckpointManager.from_config(
             cfg.checkpoint,
@@ -221,6 +223,22 @@ class Checkpointer:
             return None
         return publish(export_dir, self.manager.storage)
 
+    def upload_logs(self) -> None:
+        """Copy metrics.jsonl and TensorBoard event files to the store's
+        logs/attempt-<n>/ (rank 0), so a finished or failed job's logs outlive its pod.
+        Skipped when the store is the run dir's own; never fails training."""
+        if not self.dist.is_main or beside(self.run_dir / LOGS_PREFIX, self.manager.uri):
+            return
+        files = [self.run_dir / "metrics.jsonl", *(self.run_dir / "tensorboard").glob("*")]
+        prefix = f"{LOGS_PREFIX}/attempt-{self.runtime.restart_count}"
+        try:
+            if claims.superseded(self.manager.storage, self.manager.term):
+                return
+            for path in (p for p in files if p.is_file()):
+                self.manager.storage.put_file(f"{prefix}/{path.relative_to(self.run_dir)}", path)
+        except Exception as err:  # logs are a convenience; the checkpoints are the data
+            log.warning("could not upload the run's logs to %s: %s", self.manager.uri, err)
+
     def flush(self) -> None:
         """Wait for the upload in flight (before exit, restore, or the final save)."""
         self._results(self.saver.wait())
@@ -228,6 +246,7 @@ class Checkpointer:
     def close(self) -> None:
         self.saver.close()  # an upload in flight still reads from scratch
         self._results(self.saver.finished())
+        self.upload_logs()  # the last lines, however the run ended
 
     # ---- helpers ------------------------------------------------------------------
 
@@ -273,6 +292,7 @@ class Checkpointer:
                 raise Fenced(f"{result.error}: this attempt was replaced and stops here")
             if result.info is not None:
                 self.committed += 1
+                self.upload_logs()  # as often as checkpoints, from the loop's thread
                 self._sink.event(
                     "checkpoint", result.step, uri=result.info.uri, seconds=result.upload_seconds
                 )
