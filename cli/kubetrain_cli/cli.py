@@ -7,6 +7,7 @@ and the operator image never loads the trainer.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         "--verify", action="store_true", help="download each checkpoint and check every file"
     )
     checkpoints.set_defaults(func=_checkpoints)
+
+    export = sub.add_parser(
+        "export", help="a committed checkpoint as a model directory from_pretrained loads"
+    )
+    export.add_argument("checkpoint", help="a checkpoint's URI, or a store's (its newest)")
+    export.add_argument("out", type=Path, help="the directory to write")
+    export.add_argument("--key-file", type=Path, help="the job's manifest signing key")
+    export.set_defaults(func=_export)
 
     crd = sub.add_parser(
         "crd", help="print the TrainingJob CRD (kubetrain crd | kubectl apply -f -)"
@@ -150,6 +159,22 @@ def _checkpoints(args: argparse.Namespace) -> int:
     from kubetrain_cli import checkpoints
 
     return checkpoints.main(args.target, args.runs_dir, args.key_file, args.verify)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from kubetrain_core.config import ConfigError
+    from kubetrain_core.contract import Env
+
+    key = args.key_file.read_text().strip() if args.key_file else os.environ.get(Env.CHECKPOINT_KEY)
+    try:
+        from kubetrain_trainer.export import export_checkpoint
+
+        info, out = export_checkpoint(args.checkpoint, args.out, key.encode() if key else None)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    print(f"exported {info.uri} (step {info.step}) to {out}")
+    return 0
 
 
 def _crd(args: argparse.Namespace) -> int:

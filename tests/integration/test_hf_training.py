@@ -78,6 +78,13 @@ def assistant_val_loss(model_dir: Path, data_cfg: dict[str, Any]) -> float:
     return sum(losses) / len(losses)
 
 
+def same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
 def run_example(runs: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
     example = str(REPO / "examples" / "finetune-chat.yaml")
     result = kubetrain("run", example, "--runs-dir", str(runs), *overrides, timeout=900)
@@ -103,9 +110,18 @@ def test_the_chat_example_fine_tunes_and_exports_a_model_transformers_loads(
     assert after <= 0.8 * before, (before, after)  # the assistant-token loss fell >= 20 %
 
     export = run_dir / "export"
-    losses = plain_losses(FACTS, base, export)
+    # Any committed checkpoint exports too: the step-100 one, and the store's newest.
+    key = ("--key-file", str(run_dir / "checkpoint.key"))
+    at_100, newest = tmp_path / "at-100", tmp_path / "newest"
+    checkpoints = run_dir / "checkpoints"
+    for target, out in ((checkpoints / "step-00000100-t0", at_100), (checkpoints, newest)):
+        made = kubetrain("export", f"file://{target}", str(out), *key)
+        assert made.returncode == 0, made.stderr[-3000:]
+    assert "(step 200)" in made.stdout
+    assert same_weights(newest, export)  # the final checkpoint is the model at the end
+    losses = plain_losses(FACTS, base, at_100, export)
     assert losses["kubetrain_imported"] is False
-    assert losses[str(export)] < losses[str(base)]
+    assert losses[str(export)] < losses[str(base)] and losses[str(at_100)] < losses[str(base)]
     # The cache built by the run (rank 0 and rank 1 shared one) served the check above.
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1
 
@@ -186,3 +202,15 @@ def test_a_model_in_s3_is_fetched_once_per_machine(
         assert ("fetching " + uri in output) is (attempt == "first")
     fetched = [p for p in (tmp_path / "models").iterdir() if p.is_dir()]
     assert len(fetched) == 1 and (fetched[0] / "model.safetensors").is_file()
+
+
+def test_the_native_model_of_a_checkpoint_exports_too(tmp_path: Path) -> None:
+    cfg = tiny_config(tmp_path / "run", training={"max_steps": 10})
+    assert (
+        kubetrain("train", "--config", str(write_config(tmp_path / "c.yaml", cfg))).returncode == 0
+    )
+    out = tmp_path / "from-checkpoint"
+    made = kubetrain("export", str(tmp_path / "run" / "checkpoints"), str(out))
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert "(step 10)" in made.stdout
+    assert same_weights(out, tmp_path / "run" / "export")

@@ -15,9 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from kubetrain_core.config import ConfigError, TrainingConfig, parse_config
 from kubetrain_core.config.loading import resolve_paths
 from kubetrain_core.config.model import ModelConfig
+from kubetrain_trainer.checkpoint.state import CONFIG_FILE
 from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
 from kubetrain_trainer.data.tokenizers import CharacterTokenizer, Tokenizer
-from kubetrain_trainer.export import CONFIG_FILE, NATIVE_TOKENIZER, write_export
+from kubetrain_trainer.export import NATIVE_TOKENIZER, write_export
 from kubetrain_trainer.models.adapters import StandardModelAdapter
 from kubetrain_trainer.models.hf import CausalLMAdapter
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import torch
 
-from kubetrain_core.config import ConfigError, TrainingConfig
+from kubetrain_core.config import ConfigError, TrainingConfig, to_yaml
 from kubetrain_core.config.compat import changed_fields, shape_of
 from kubetrain_trainer.checkpoint import (
     CheckpointError,
@@ -32,7 +32,12 @@ from kubetrain_trainer.checkpoint import (
     open_storage,
 )
 from kubetrain_trainer.checkpoint.async_save import AsyncCheckpointer, SaveResult, group_collectives
-from kubetrain_trainer.checkpoint.state import read_state
+from kubetrain_trainer.checkpoint.state import (
+    CONFIG_FILE,
+    HF_CONFIG_FILE,
+    TOKENIZER_FILE,
+    read_state,
+)
 from kubetrain_trainer.data.tokenizers import Tokenizer
 from kubetrain_trainer.distributed import DistInfo, all_gather_object
 from kubetrain_trainer.export import beside, publish
@@ -41,7 +46,6 @@ from kubetrain_trainer.metrics import Sink, TrainerMetrics
 from kubetrain_trainer.recovery import HealthTracker
 from kubetrain_trainer.runtime import Runtime
 
-TOKENIZER_FILE = "tokenizer.json"
 LOGS_PREFIX = "logs"
 log = logging.getLogger(__name__)
 # Budgets a fresh process continues from the checkpoint; an in-process restore keeps
@@ -73,6 +77,7 @@ class Checkpointer:
         self.metrics = metrics
         self.shape = shape_of(cfg)
         self.run_dir = Path(cfg.run_dir)
+        self.config_yaml = to_yaml(cfg)
         uri = cfg.checkpoint.uri or str(Path(cfg.run_dir) / "checkpoints")
         self.manager = CheckpointManager.from_config(
             cfg.checkpoint,
@@ -180,8 +185,8 @@ class Checkpointer:
         snapshot = self.saver.snapshot(model, optimizer, extra, self.dist.rank)
         staging = self.scratch / f"save-{step}"
         staging.mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main and self._tokenizer is not None:
-            self._tokenizer.save(staging / TOKENIZER_FILE)
+        if self.dist.is_main:
+            self._describe(staging, model)
         # The worker writes the snapshot into staging, uploads, commits, deletes staging;
         # the manifest records the config's shape, which a resume must match.
         meta = {"config": self.shape}
@@ -254,6 +259,15 @@ class Checkpointer:
         if self._model is None or self._optimizer is None:
             raise RuntimeError("Checkpointer.attach() the components first")
         return self._model, self._optimizer
+
+    def _describe(self, staging: Path, model: torch.nn.Module) -> None:
+        """What rebuilds the model from this checkpoint alone: tokenizer and configs."""
+        if self._tokenizer is not None:
+            self._tokenizer.save(staging / TOKENIZER_FILE)
+        (staging / CONFIG_FILE).write_text(self.config_yaml)
+        to_json = getattr(getattr(model, "config", None), "to_json_string", None)
+        if callable(to_json):  # a transformers model
+            (staging / HF_CONFIG_FILE).write_text(to_json())
 
     def _check_shape(self, info: CheckpointInfo) -> None:
         saved = info.manifest.meta.get("config") if info.manifest else None

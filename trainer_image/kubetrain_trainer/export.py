@@ -15,21 +15,32 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
+import yaml
 from torch import nn
 
-from kubetrain_core.checkpoints.storage import LocalStorage, Storage
-from kubetrain_core.config import TrainingConfig, to_yaml
+from kubetrain_core import registry
+from kubetrain_core.checkpoints.listing import CheckpointInfo, download, scan
+from kubetrain_core.checkpoints.manifest import parse_checkpoint_dir
+from kubetrain_core.checkpoints.storage import LocalStorage, Storage, open_storage
+from kubetrain_core.config import ConfigError, TrainingConfig, parse_config, to_yaml
+from kubetrain_trainer.checkpoint import claims
+from kubetrain_trainer.checkpoint.state import (
+    CONFIG_FILE,
+    HF_CONFIG_FILE,
+    TOKENIZER_FILE,
+    read_model,
+)
 from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
 from kubetrain_trainer.data.tokenizers import BPETokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 
 EXPORT_PREFIX = "export"
-CONFIG_FILE = "kubetrain-config.yaml"
 NATIVE_TOKENIZER = "kubetrain-tokenizer.json"
 
 
@@ -98,3 +109,50 @@ def publish(directory: Path, storage: Storage) -> str:
     uri = storage.uri(EXPORT_PREFIX)
     log.info("exported the model to %s", uri)
     return uri
+
+
+def export_checkpoint(target: str, out: Path, key: bytes | None) -> tuple[CheckpointInfo, Path]:
+    """`kubetrain export`: the loadable model of a committed checkpoint. `target` is a
+    checkpoint directory's URI, or a store's: then its newest committed checkpoint of
+    the current timeline (never one a rollback abandoned). Every file is verified
+    against the manifest on the way."""
+    store, step_term = _store_and_checkpoint(target)
+    storage = open_storage(store)
+    committed = [i for i in scan(storage, key) if i.committed]
+    if step_term is not None:
+        committed = [i for i in committed if (i.step, i.term) == step_term]
+    elif (head := claims.read_head(storage)) is not None:
+        committed = [i for i in committed if head.lineage.covers(i.step, i.term)]
+    if not committed:
+        raise ConfigError(target, ["no committed checkpoint there (`kubetrain checkpoints`)"])
+    info = committed[-1]
+    with tempfile.TemporaryDirectory(prefix="kubetrain-export-") as tmp:
+        local = download(storage, info, Path(tmp))
+        if not (local / CONFIG_FILE).is_file():
+            raise ConfigError(target, [f"{info.uri} predates exports (no {CONFIG_FILE})"])
+        cfg = parse_config(yaml.safe_load((local / CONFIG_FILE).read_text()), plugins="import")
+        tokenizer = Tokenizer.load(local / TOKENIZER_FILE)
+        model = _skeleton(cfg, tokenizer, local)
+        read_model(local, model)
+        return info, write_export(model, tokenizer, cfg, out)
+
+
+def _store_and_checkpoint(target: str) -> tuple[str, tuple[int, int] | None]:
+    head, _, last = target.rstrip("/").rpartition("/")
+    parsed = parse_checkpoint_dir(last)
+    return (head, parsed) if parsed is not None and head else (target, None)
+
+
+def _skeleton(cfg: TrainingConfig, tokenizer: Tokenizer, local: Path) -> nn.Module:
+    """The model's modules with no weights worth keeping: the checkpoint's replace them."""
+    hf_config = local / HF_CONFIG_FILE
+    if hf_config.is_file():
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        fields = json.loads(hf_config.read_text())
+        config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        model: nn.Module = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        return model
+    adapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(cfg.model, tokenizer.vocab_size)
+    built: nn.Module = adapter.build_model()
+    return built

@@ -33,7 +33,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 from torch.distributed.checkpoint.state_dict_saver import save as dcp_save
 
@@ -54,6 +59,10 @@ log = logging.getLogger(__name__)
 
 DCP_DIR = "dcp"
 TRAINER_STATE = "trainer_state.pt"
+# Written by rank 0 beside the state, so a checkpoint alone rebuilds its model (export):
+TOKENIZER_FILE = "tokenizer.json"
+CONFIG_FILE = "kubetrain-config.yaml"  # the whole trainer config (also in an export)
+HF_CONFIG_FILE = "hf-config.json"  # a transformers model's own config
 
 
 def rng_file(rank: int) -> str:
@@ -269,3 +278,12 @@ def read_state(
             rank,
         )
     return extra
+
+
+def read_model(directory: Path, model: torch.nn.Module) -> None:
+    """Only the model's weights from a local checkpoint directory, in one process (no
+    optimizer, no RNG): what an export of a checkpoint needs."""
+    state: dict[str, Any] = {"model": get_model_state_dict(model)}
+    _quiet_single_process()
+    dcp_load(state, checkpoint_id=Path(directory) / DCP_DIR, no_dist=True)
+    set_model_state_dict(model, state["model"])
