@@ -106,6 +106,7 @@ MODEL_ADAPTERS = Registry(
     {
         "standard": f"{_P}.models.adapters:StandardModelAdapter",
         "hf_causal_lm": f"{_P}.models.hf:CausalLMAdapter",
+        "hf_seq2seq": f"{_P}.models.hf:Seq2SeqLMAdapter",
     },
 )
 MODELS = Registry("model architecture", {"transformer": f"{_P}.models.transformer:Transformer"})
@@ -123,6 +124,7 @@ DATASET_ADAPTERS = Registry(
         "text_file": f"{_P}.data.text:TextFileDataset",
         "jsonl_text": f"{_P}.data.records:PackedTextDataset",
         "chat_jsonl": f"{_P}.data.records:ChatDataset",
+        "seq2seq_jsonl": f"{_P}.data.records:Seq2SeqDataset",
     },
 )
 STRATEGIES = Registry("training strategy", {"standard": f"{_P}.strategies:StandardStrategy"})

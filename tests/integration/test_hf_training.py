@@ -214,3 +214,41 @@ def test_the_native_model_of_a_checkpoint_exports_too(tmp_path: Path) -> None:
     assert made.returncode == 0, made.stderr[-2000:]
     assert "(step 10)" in made.stdout
     assert same_weights(out, tmp_path / "run" / "export")
+
+
+def test_an_encoder_decoder_trains_and_exports(
+    tmp_path: Path, hf_base_model: Callable[[str], Path]
+) -> None:
+    words = ["cat", "dog", "sun", "moon", "tree", "home"]
+    pairs = [
+        {"input": " ".join(w), "target": " ".join(reversed(w))}
+        for w in ([words[(i + j) % 6] for j in range(3)] for i in range(60))
+    ]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    cfg = tiny_config(
+        tmp_path / "run",
+        model={"adapter": "hf_seq2seq", "hf_config": {
+            "model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1, "num_heads": 4,
+        }},
+        data={"adapter": "seq2seq_jsonl", "path": str(data), "max_input_length": 16,
+              "max_target_length": 8, "cache_dir": str(tmp_path / "cache"),
+              "tokenizer": {"kind": "pretrained", "path": str(hf_base_model("llama"))}},
+        training={"max_steps": 30},
+        optimization={"optimizer": {"lr": 0.01}},
+    )  # fmt: skip
+    result = kubetrain("train", "--config", str(write_config(tmp_path / "c.yaml", cfg)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = losses_by_step(tmp_path / "run")
+    assert losses[30] < 0.7 * losses[1]
+    load = (
+        "import sys; from transformers import AutoModelForSeq2SeqLM as A; "
+        "m = A.from_pretrained(sys.argv[1]); print(type(m).__name__, "
+        "any(k.startswith('kubetrain') for k in sys.modules))"
+    )
+    env = {k: v for k, v in env_with().items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", load, str(tmp_path / "run" / "export")],
+        capture_output=True, text=True, env=env, check=True, cwd="/",
+    )  # fmt: skip
+    assert out.stdout.split() == ["T5ForConditionalGeneration", "False"]

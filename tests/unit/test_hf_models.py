@@ -20,7 +20,7 @@ from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
 from kubetrain_trainer.data.tokenizers import CharacterTokenizer, Tokenizer
 from kubetrain_trainer.export import NATIVE_TOKENIZER, write_export
 from kubetrain_trainer.models.adapters import StandardModelAdapter
-from kubetrain_trainer.models.hf import CausalLMAdapter
+from kubetrain_trainer.models.hf import CausalLMAdapter, Seq2SeqLMAdapter
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss
 
 LLAMA = {
@@ -35,7 +35,7 @@ LLAMA = {
 
 
 def _model_cfg(**fields: Any) -> ModelConfig:
-    return ModelConfig.model_validate({"adapter": "hf_causal_lm", **fields})
+    return ModelConfig.model_validate({"adapter": "hf_causal_lm"} | fields)
 
 
 def _batch(vocab: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -194,3 +194,25 @@ def test_the_tokenizer_defaults_to_the_models_own(tmp_path: Path) -> None:
     cached_id = _training_config(model={"adapter": "hf_causal_lm", "pretrained": "org/name"})
     resolve_paths(cached_id, tmp_path)  # not a directory there: a hub id, left alone
     assert cached_id.model.pretrained == "org/name"
+
+
+T5 = {"model_type": "t5", "d_model": 32, "d_ff": 64, "d_kv": 8, "num_layers": 1, "num_heads": 4}
+
+
+def test_an_encoder_decoder_from_an_inline_config_trains() -> None:
+    adapter = Seq2SeqLMAdapter(_model_cfg(adapter="hf_seq2seq", hf_config=T5), vocab_size=60)
+    model = adapter.build_model()
+    assert type(model).__name__ == "T5ForConditionalGeneration"
+    source = torch.randint(0, 60, (4, 10), generator=torch.Generator().manual_seed(0))
+    targets = torch.flip(source, dims=[1])[:, :6]  # learn to write the input backwards
+    targets[:, -1] = -100  # an ignored position, as padding is
+    batch = {"input_ids": source, "attention_mask": torch.ones_like(source), "targets": targets}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss = adapter.compute_loss(model, batch, LanguageModelingLoss())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

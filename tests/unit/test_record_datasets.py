@@ -14,7 +14,7 @@ import torch
 from kubetrain_core.config.data import DataConfig
 from kubetrain_trainer.data.chat import ChatRenderer
 from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
-from kubetrain_trainer.data.records import IGNORE, ChatDataset, PackedTextDataset
+from kubetrain_trainer.data.records import IGNORE, ChatDataset, PackedTextDataset, Seq2SeqDataset
 
 CPU = torch.device("cpu")
 
@@ -199,3 +199,30 @@ def test_no_data_files_is_an_error_naming_the_field(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"data.path: .*missing-\*.jsonl names no data files"):
         PackedTextDataset(cfg, seed=0)
+
+
+def test_seq2seq_rows_honour_both_length_limits_and_mask_their_padding(
+    tmp_path: Path, hf_base_model: Callable[[str], Path]
+) -> None:
+    long_input = "word " * 50
+    records = [{"src": long_input, "tgt": "the cat"}, {"src": "hi", "tgt": "x " * 40}] * 2
+    path = _write_jsonl(tmp_path / "pairs.jsonl", records)
+    cfg = DataConfig.model_validate(
+        {
+            "adapter": "seq2seq_jsonl", "path": str(path), "input_field": "src",
+            "target_field": "tgt", "max_input_length": 12, "max_target_length": 6,
+            "tokenizer": {"kind": "pretrained", "path": str(hf_base_model("llama"))},
+            "batch_size": 4, "cache_dir": str(tmp_path / "cache"),
+            "splits": {"train": 0.5, "val": 0.5, "test": 0.0},
+        }
+    )  # fmt: skip
+    data = Seq2SeqDataset(cfg, seed=0)
+    batch = next(data.eval_batches("val", 1, rank=0, world_size=1, device=CPU))
+    assert batch["input_ids"].shape == (2, 12) and batch["targets"].shape == (2, 6)
+    long_in, short_in = batch["attention_mask"]
+    assert int(long_in.sum()) == 12  # truncated to max_input_length
+    assert 0 < int(short_in.sum()) < 12  # "hi", padded: the padding is masked
+    assert torch.all(batch["input_ids"][1][short_in == 0] == data.pad_id)
+    short_target, long_target = batch["targets"]
+    assert data.tokenizer.decode([int(t) for t in short_target if t != IGNORE]) == "the cat"
+    assert int((long_target != IGNORE).sum()) == 6  # truncated to max_target_length

@@ -147,11 +147,13 @@ def _skeleton(cfg: TrainingConfig, tokenizer: Tokenizer, local: Path) -> nn.Modu
     """The model's modules with no weights worth keeping: the checkpoint's replace them."""
     hf_config = local / HF_CONFIG_FILE
     if hf_config.is_file():
-        from transformers import AutoConfig, AutoModelForCausalLM
+        import transformers
+        from transformers import AutoConfig
 
         fields = json.loads(hf_config.read_text())
         config = AutoConfig.for_model(fields.pop("model_type"), **fields)
-        model: nn.Module = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+        auto = registry.MODEL_ADAPTERS.get(cfg.model.adapter).auto_class
+        model: nn.Module = getattr(transformers, auto).from_config(config)
         return model
     adapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(cfg.model, tokenizer.vocab_size)
     built: nn.Module = adapter.build_model()

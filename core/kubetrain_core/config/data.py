@@ -10,7 +10,8 @@ from kubetrain_core import cel, registry
 from kubetrain_core.config.base import LOCATION, Name, Section, registered
 
 FieldName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\x00-\x1f]+$")]
-CHAT_ADAPTERS = frozenset({"chat_jsonl"})
+CHAT_ADAPTERS = frozenset({"chat_jsonl", "seq2seq_jsonl"})
+"""Record adapters that need a Hugging Face tokenizer and mask targets with -100."""
 
 
 class TokenizerConfig(Section):
@@ -69,8 +70,9 @@ class DataConfig(Section):
 
     adapter: Annotated[Name, registered(registry.DATASET_ADAPTERS)] = "text_file"
     """Dataset adapter (registry ``dataset adapter``): ``text_file`` (one UTF-8 file),
-    ``jsonl_text`` (a text field, packed into seq_len blocks) or ``chat_jsonl``
-    (conversations; loss on assistant tokens only)."""
+    ``jsonl_text`` (a text field, packed into seq_len blocks), ``chat_jsonl``
+    (conversations; loss on assistant tokens only) or ``seq2seq_jsonl`` (input and
+    target fields, for hf_seq2seq models)."""
     path: LOCATION
     """Corpus location: a file, a directory or a glob (relative paths resolve against the
     config file). JSONL, Parquet and text files for the record adapters."""
@@ -81,6 +83,14 @@ class DataConfig(Section):
     """``jsonl_text``: the record field holding the text."""
     messages_field: FieldName = "messages"
     """``chat_jsonl``: the record field holding the list of {role, content} messages."""
+    input_field: FieldName = "input"
+    """``seq2seq_jsonl``: the record field the encoder reads."""
+    target_field: FieldName = "target"
+    """``seq2seq_jsonl``: the record field the decoder learns to write."""
+    max_input_length: int | None = Field(None, ge=1, le=131072)
+    """``seq2seq_jsonl``: tokens of input kept (longer ones are truncated); default seq_len."""
+    max_target_length: int | None = Field(None, ge=1, le=131072)
+    """``seq2seq_jsonl``: tokens of target kept (longer ones are truncated); default seq_len."""
     chat_template: str | None = Field(None, min_length=1, max_length=65536)
     """``chat_jsonl``: a Jinja chat template; default the tokenizer's own, else a
     ChatML-style one (``<|im_start|>role\\ncontent<|im_end|>``)."""
@@ -101,11 +111,12 @@ class DataConfig(Section):
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
             cel.rule(
-                "!has(self.adapter) || self.adapter != 'chat_jsonl' || !has(self.tokenizer)"
+                "!has(self.adapter) || !(self.adapter in ['chat_jsonl', 'seq2seq_jsonl'])"
+                " || !has(self.tokenizer)"
                 " || !has(self.tokenizer.kind)"
                 " || self.tokenizer.kind in ['auto', 'pretrained']",
-                "data.adapter chat_jsonl needs a Hugging Face tokenizer: tokenizer.kind auto or"
-                " pretrained",
+                "this data.adapter (chat_jsonl, seq2seq_jsonl) needs a Hugging Face"
+                " tokenizer: tokenizer.kind auto or pretrained",
                 fieldPath=".tokenizer.kind",
             )
         )
@@ -115,8 +126,8 @@ class DataConfig(Section):
     def _chat_needs_hf_tokenizer(self) -> Self:
         if self.adapter in CHAT_ADAPTERS and self.tokenizer.kind not in ("auto", "pretrained"):
             raise ValueError(
-                f"data.adapter {self.adapter!r} renders a chat template, which needs a "
-                "Hugging Face tokenizer: set data.tokenizer.kind: pretrained (with "
+                f"data.adapter {self.adapter!r} needs a Hugging Face tokenizer (chat "
+                "templates, special tokens): set data.tokenizer.kind: pretrained (with "
                 "data.tokenizer.path) or use an hf_* model with model.pretrained"
             )
         return self

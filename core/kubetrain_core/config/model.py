@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field, model_validator
 from kubetrain_core import cel, registry
 from kubetrain_core.config.base import LOCATION, Name, Section, registered
 
-HF_MODEL_ADAPTERS = frozenset({"hf_causal_lm"})
+HF_MODEL_ADAPTERS = frozenset({"hf_causal_lm", "hf_seq2seq"})
 """Adapters that build a transformers model from `pretrained` or `hf_config`."""
 
 
@@ -18,8 +18,8 @@ class ModelConfig(Section):
 
     adapter: Annotated[Name, registered(registry.MODEL_ADAPTERS)] = "standard"
     """Model adapter (registry ``model adapter``): ``standard`` (the native Transformer
-    sized by the fields below) or ``hf_causal_lm`` (a transformers causal LM from
-    ``pretrained`` or ``hf_config``)."""
+    sized by the fields below), ``hf_causal_lm`` or ``hf_seq2seq`` (a transformers
+    causal or encoder-decoder LM from ``pretrained`` or ``hf_config``)."""
     architecture: Annotated[Name, registered(registry.MODELS)] = "transformer"
     """Network architecture built by the ``standard`` adapter."""
     d_model: int = Field(128, ge=8, le=16384)
@@ -95,6 +95,6 @@ class ModelConfig(Section):
         if self.adapter == "standard" and (self.pretrained or self.hf_config):
             raise ValueError(
                 "model.pretrained and model.hf_config need a Hugging Face adapter: "
-                "set model.adapter: hf_causal_lm"
+                "set model.adapter: hf_causal_lm (or hf_seq2seq)"
             )
         return self

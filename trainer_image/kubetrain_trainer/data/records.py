@@ -246,3 +246,44 @@ class ChatDataset(RecordDataset):
         # Padding only ever follows the conversation, and its targets are ignored, so a
         # causal model needs no attention mask: no real token attends to a later pad.
         return {"input_ids": rows["input_ids"], "targets": rows["targets"]}
+
+
+class Seq2SeqDataset(RecordDataset):
+    """Registry name ``seq2seq_jsonl``: `input_field` for the encoder (at most
+    max_input_length tokens) and `target_field` for the decoder to learn (at most
+    max_target_length, its end-of-text token included), as the tokenizer adds its
+    special tokens; padding is masked out of attention and loss."""
+
+    columns = ("input_ids", "attention_mask", "targets")
+
+    def _check_tokenizer(self) -> None:
+        if not isinstance(self.tokenizer, PretrainedTokenizer):
+            raise ValueError("data.tokenizer: seq2seq_jsonl needs a Hugging Face tokenizer")
+        self.hf = hf = self.tokenizer.hf
+        self.pad_id = hf.pad_token_id if hf.pad_token_id is not None else 0
+        self.max_input = self.cfg.max_input_length or self.seq_len
+        self.max_target = self.cfg.max_target_length or self.seq_len
+
+    def _settings(self) -> dict[str, Any]:
+        return self.cfg.model_dump(
+            include={"format", "bad_records", "input_field", "target_field", "seq_len"}
+        ) | {"max_input": self.max_input, "max_target": self.max_target}
+
+    def _row(self, record: Record) -> dict[str, list[int]] | None:
+        source = field(record, self.cfg.input_field, str)
+        target = field(record, self.cfg.target_field, str)
+        ids = list(self.hf(source, max_length=self.max_input, truncation=True)["input_ids"])
+        labels = list(
+            self.hf(text_target=target, max_length=self.max_target, truncation=True)["input_ids"]
+        )
+        if not labels:
+            raise BadRecord(f"{record.where}: field {self.cfg.target_field!r} is empty")
+        pad_in, pad_out = self.max_input - len(ids), self.max_target - len(labels)
+        return {
+            "input_ids": ids + [self.pad_id] * pad_in,
+            "attention_mask": [1] * len(ids) + [0] * pad_in,
+            "targets": labels + [IGNORE] * pad_out,
+        }
+
+    def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
+        return dict(rows)

@@ -23,10 +23,14 @@ from kubetrain_trainer.pretrained import local_dir
 class CausalLMAdapter(ModelAdapter):
     """Registry name ``hf_causal_lm``: any AutoModelForCausalLM architecture."""
 
+    auto_class = "AutoModelForCausalLM"  # the transformers Auto class that builds it
+
     def build_model(self) -> nn.Module:
-        from transformers import AutoConfig, AutoModelForCausalLM
+        import transformers
+        from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
 
+        auto = getattr(transformers, self.auto_class)
         hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # ours reports
         cfg = self.cfg
         kwargs: dict[str, Any] = {
@@ -37,12 +41,10 @@ class CausalLMAdapter(ModelAdapter):
         if cfg.pretrained is not None:
             directory = local_dir(cfg.pretrained, "model.pretrained")
             try:
-                model = AutoModelForCausalLM.from_pretrained(
-                    str(directory), local_files_only=True, **kwargs
-                )
+                model = auto.from_pretrained(str(directory), local_files_only=True, **kwargs)
             except (OSError, ValueError) as err:
                 raise ConfigError(
-                    "model.pretrained", [f"{directory}: not a loadable causal LM: {err}"]
+                    "model.pretrained", [f"{directory}: not a loadable {self.auto_class}: {err}"]
                 ) from None
         else:
             fields = dict(cfg.hf_config or {})
@@ -52,7 +54,7 @@ class CausalLMAdapter(ModelAdapter):
                 config = AutoConfig.for_model(model_type, **fields)
             except (ValueError, TypeError) as err:
                 raise ConfigError("model.hf_config", [str(err)]) from None
-            model = AutoModelForCausalLM.from_config(config, **kwargs)  # type: ignore[no-untyped-call]
+            model = auto.from_config(config, **kwargs)
         self._check_vocabulary(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()  # type: ignore[operator]
@@ -90,3 +92,28 @@ class CausalLMAdapter(ModelAdapter):
 def save_pretrained(model: nn.Module, directory: Path) -> None:
     """The model as a directory `from_pretrained` loads (safetensors and config)."""
     model.save_pretrained(str(directory), safe_serialization=True)  # type: ignore[operator]
+
+
+class Seq2SeqLMAdapter(CausalLMAdapter):
+    """Registry name ``hf_seq2seq``: any AutoModelForSeq2SeqLM architecture (T5, BART...).
+    The decoder reads the targets shifted right, as the model itself prepares them."""
+
+    auto_class = "AutoModelForSeq2SeqLM"
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        config: Any = model.config
+        if getattr(config, "decoder_start_token_id", None) is None:  # a config from scratch
+            config.decoder_start_token_id = getattr(config, "pad_token_id", None) or 0
+        return model
+
+    def compute_loss(self, model: nn.Module, batch: Batch, loss_fn: nn.Module) -> torch.Tensor:
+        targets = batch["targets"]
+        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=targets)  # type: ignore[operator]
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch.get("attention_mask"),
+            decoder_input_ids=decoder_input_ids,
+        )
+        loss: torch.Tensor = loss_fn(out.logits, targets)
+        return loss
