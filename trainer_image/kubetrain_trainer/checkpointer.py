@@ -223,10 +223,15 @@ class Checkpointer:
         dir's own or a newer attempt owns it; returns where it went."""
         if beside(export_dir, self.manager.uri):
             return None
-        if claims.superseded(self.manager.storage, self.manager.term):
-            log.warning("not publishing the export: a newer attempt owns %s", self.manager.uri)
+        try:
+            if claims.superseded(self.manager.storage, self.manager.term):
+                log.warning("not publishing the export: a newer attempt owns %s", self.manager.uri)
+                return None
+            return publish(export_dir, self.manager.storage)
+        except Exception as err:  # the checkpoints hold the model: `kubetrain export` redoes it
+            log.warning("could not copy the export to %s (%s); `kubetrain export` of the "
+                        "final checkpoint makes it again", self.manager.uri, err)  # fmt: skip
             return None
-        return publish(export_dir, self.manager.storage)
 
     def upload_logs(self) -> None:
         """Copy metrics.jsonl and TensorBoard event files to the store's
