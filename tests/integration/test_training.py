@@ -161,3 +161,16 @@ def test_missing_corpus_is_a_config_error(tmp_path: Path) -> None:
     result = kubetrain("train", "--config", str(write_config(tmp_path / "c.yaml", cfg)))
     assert result.returncode == 64, result.stderr
     assert "data.path" in result.stderr
+
+
+def test_training_compile_gives_the_eager_losses_on_cpu(tmp_path: Path) -> None:
+    for mode, compiled in (("eager", False), ("compiled", True)):
+        cfg = tiny_config(tmp_path / mode, training={"max_steps": 4, "compile": compiled})
+        run_ok(write_config(tmp_path / f"{mode}.yaml", cfg))
+    eager, compiled_losses = (
+        losses_by_step(tmp_path / "eager"),
+        losses_by_step(tmp_path / "compiled"),
+    )
+    assert sorted(compiled_losses) == [1, 2, 3, 4]
+    for step, loss in eager.items():
+        assert compiled_losses[step] == pytest.approx(loss, rel=1e-4)

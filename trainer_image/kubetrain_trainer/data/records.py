@@ -10,23 +10,23 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from kubetrain_core.config.data import DataConfig
-from kubetrain_trainer.data.base import Batch, DatasetAdapter, Split
+from kubetrain_trainer.data.base import Batch, Split
 from kubetrain_trainer.data.chat import ChatRenderer, messages_of
 from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
 from kubetrain_trainer.data.readers import BadRecord, Record, data_files, field, read_records
-from kubetrain_trainer.data.sampling import SampleOrder, eval_indices
+from kubetrain_trainer.data.sampling import AddressedDataset, SampleOrder
 from kubetrain_trainer.data.token_cache import RowStats, cache_key, default_cache_dir, rows_dataset
 from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
 
 IGNORE = -100  # the loss's default ignore_index: no loss on this target
 
 
-class RecordDataset(DatasetAdapter):
+class RecordDataset(AddressedDataset):
     """Rows of one shape built from records; subclasses say how records become rows."""
 
     columns: tuple[str, ...]
@@ -129,51 +129,10 @@ class RecordDataset(DatasetAdapter):
     def split_tokens(self, split: Split) -> int:
         return self._size(split) * self.seq_len
 
-    def steps_per_epoch(self, world_size: int, accumulation_steps: int) -> int:
-        return self.order.steps_per_epoch(world_size, accumulation_steps)
-
-    def epoch_at(self, step: int, *, world_size: int, accumulation_steps: int) -> float:
-        return self.order.epoch_at(
-            step, world_size=world_size, accumulation_steps=accumulation_steps
-        )
-
     def _gather(self, split: Split, indices: torch.Tensor, device: torch.device) -> Batch:
         rows = self._rows[(indices + self._bounds[split][0]).tolist()]
         batch = self._batch({name: rows[name].long() for name in self.columns})
         return {name: t.to(device, non_blocking=True) for name, t in batch.items()}
-
-    def train_batch(
-        self,
-        step: int,
-        micro: int,
-        *,
-        rank: int,
-        world_size: int,
-        accumulation_steps: int,
-        device: torch.device,
-    ) -> Batch:
-        indices = self.order.train_indices(
-            step, micro, rank=rank, world_size=world_size, accumulation_steps=accumulation_steps
-        )
-        return self._gather("train", indices, device)
-
-    def eval_batches(
-        self,
-        split: Literal["val", "test"],
-        max_batches: int,
-        *,
-        rank: int,
-        world_size: int,
-        device: torch.device,
-    ) -> Iterator[Batch]:
-        total = self._size(split)
-        for j in range(max_batches):
-            indices = eval_indices(
-                total, j, batch_size=self.batch_size, rank=rank, world_size=world_size
-            )
-            if indices is None:
-                return
-            yield self._gather(split, indices, device)
 
 
 class PackedTextDataset(RecordDataset):

@@ -10,8 +10,13 @@ shares this, whatever a sample is (a text window, a packed block, a conversation
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
+from collections.abc import Iterator
+from typing import Literal
 
 import torch
+
+from kubetrain_trainer.data.base import Batch, DatasetAdapter, Split
 
 _CACHED_PERMUTATIONS = 4  # a step spans at most two epochs unless one epoch is under one step
 
@@ -88,3 +93,63 @@ def eval_indices(
     if start >= total:
         return None
     return torch.arange(start, min(start + batch_size, total))
+
+
+class AddressedDataset(DatasetAdapter):
+    """The batch addressing every built-in adapter shares. A subclass sets `order` (its
+    training samples), `batch_size`, and says how many samples a split has and how
+    indices become a batch."""
+
+    order: SampleOrder
+    batch_size: int
+
+    @abstractmethod
+    def _size(self, split: Split) -> int:
+        """Samples in `split`."""
+
+    @abstractmethod
+    def _gather(self, split: Split, indices: torch.Tensor, device: torch.device) -> Batch:
+        """The batch of samples `indices` of `split`, on `device`."""
+
+    def steps_per_epoch(self, world_size: int, accumulation_steps: int) -> int:
+        return self.order.steps_per_epoch(world_size, accumulation_steps)
+
+    def epoch_at(self, step: int, *, world_size: int, accumulation_steps: int) -> float:
+        return self.order.epoch_at(
+            step, world_size=world_size, accumulation_steps=accumulation_steps
+        )
+
+    def train_batch(
+        self,
+        step: int,
+        micro: int,
+        *,
+        rank: int,
+        world_size: int,
+        accumulation_steps: int,
+        device: torch.device,
+    ) -> Batch:
+        indices = self.order.train_indices(
+            step, micro, rank=rank, world_size=world_size, accumulation_steps=accumulation_steps
+        )
+        return self._gather("train", indices, device)
+
+    def eval_batches(
+        self,
+        split: Literal["val", "test"],
+        max_batches: int,
+        *,
+        rank: int,
+        world_size: int,
+        device: torch.device,
+    ) -> Iterator[Batch]:
+        """Samples in corpus order, batch k going to rank ``k % world_size``; the last
+        batch of the split may be smaller than ``batch_size``, and a rank may get none."""
+        total = self._size(split)
+        for j in range(max_batches):
+            indices = eval_indices(
+                total, j, batch_size=self.batch_size, rank=rank, world_size=world_size
+            )
+            if indices is None:
+                return
+            yield self._gather(split, indices, device)

@@ -8,15 +8,13 @@ targets), visited in the order of sampling.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 import torch
 
 from kubetrain_core.config.data import DataConfig
-from kubetrain_trainer.data.base import Batch, DatasetAdapter, Split
-from kubetrain_trainer.data.sampling import SampleOrder, eval_indices
+from kubetrain_trainer.data.base import Batch, Split
+from kubetrain_trainer.data.sampling import AddressedDataset, SampleOrder
 from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
 
 
@@ -34,7 +32,7 @@ def read_corpus(path: Path) -> str:
     return text
 
 
-class TextFileDataset(DatasetAdapter):
+class TextFileDataset(AddressedDataset):
     """Batches from one UTF-8 text file (registry name ``text_file``)."""
 
     def __init__(self, cfg: DataConfig, *, seed: int, tokenizer: Tokenizer | None = None) -> None:
@@ -82,13 +80,8 @@ class TextFileDataset(DatasetAdapter):
     def split_tokens(self, split: Split) -> int:
         return len(self._splits[split])
 
-    def steps_per_epoch(self, world_size: int, accumulation_steps: int) -> int:
-        return self.order.steps_per_epoch(world_size, accumulation_steps)
-
-    def epoch_at(self, step: int, *, world_size: int, accumulation_steps: int) -> float:
-        return self.order.epoch_at(
-            step, world_size=world_size, accumulation_steps=accumulation_steps
-        )
+    def _size(self, split: Split) -> int:
+        return self._windows(split)
 
     def _gather(self, split: Split, windows: torch.Tensor, device: torch.device) -> Batch:
         offsets = windows[:, None] * self.seq_len + torch.arange(self.seq_len + 1)[None, :]
@@ -97,38 +90,3 @@ class TextFileDataset(DatasetAdapter):
             "input_ids": chunk[:, :-1].to(device, non_blocking=True),
             "targets": chunk[:, 1:].to(device, non_blocking=True),
         }
-
-    def train_batch(
-        self,
-        step: int,
-        micro: int,
-        *,
-        rank: int,
-        world_size: int,
-        accumulation_steps: int,
-        device: torch.device,
-    ) -> Batch:
-        windows = self.order.train_indices(
-            step, micro, rank=rank, world_size=world_size, accumulation_steps=accumulation_steps
-        )
-        return self._gather("train", windows, device)
-
-    def eval_batches(
-        self,
-        split: Literal["val", "test"],
-        max_batches: int,
-        *,
-        rank: int,
-        world_size: int,
-        device: torch.device,
-    ) -> Iterator[Batch]:
-        """Windows in corpus order, batch k going to rank ``k % world_size``; the last batch
-        of the split may be smaller than ``batch_size``, and a rank may get none."""
-        total = self._windows(split)
-        for j in range(max_batches):
-            windows = eval_indices(
-                total, j, batch_size=self.batch_size, rank=rank, world_size=world_size
-            )
-            if windows is None:
-                return
-            yield self._gather(split, windows, device)
