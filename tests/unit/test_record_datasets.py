@@ -226,3 +226,16 @@ def test_seq2seq_rows_honour_both_length_limits_and_mask_their_padding(
     short_target, long_target = batch["targets"]
     assert data.tokenizer.decode([int(t) for t in short_target if t != IGNORE]) == "the cat"
     assert int((long_target != IGNORE).sum()) == 6  # truncated to max_target_length
+
+
+def test_a_trained_tokenizer_skips_the_records_that_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.jsonl"
+    path.write_text('{"text": "hello there"}\n{not json\n' + '{"text": "more words here"}\n' * 20)
+    cfg = DataConfig.model_validate(
+        {"adapter": "jsonl_text", "path": str(path), "tokenizer": {"kind": "char"}, "seq_len": 8,
+         "batch_size": 2, "bad_records": "skip", "cache_dir": str(tmp_path / "cache")}
+    )  # fmt: skip
+    data = PackedTextDataset(cfg, seed=0)
+    assert data.stats["skipped"] == 1 and data.stats["records"] == 22
+    with pytest.raises(ValueError, match=r"mixed\.jsonl:2: not JSON"):
+        PackedTextDataset(cfg.model_copy(update={"bad_records": "error"}), seed=0)

@@ -1,4 +1,4 @@
-"""Dataset adapters over records (JSONL, Parquet, text): packed text and chat.
+"""Dataset adapters over records (JSONL, Parquet, text): packed text, chat, seq2seq.
 
 Records become fixed-length rows once (token_cache.py), and batches are rows picked
 by sampling.py, so a batch stays a pure function of (seed, step, micro, rank).
@@ -69,11 +69,15 @@ class RecordDataset(AddressedDataset):
         kind = self.cfg.tokenizer.resolved_kind
         if kind == "pretrained":
             return build_tokenizer("", self.cfg.tokenizer)
-        texts = (
-            field(r, self.cfg.text_field, str)
-            for r in read_records(self.files, self.cfg.format, self.cfg.text_field)
-        )
-        return build_tokenizer("\n".join(texts), self.cfg.tokenizer)
+        return build_tokenizer("\n".join(self._texts()), self.cfg.tokenizer)
+
+    def _texts(self) -> Iterator[str]:
+        for record in read_records(self.files, self.cfg.format, self.cfg.text_field):
+            try:
+                yield field(record, self.cfg.text_field, str)
+            except BadRecord:
+                if self.cfg.bad_records == "error":
+                    raise  # it names file, line and field
 
     def _features(self) -> Any:
         import datasets
