@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from kubetrain_core.config import ConfigError, TrainingConfig
+from kubetrain_core.config.data import RECORD_ADAPTERS
 from kubetrain_trainer.data.readers import data_files
 from kubetrain_trainer.pretrained import local_dir
-
-RECORD_ADAPTERS = ("jsonl_text", "chat_jsonl")
 
 
 def problems(cfg: TrainingConfig) -> list[str]:

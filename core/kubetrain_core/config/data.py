@@ -10,8 +10,10 @@ from kubetrain_core import cel, registry
 from kubetrain_core.config.base import LOCATION, Name, Section, registered
 
 FieldName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[^\x00-\x1f]+$")]
-CHAT_ADAPTERS = frozenset({"chat_jsonl", "seq2seq_jsonl"})
+HF_TOKENIZER_ADAPTERS = frozenset({"chat_jsonl", "seq2seq_jsonl"})
 """Record adapters that need a Hugging Face tokenizer and mask targets with -100."""
+RECORD_ADAPTERS = HF_TOKENIZER_ADAPTERS | {"jsonl_text"}
+"""Adapters reading JSONL/Parquet/text records from a file, a directory or a glob."""
 
 
 class TokenizerConfig(Section):
@@ -124,7 +126,8 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _chat_needs_hf_tokenizer(self) -> Self:
-        if self.adapter in CHAT_ADAPTERS and self.tokenizer.kind not in ("auto", "pretrained"):
+        hf_kinds = ("auto", "pretrained")
+        if self.adapter in HF_TOKENIZER_ADAPTERS and self.tokenizer.kind not in hf_kinds:
             raise ValueError(
                 f"data.adapter {self.adapter!r} needs a Hugging Face tokenizer (chat "
                 "templates, special tokens): set data.tokenizer.kind: pretrained (with "

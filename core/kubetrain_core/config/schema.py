@@ -22,7 +22,7 @@ from kubetrain_core.config.base import (
     Section,
     registered,
 )
-from kubetrain_core.config.data import CHAT_ADAPTERS, DataConfig
+from kubetrain_core.config.data import HF_TOKENIZER_ADAPTERS, DataConfig
 from kubetrain_core.config.model import ModelConfig
 
 
@@ -302,7 +302,10 @@ class TrainingConfig(Section):
 
     @model_validator(mode="after")
     def _masks_match_the_loss(self) -> Self:
-        if self.data.adapter in CHAT_ADAPTERS and self.optimization.loss.ignore_index != -100:
+        if (
+            self.data.adapter in HF_TOKENIZER_ADAPTERS
+            and self.optimization.loss.ignore_index != -100
+        ):
             raise ValueError(
                 f"data.adapter {self.data.adapter!r} marks the targets it does not learn "
                 "with -100: leave optimization.loss.ignore_index at -100"
