@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
+from kubetrain_core.checkpoints.storage import Storage
 from kubetrain_core.config import ConfigError, TrainingConfig, to_yaml
 from kubetrain_core.config.compat import changed_fields, shape_of
 from kubetrain_trainer.checkpoint import (
@@ -219,35 +221,37 @@ class Checkpointer:
             self._mark_good(good_step)
 
     def publish(self, export_dir: Path) -> str | None:
-        """Copy the exported model into the store (rank 0), unless the store is the run
-        dir's own or a newer attempt owns it; returns where it went."""
-        if beside(export_dir, self.manager.uri):
-            return None
-        try:
-            if claims.superseded(self.manager.storage, self.manager.term):
-                log.warning("not publishing the export: a newer attempt owns %s", self.manager.uri)
-                return None
-            return publish(export_dir, self.manager.storage)
-        except Exception as err:  # the checkpoints hold the model: `kubetrain export` redoes it
-            log.warning("could not copy the export to %s (%s); `kubetrain export` of the "
-                        "final checkpoint makes it again", self.manager.uri, err)  # fmt: skip
-            return None
+        """Copy the exported model into the store's export/; returns where it went."""
+        what = "the export (`kubetrain export` of the final checkpoint makes it again)"
+        return self._copy_out(what, export_dir, lambda store: publish(export_dir, store))
 
     def upload_logs(self) -> None:
         """Copy metrics.jsonl and TensorBoard event files to the store's
-        logs/attempt-<n>/ (rank 0), so a finished or failed job's logs outlive its pod.
-        Skipped when the store is the run dir's own; never fails training."""
-        if not self.dist.is_main or beside(self.run_dir / LOGS_PREFIX, self.manager.uri):
-            return
+        logs/attempt-<n>/, so a finished or failed job's logs outlive its pod."""
         files = [self.run_dir / "metrics.jsonl", *(self.run_dir / "tensorboard").glob("*")]
         prefix = f"{LOGS_PREFIX}/attempt-{self.runtime.restart_count}"
+
+        def copy(store: Storage) -> str:
+            for path in (p for p in files if p.is_file()):
+                store.put_file(f"{prefix}/{path.relative_to(self.run_dir)}", path)
+            return store.uri(prefix)
+
+        self._copy_out("the run's logs", self.run_dir / LOGS_PREFIX, copy)
+
+    def _copy_out(self, what: str, local: Path, copy: Callable[[Storage], str]) -> str | None:
+        """Rank 0 runs `copy` against the store, unless the store is the run dir's own
+        (`local` is already beside it) or a newer attempt owns it. A failing store is a
+        warning, never a failed run: the checkpoints are the data."""
+        if not self.dist.is_main or beside(local, self.manager.uri):
+            return None
         try:
             if claims.superseded(self.manager.storage, self.manager.term):
-                return
-            for path in (p for p in files if p.is_file()):
-                self.manager.storage.put_file(f"{prefix}/{path.relative_to(self.run_dir)}", path)
-        except Exception as err:  # logs are a convenience; the checkpoints are the data
-            log.warning("could not upload the run's logs to %s: %s", self.manager.uri, err)
+                log.warning("not copying %s: a newer attempt owns %s", what, self.manager.uri)
+                return None
+            return copy(self.manager.storage)
+        except Exception as err:  # a convenience on top of the checkpoints
+            log.warning("could not copy %s to %s: %s", what, self.manager.uri, err)
+            return None
 
     def flush(self) -> None:
         """Wait for the upload in flight (before exit, restore, or the final save)."""

@@ -26,7 +26,7 @@ from torch import nn
 from kubetrain_core import registry
 from kubetrain_core.checkpoints.listing import CheckpointInfo, download, scan
 from kubetrain_core.checkpoints.manifest import parse_checkpoint_dir
-from kubetrain_core.checkpoints.storage import LocalStorage, Storage, open_storage
+from kubetrain_core.checkpoints.storage import Storage, open_storage
 from kubetrain_core.config import ConfigError, TrainingConfig, parse_config, to_yaml
 from kubetrain_trainer.checkpoint import claims
 from kubetrain_trainer.checkpoint.state import (
@@ -97,8 +97,7 @@ def beside(directory: Path, store_uri: str) -> bool:
     checkpoints/): copying it there too would only double the disk it takes."""
     if not store_uri.startswith("file://"):
         return False
-    store = LocalStorage(Path(urlparse(store_uri).path))
-    return store.root.resolve().parent == directory.resolve().parent
+    return Path(urlparse(store_uri).path).resolve().parent == directory.resolve().parent
 
 
 def publish(directory: Path, storage: Storage) -> str:

@@ -8,7 +8,6 @@ learned), so label smoothing, masking and the NaN guard work as for the native m
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -87,11 +86,6 @@ class CausalLMAdapter(ModelAdapter):
         out = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
         loss: torch.Tensor = loss_fn(out.logits, batch["targets"])
         return loss
-
-
-def save_pretrained(model: nn.Module, directory: Path) -> None:
-    """The model as a directory `from_pretrained` loads (safetensors and config)."""
-    model.save_pretrained(str(directory), safe_serialization=True)  # type: ignore[operator]
 
 
 class Seq2SeqLMAdapter(CausalLMAdapter):
