@@ -8,6 +8,7 @@ tokenizer that trained the model, whatever happened to the directory since.
 from __future__ import annotations
 
 import tempfile
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -69,6 +70,12 @@ class PretrainedTokenizer(Tokenizer):
         return cls(hf)
 
     def _state(self) -> dict[str, Any]:
+        return self._files
+
+    @cached_property
+    def _files(self) -> dict[str, str]:
+        """The save_pretrained files, written once: every checkpoint and the token cache's
+        key need them, and the tokenizer never changes."""
         with tempfile.TemporaryDirectory(prefix="kubetrain-tokenizer-") as tmp:
             self.hf.save_pretrained(tmp)
             return {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(tmp).iterdir())}
