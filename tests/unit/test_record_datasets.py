@@ -185,8 +185,12 @@ def test_text_files_and_directories_are_records_too(tmp_path: Path) -> None:
     )
     data = PackedTextDataset(cfg, seed=0)
     assert data.stats["records"] == 60  # blank lines are not records
-    first = next(data.eval_batches("val", 1, rank=0, world_size=1, device=CPU))
-    assert data.tokenizer.decode(first["input_ids"][0].tolist())  # decodes to text
+    # Sorted file order, so a.txt comes first: the first training row starts its text.
+    first = data.train_batch(0, 0, rank=0, world_size=1, accumulation_steps=1, device=CPU)
+    rows = [data.tokenizer.decode(r["tokens"].tolist()) for r in data._rows]
+    assert rows[0] == "first file line\nfirst"  # seq_len + 1 characters, no blank line
+    assert "second file" in rows[-1]  # then b.txt
+    assert first["input_ids"].shape == (2, 20)
 
 
 def test_no_data_files_is_an_error_naming_the_field(tmp_path: Path) -> None:
