@@ -14,6 +14,7 @@ from tests.integration.trainer_runs import (
     losses_by_step,
     records,
     tiny_config,
+    torchrun,
     write_config,
 )
 
@@ -126,16 +127,8 @@ def test_corrupted_checkpoint_is_detected_and_the_previous_one_used(tmp_path: Pa
 
 
 def test_two_process_torchrun_on_cpu(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     cfg = tiny_config(tmp_path / "run", training={"max_steps": 10}, metrics={"log_steps": 5})
-    path = write_config(tmp_path / "c.yaml", cfg)
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "kubetrain_trainer", "train", "--config", str(path)],
-        env=env_with(), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = torchrun(write_config(tmp_path / "c.yaml", cfg), 2)
     assert result.returncode == 0, result.stderr[-3000:]
     train = records(tmp_path / "run", "train")
     assert [r["step"] for r in train] == [5, 10]  # rank 0 alone writes the log

@@ -70,3 +70,22 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
 
 def committed_steps(ckpt_dir: Path) -> list[int]:
     return sorted(int(p.parent.name.split("-")[1]) for p in ckpt_dir.glob("step-*/manifest.json"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two export directories hold the same tensors under the same names."""
+    import torch
+    from safetensors.torch import load_file
+
+    left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+def torchrun(config: Path, processes: int, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """The trainer under a real torchrun with `processes` local workers (gloo on CPU)."""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone",
+         f"--nproc-per-node={processes}", "-m", "kubetrain_trainer", "train",
+         "--config", str(config), *overrides],
+        env=env_with(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip

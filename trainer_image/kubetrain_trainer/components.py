@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from kubetrain_core import registry
 from kubetrain_core.config import ConfigError, TrainingConfig
@@ -23,6 +22,7 @@ from kubetrain_trainer.data.tokenizers import Tokenizer
 from kubetrain_trainer.distributed import DistInfo
 from kubetrain_trainer.models.adapters import ModelAdapter
 from kubetrain_trainer.optimization import build_optimizer, build_scheduler
+from kubetrain_trainer.parallel import parallelize
 from kubetrain_trainer.strategies import TrainingStrategy
 
 
@@ -30,8 +30,8 @@ from kubetrain_trainer.strategies import TrainingStrategy
 class Components:
     dataset: DatasetAdapter
     adapter: ModelAdapter
-    raw_model: torch.nn.Module  # what is saved: never wrapped
-    model: torch.nn.Module  # what is trained: compiled and/or DDP-wrapped raw_model
+    raw_model: torch.nn.Module  # what is saved: never wrapped (sharded in place by fsdp)
+    model: torch.nn.Module  # what is trained: raw_model compiled and/or DDP-wrapped
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     strategy: TrainingStrategy
@@ -64,13 +64,10 @@ def build_components(
     adapter: ModelAdapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(
         cfg.model, dataset.vocab_size
     )
-    raw_model = adapter.build_model().to(dist_info.device)
-    model: torch.nn.Module = raw_model
-    if cfg.training.compile:
-        model = cast(torch.nn.Module, torch.compile(raw_model))
-    if dist_info.distributed:
-        device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=device_ids)
+    raw_model = adapter.build_model()
+    if not getattr(raw_model, "is_quantized", False):  # a 4/8-bit base is placed as loaded
+        raw_model = raw_model.to(dist_info.device)
+    model = parallelize(raw_model, cfg.training, dist_info)
     loss_fn = registry.LOSSES.get(cfg.optimization.loss.name)(cfg.optimization.loss)
     optimizer = build_optimizer(raw_model, cfg.optimization.optimizer)
     total_steps = _total_steps(cfg, dataset, dist_info.world_size)

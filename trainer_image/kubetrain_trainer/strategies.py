@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from kubetrain_core.config import OptimizationConfig
 from kubetrain_core.registry import STRATEGIES
 from kubetrain_trainer.data.base import DatasetAdapter
 from kubetrain_trainer.distributed import DistInfo, mean_across_ranks
 from kubetrain_trainer.models.adapters import ModelAdapter
+from kubetrain_trainer.parallel import full_norm, gradient_sync, is_sharded
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -92,19 +92,36 @@ class TrainingStrategy(ABC):
         """Mean loss over `max_batches` micro-batches of a split, averaged over ranks."""
         self.model.eval()
         total = torch.zeros(2, device=self.dist.device)
-        for batch in self.dataset.eval_batches(
-            split,  # type: ignore[arg-type]
-            max_batches,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            device=self.dist.device,
-        ):
+        batches = list(self._eval_batches(split, max_batches, self.dist.rank, self.dist.world_size))
+        counted = len(batches)
+        if is_sharded(self.model):
+            batches += self._padding(split, counted)
+        for i, batch in enumerate(batches):
             with self.autocast():
                 loss = self.adapter.compute_loss(self.model, batch, self.loss_fn)
-            total += torch.stack([loss.detach().float(), torch.ones((), device=total.device)])
+            if i < counted:
+                total += torch.stack([loss.detach().float(), torch.ones_like(total[0])])
         self.model.train()
         total = mean_across_ranks(total)
         return float(total[0] / total[1]) if total[1] > 0 else math.nan
+
+    def _eval_batches(self, split: str, max_batches: int, rank: int, world_size: int) -> Any:
+        return self.dataset.eval_batches(
+            split,  # type: ignore[arg-type]
+            max_batches,
+            rank=rank,
+            world_size=world_size,
+            device=self.dist.device,
+        )
+
+    def _padding(self, split: str, own: int) -> list[Any]:
+        """A sharded forward is a collective, so every rank must run as many as the
+        busiest one: a rank with fewer eval batches (the split's tail) adds copies of
+        the split's first batch, whose losses do not count."""
+        rounds = torch.tensor([own], device=self.dist.device)
+        torch.distributed.all_reduce(rounds, op=torch.distributed.ReduceOp.MAX)
+        missing = int(rounds) - own
+        return list(self._eval_batches(split, 1, 0, 1)) * missing if missing else []
 
 
 @STRATEGIES.register("standard")
@@ -124,9 +141,8 @@ class StandardStrategy(TrainingStrategy):
                 accumulation_steps=k,
                 device=self.dist.device,
             )
-            # Only the last micro-batch all-reduces gradients under DDP.
-            sync = micro == k - 1 or not isinstance(self.model, DistributedDataParallel)
-            with contextlib.nullcontext() if sync else self.model.no_sync(), self.autocast():  # type: ignore[operator]
+            # Only the last micro-batch all-reduces (DDP) or reduce-scatters (FSDP).
+            with gradient_sync(self.model, micro == k - 1), self.autocast():
                 loss = self.adapter.compute_loss(self.model, batch, self.loss_fn) / k
                 if poison:
                     loss = loss * float("nan")
@@ -136,7 +152,7 @@ class StandardStrategy(TrainingStrategy):
             samples += batch["input_ids"].shape[0]
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
         # One small all-reduce gives every rank the same loss, so all make the same guard decision.
         stats = mean_across_ranks(torch.stack([loss_sum, grad_norm.float().to(loss_sum.device)]))
         loss_value, norm_value = stats.tolist()

@@ -72,6 +72,9 @@ class Block(nn.Module):
 class Transformer(nn.Module):
     """Token ids ``[B, T]`` -> next-token logits ``[B, T, vocab_size]``."""
 
+    # transformers' name for the modules that must stay whole: fsdp shards per Block.
+    _no_split_modules = ("Block",)
+
     def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
         super().__init__()
         if vocab_size < 1:
