@@ -20,7 +20,9 @@ def problems(cfg: TrainingConfig) -> list[str]:
     found: list[str] = []
     data = cfg.data
     try:
-        if data.adapter == "text_file" and not Path(data.path).is_file():
+        if data.path.startswith("s3://"):
+            pass  # fetched where it runs, with the credentials it has there
+        elif data.adapter == "text_file" and not Path(data.path).is_file():
             found.append(f"data.path: {data.path} does not exist (or is not a file)")
         elif data.adapter in RECORD_ADAPTERS:
             data_files(data.path)

@@ -4,39 +4,29 @@
 directory, an `s3://` prefix holding one, or a hub id already in the local Hugging
 Face cache. Nothing is ever downloaded from a hub: an id that is not cached is a
 config error saying how to provide the weights. An `s3://` directory is fetched once
-per machine into a cache keyed by its URI (the first process fetches, the others
-wait on a lock), and every safetensors file is opened before it is used.
+per machine (remote.py), and every safetensors file is opened before it is used.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import logging
 import os
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
-from kubetrain_core.checkpoints.storage import open_storage
 from kubetrain_core.config import ConfigError
+from kubetrain_trainer import remote
 
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "KUBETRAIN_MODEL_CACHE"
 """Where fetched s3:// models live; default ~/.cache/kubetrain/models."""
 
-_FETCHED = ".kubetrain-fetched"  # written last: a directory without it is incomplete
-
 
 def local_dir(location: str, field: str) -> Path:
     """The local directory `location` (the value of config `field`) names."""
-    if location.startswith("s3://"):
-        return fetch(location, field)
-    if "://" in location:
+    if "://" in location and not location.startswith("s3://"):
         raise ConfigError(field, [f"{location!r}: only local paths and s3:// URIs are read"])
-    path = Path(location)
+    path = fetch(location, field) if location.startswith("s3://") else Path(location)
     if path.is_dir():
         return path
     if path.exists():
@@ -67,36 +57,8 @@ def cache_root() -> Path:
 
 
 def fetch(uri: str, field: str) -> Path:
-    """Download the directory under `uri` once per machine; returns the local copy."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
-    with (root / f"{target.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one fetch per machine; the others wait here
-        if (target / _FETCHED).exists():
-            return target
-        _download(uri, target, field)
-    return target
-
-
-def _download(uri: str, target: Path, field: str) -> None:
-    storage = open_storage(uri)
-    keys = [k for k in storage.list_keys() if not k.endswith("/")]
-    if not keys:
-        raise ConfigError(field, [f"{uri} holds no files (expected a save_pretrained dir)"])
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        for i, key in enumerate(sorted(keys), 1):
-            print(f"fetching {uri}: {i}/{len(keys)} {key}", file=sys.stderr, flush=True)
-            (staging / key).parent.mkdir(parents=True, exist_ok=True)
-            storage.get_file(key, staging / key)
-        _verify(staging, uri, field)
-        (staging / _FETCHED).write_text(uri)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    log.info("fetched %s into %s (%d files)", uri, target, len(keys))
+    """The local copy of the directory under `uri`, fetched once per machine."""
+    return remote.fetch(uri, field, cache_root(), lambda staging: _verify(staging, uri, field))
 
 
 def _verify(directory: Path, uri: str, field: str) -> None:

@@ -160,6 +160,25 @@ class S3Storage(Storage):
             keys.extend(self._strip(item["Key"]) for item in page.get("Contents", []))
         return sorted(keys)
 
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        found: dict[str, str] = {}
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._full_prefix(prefix)):
+            for item in page.get("Contents", []):
+                found[self._strip(item["Key"])] = f"{item['ETag']}-{item['Size']}"
+        return found
+
+    def version(self, key: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as error:
+            if self._is_missing(error):
+                return None
+            raise
+        return f"{head['ETag']}-{head['ContentLength']}"
+
     def list_dirs(self, prefix: str = "") -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
         full = self._full_prefix(prefix)

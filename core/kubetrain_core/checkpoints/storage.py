@@ -80,6 +80,15 @@ class Storage(ABC):
         """All keys under the directory-like `prefix`, recursively, sorted."""
 
     @abstractmethod
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        """Every key under the `prefix` directory, with a tag that changes whenever the
+        object's content does (S3's ETag; a file's size and mtime)."""
+
+    @abstractmethod
+    def version(self, key: str) -> str | None:
+        """`key`'s tag as in `versions`, or None when there is no such object."""
+
+    @abstractmethod
     def list_dirs(self, prefix: str = "") -> list[str]:
         """Names of the immediate sub-directories (common prefixes) of `prefix`, sorted."""
 
@@ -184,6 +193,16 @@ class LocalStorage(Storage):
                 if not name.startswith(TMP_PREFIX):
                     keys.append((Path(dirpath) / name).relative_to(self.root).as_posix())
         return sorted(keys)
+
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        return {key: v for key in self.list_keys(prefix) if (v := self.version(key)) is not None}
+
+    def version(self, key: str) -> str | None:
+        try:
+            stat = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
 
     def list_dirs(self, prefix: str = "") -> list[str]:
         base = self._dir(prefix)

@@ -77,7 +77,9 @@ class DataConfig(Section):
     target fields, for hf_seq2seq models)."""
     path: LOCATION
     """Corpus location: a file, a directory or a glob (relative paths resolve against the
-    config file). JSONL, Parquet and text files for the record adapters."""
+    config file), or the same under ``s3://bucket/prefix`` (fetched once per machine,
+    again when an object changes; credentials and endpoint from the AWS_* environment).
+    JSONL, Parquet and text files for the record adapters."""
     format: Literal["auto", "jsonl", "parquet", "text"] = "auto"
     """Record adapters: the file format; ``auto`` goes by extension (.jsonl/.json,
     .parquet, anything else is text with one record per line)."""

@@ -97,6 +97,12 @@ class RetryingStorage(Storage):
     def list_keys(self, prefix: str = "") -> builtins.list[str]:
         return self._call(f"listing of {prefix!r}", lambda: self.inner.list_keys(prefix))
 
+    def versions(self, prefix: str = "") -> dict[str, str]:
+        return self._call(f"listing of {prefix!r}", lambda: self.inner.versions(prefix))
+
+    def version(self, key: str) -> str | None:
+        return self._call(f"lookup of {key}", lambda: self.inner.version(key))
+
     def list_dirs(self, prefix: str = "") -> builtins.list[str]:
         return self._call(f"listing of {prefix!r}", lambda: self.inner.list_dirs(prefix))
 

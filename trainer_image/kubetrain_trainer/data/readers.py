@@ -1,8 +1,9 @@
 """Records from files: JSONL, Parquet or text, each with where it came from.
 
-`data.path` is a file, a directory (every data file in it) or a glob, always read in
-sorted order so every rank and every run sees the same sequence. Each record carries
-"file:line" (or "file:row N"), so a malformed one is reported where it is.
+`data.path` is a file, a directory (every data file in it) or a glob, local or under
+an s3:// prefix (fetched first), always read in sorted order so every rank and every
+run sees the same sequence. Each record carries "file:line" (or "file:row N"), so a
+malformed one is reported where it is.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kubetrain_core.config.data import DataConfig
+from kubetrain_trainer import remote
+from kubetrain_trainer.data.token_cache import default_cache_dir
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 TEXT_EXTENSIONS = {".txt", ".text", ".md"}
@@ -28,10 +33,26 @@ class Record:
     fields: dict[str, Any]
 
 
+def local_data(cfg: DataConfig) -> str:
+    """`data.path` on this machine. An s3:// URI of a prefix, an object, or a prefix
+    followed by a glob (``s3://b/corpus/*.jsonl``) is fetched first, once per machine,
+    under the data cache; the glob then applies to the local copy."""
+    location = cfg.path
+    if not location.startswith("s3://"):
+        if "://" in location:
+            raise ValueError(f"data.path: {location}: only local paths and s3:// URIs are read")
+        return location
+    parts = location.split("/")  # ["s3:", "", bucket, key parts...]
+    pattern = next(
+        (i for i, part in enumerate(parts) if i > 2 and any(c in part for c in "*?[")), len(parts)
+    )
+    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    fetched = remote.fetch("/".join(parts[:pattern]), "data.path", root / "fetched")
+    return str(fetched.joinpath(*parts[pattern:]))
+
+
 def data_files(location: str) -> list[Path]:
-    """The files `data.path` names, sorted; ValueError naming the field when none."""
-    if "://" in location:
-        raise ValueError(f"data.path: {location}: record adapters read local files (mount it)")
+    """The files the local `data.path` names, sorted; ValueError naming the field when none."""
     path = Path(location)
     if path.is_file():
         return [path]

@@ -14,6 +14,7 @@ import torch
 
 from kubetrain_core.config.data import DataConfig
 from kubetrain_trainer.data.base import Batch, Split
+from kubetrain_trainer.data.readers import local_data
 from kubetrain_trainer.data.sampling import AddressedDataset, SampleOrder
 from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
 
@@ -40,7 +41,7 @@ class TextFileDataset(AddressedDataset):
         self.seed = seed
         self.seq_len = cfg.seq_len
         self.batch_size = cfg.batch_size
-        text = read_corpus(Path(cfg.path))
+        text = read_corpus(Path(local_data(cfg)))
         self.tokenizer = (
             tokenizer if tokenizer is not None else build_tokenizer(text, cfg.tokenizer)
         )
