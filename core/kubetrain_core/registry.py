@@ -1,7 +1,7 @@
 """Name -> component registries.
 
 Every pluggable piece of the trainer (model adapter, dataset adapter, strategy,
-optimizer, scheduler, loss, callback) is chosen by name in the config. A
+optimizer, scheduler, loss, callback, metric) is chosen by name in the config. A
 registry maps names to classes; built-ins are listed as lazy import paths so
 that this module (and the config package that validates names against it)
 never imports torch.
@@ -144,5 +144,16 @@ CALLBACKS = Registry(
     "callback",
     {
         "early_stopping": f"{_P}.callbacks:EarlyStopping",
+    },
+)
+# Scores of generated text (``evaluation.metrics``), each a TextMetric; plugins as "metric.<name>".
+METRICS = Registry(
+    "metric",
+    {
+        "bleu": f"{_P}.evaluation.metrics:Bleu",
+        "rouge": f"{_P}.evaluation.metrics:Rouge",
+        "accuracy": f"{_P}.evaluation.metrics:TokenAccuracy",
+        "exact_match": f"{_P}.evaluation.metrics:ExactMatch",
+        "recipe": f"{_P}.evaluation.recipe:RecipeMetric",
     },
 )
