@@ -12,7 +12,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 export PYTHONPATH := $(CURDIR)/core:$(CURDIR)/operator:$(CURDIR)/trainer_image:$(CURDIR)/cli:$(CURDIR)/localkube:$(CURDIR)/hack
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint unit pytest test chaos demo demo-chat testbin dev-cluster generate chart images kind bench benchmark clean
+.PHONY: help venv lint unit pytest test test-gpu chaos demo demo-chat demo-lora testbin dev-cluster generate chart images kind bench benchmark clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,12 @@ examples/models/chat-base/config.json: examples/make_base_model.py examples/data
 
 demo-chat: venv examples/models/chat-base/config.json ## fine-tune a small Hugging Face model on the shipped chat data
 	$(VENV)/bin/kubetrain run examples/finetune-chat.yaml
+
+demo-lora: venv examples/models/chat-base/config.json ## LoRA fine-tuning on the shipped recipes, scored by BLEU and ROUGE
+	$(VENV)/bin/kubetrain run examples/finetune-lora.yaml
+
+test-gpu: venv ## the gpu-marked tests (QLoRA, CUDA paths); run on a machine with a CUDA GPU
+	$(PY) -m pytest -m gpu -v
 
 dev-cluster: venv testbin ## a local Kubernetes cluster with the CRD and operator; Ctrl-C stops it
 	$(PY) -m kubetrain_devcluster up

@@ -38,3 +38,18 @@ def hf_base_model(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], P
         return made[arch]
 
     return get
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`gpu` tests run where CUDA is (`make test-gpu` on a GPU machine); elsewhere they
+    are reported as skipped with the reason, never as passed."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make test-gpu on a GPU machine)")
+    for item in gpu:
+        item.add_marker(skip)

@@ -62,6 +62,7 @@ def _trainer(**trainer: Any) -> dict[str, Any]:
 
 
 HF_SCRATCH = {"adapter": "hf_causal_lm", "hf_config": {"model_type": "llama", "hidden_size": 64}}
+HF_BASE = {"adapter": "hf_causal_lm", "pretrained": "/models/base"}
 GPUS = "exceeds the nvidia.com/gpu requested per node"
 
 CASES = [
@@ -75,6 +76,12 @@ CASES = [
     ),
     Case("no-length", _trainer(training={"max_steps": DELETE}), "max_steps or training.num_epochs"),
     Case("epochs-instead", _trainer(training={"max_steps": DELETE, "num_epochs": 1.5}), None),
+    Case(
+        "fsdp-fp16",
+        _trainer(training={"parallelism": "fsdp", "precision": "fp16"}),
+        "fsdp does not do: use bf16",
+    ),
+    Case("fsdp-bf16", _trainer(training={"parallelism": "fsdp", "precision": "bf16"}), None),
     Case("seq-len", _trainer(data={"seq_len": 256}), "exceeds model.max_seq_len"),
     Case(
         "hf-model-sets-its-own-length",
@@ -90,6 +97,44 @@ CASES = [
         "chat-needs-hf-tokenizer",
         _trainer(data={"adapter": "chat_jsonl", "tokenizer": {"kind": "char"}}),
         "needs a Hugging Face tokenizer",
+    ),
+    Case("lora", _trainer(model={**HF_BASE, "lora": {"r": 8}}), None),
+    Case(
+        "lora-needs-a-base",
+        _trainer(model={**HF_SCRATCH, "lora": {"r": 8}}),
+        "model.lora adapts a pretrained model",
+    ),
+    Case(
+        "quantization-needs-lora",
+        _trainer(model={**HF_BASE, "quantization": {"bits": 4}}),
+        "only LoRA can then train",
+    ),
+    Case(
+        "quantized-base-not-sharded",
+        _trainer(
+            model={**HF_BASE, "lora": {"r": 8}, "quantization": {"bits": 4}},
+            training={"parallelism": "fsdp"},
+        ),
+        "cannot be sharded by training.parallelism fsdp",
+    ),
+    Case(
+        "metrics-on-chat",
+        _trainer(
+            model=HF_BASE,
+            data={"adapter": "chat_jsonl", "tokenizer": {"kind": "auto"}},
+            evaluation={"metrics": ["bleu"]},
+        ),
+        None,
+    ),
+    Case(
+        "metrics-need-references",
+        _trainer(evaluation={"metrics": ["bleu", "rouge"]}),
+        "score generated answers against the records' own",
+    ),
+    Case(
+        "beams-need-hf",
+        _trainer(evaluation={"num_beams": 4}),
+        "beam search) needs an hf_* model",
     ),
     Case("rdzv-port", _spec(monitoring={"port": 29400}), "rendezvous port"),
     Case(

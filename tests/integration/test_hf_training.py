@@ -19,7 +19,9 @@ from tests.integration.trainer_runs import (
     kubetrain,
     losses_by_step,
     records,
+    same_weights,
     tiny_config,
+    torchrun,
     write_config,
 )
 
@@ -76,13 +78,6 @@ def assistant_val_loss(model_dir: Path, data_cfg: dict[str, Any]) -> float:
         for batch in data.eval_batches("val", 8, rank=0, world_size=1, device=torch.device("cpu")):
             losses.append(adapter.compute_loss(model, batch, loss_fn).item())
     return sum(losses) / len(losses)
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    from safetensors.torch import load_file
-
-    left, right = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
 
 def run_example(runs: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -216,8 +211,9 @@ def test_the_native_model_of_a_checkpoint_exports_too(tmp_path: Path) -> None:
     assert same_weights(out, tmp_path / "run" / "export")
 
 
+@pytest.mark.parametrize("processes,parallelism", [(1, "ddp"), (2, "ddp"), (2, "fsdp")])
 def test_an_encoder_decoder_trains_and_exports(
-    tmp_path: Path, hf_base_model: Callable[[str], Path]
+    tmp_path: Path, hf_base_model: Callable[[str], Path], processes: int, parallelism: str
 ) -> None:
     words = ["cat", "dog", "sun", "moon", "tree", "home"]
     pairs = [
@@ -234,10 +230,10 @@ def test_an_encoder_decoder_trains_and_exports(
         data={"adapter": "seq2seq_jsonl", "path": str(data), "max_input_length": 16,
               "max_target_length": 8, "cache_dir": str(tmp_path / "cache"),
               "tokenizer": {"kind": "pretrained", "path": str(hf_base_model("llama"))}},
-        training={"max_steps": 30},
+        training={"max_steps": 30, "parallelism": parallelism},
         optimization={"optimizer": {"lr": 0.01}},
     )  # fmt: skip
-    result = kubetrain("train", "--config", str(write_config(tmp_path / "c.yaml", cfg)))
+    result = torchrun(write_config(tmp_path / "c.yaml", cfg), processes)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = losses_by_step(tmp_path / "run")
     assert losses[30] < 0.7 * losses[1]

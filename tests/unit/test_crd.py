@@ -51,7 +51,11 @@ def test_every_string_number_and_list_is_bounded() -> None:
             kind = node.get("type")
             if kind == "string" and "maxLength" not in node and "enum" not in node:
                 unbounded.append(path)
-            elif kind in ("integer", "number") and not {"minimum", "maximum"} <= node.keys():
+            elif (
+                kind in ("integer", "number")
+                and not {"minimum", "maximum"} <= node.keys()
+                and "enum" not in node
+            ):
                 if not path.endswith("betas[]"):  # betas are bounded by a CEL rule
                     unbounded.append(path)
             elif (kind == "array" and "maxItems" not in node) or (

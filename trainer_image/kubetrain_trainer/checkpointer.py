@@ -45,6 +45,7 @@ from kubetrain_trainer.distributed import DistInfo, all_gather_object
 from kubetrain_trainer.export import beside, publish
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import Sink, TrainerMetrics
+from kubetrain_trainer.models import lora
 from kubetrain_trainer.recovery import HealthTracker
 from kubetrain_trainer.runtime import Runtime
 
@@ -78,6 +79,13 @@ class Checkpointer:
         self.scratch = scratch
         self.metrics = metrics
         self.shape = shape_of(cfg)
+        # A LoRA checkpoint holds no base weights: it names the base it was trained on.
+        pretrained = cfg.model.pretrained
+        self.base = (
+            {"uri": pretrained, "sha256": lora.base_digest(pretrained)}
+            if cfg.model.lora is not None and pretrained is not None
+            else None
+        )
         self.run_dir = Path(cfg.run_dir)
         self.config_yaml = to_yaml(cfg)
         uri = cfg.checkpoint.uri or str(Path(cfg.run_dir) / "checkpoints")
@@ -191,7 +199,9 @@ class Checkpointer:
             self._describe(staging, model)
         # The worker writes the snapshot into staging, uploads, commits, deletes staging;
         # the manifest records the config's shape, which a resume must match.
-        meta = {"config": self.shape}
+        meta: dict[str, Any] = {"config": self.shape}
+        if self.base is not None:
+            meta["base"] = self.base
         self.saver.submit(step, staging, metrics, snapshot=snapshot, meta=meta)
         if not self.cfg.async_upload:
             self._results(self.saver.wait())
@@ -279,8 +289,23 @@ class Checkpointer:
             (staging / HF_CONFIG_FILE).write_text(to_json())
 
     def _check_shape(self, info: CheckpointInfo) -> None:
-        saved = info.manifest.meta.get("config") if info.manifest else None
-        changed = changed_fields(saved, self.shape)
+        meta = info.manifest.meta if info.manifest else {}
+        saved_base = meta.get("base")
+        if (
+            self.base is not None
+            and isinstance(saved_base, dict)
+            and saved_base.get("sha256") != self.base["sha256"]
+        ):
+            raise ConfigError(
+                "model.pretrained",
+                [
+                    f"{info.uri} holds LoRA adapters trained on the base "
+                    f"{saved_base.get('uri')} (weights sha256 {saved_base.get('sha256')}),"
+                    f" but {self.base['uri']} now has sha256 {self.base['sha256']}: point"
+                    " model.pretrained at that base again, or start elsewhere"
+                ],
+            )
+        changed = changed_fields(meta.get("config"), self.shape)
         if changed:
             raise ConfigError(
                 "checkpoint.uri",

@@ -7,10 +7,14 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kubetrain_core.config import ConfigError, load_config
 from kubetrain_core.contract import ExitCode, TerminationMessage
 from kubetrain_trainer.runtime import Runtime
+
+if TYPE_CHECKING:  # torch is imported only once the config is known to be good
+    from kubetrain_trainer.trainer import Trainer
 
 log = logging.getLogger("kubetrain")
 OFFLINE = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -49,10 +53,12 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         trainer = Trainer(cfg, runtime, dist_info)
         summary = trainer.train()
     except (ConfigError, StoreConflict) as err:  # e.g. unusable data, another job's store
+        _failed(trainer, f"ConfigInvalid: {err}")
         print(err, file=sys.stderr)
         TerminationMessage("ConfigInvalid", str(err)).write(runtime.termination_log)
         return ExitCode.CONFIG_INVALID
     except NaNUnrecoverable as err:
+        _failed(trainer, f"NaNUnrecoverable: {err}")
         if dist_info.is_main and trainer is not None:
             TerminationMessage(
                 "NaNUnrecoverable",
@@ -74,6 +80,7 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         return ExitCode.PREEMPTED
     except Exception as err:
         traceback.print_exc()
+        _failed(trainer, f"{type(err).__name__}: {err}")
         step = trainer.step if trainer else None
         TerminationMessage("Error", f"{type(err).__name__}: {err}", step=step).write(
             runtime.termination_log
@@ -90,3 +97,9 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
             runtime.termination_log
         )
     return ExitCode.SUCCEEDED
+
+
+def _failed(trainer: Trainer | None, reason: str) -> None:
+    """Tell the sinks (webhook, W&B) how the attempt ended, before they close."""
+    if trainer is not None:
+        trainer.sinks.event("failed", trainer.step, reason=reason[:500])

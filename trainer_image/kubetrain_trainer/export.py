@@ -37,6 +37,7 @@ from kubetrain_trainer.checkpoint.state import (
 )
 from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
 from kubetrain_trainer.data.tokenizers import BPETokenizer, Tokenizer
+from kubetrain_trainer.models import lora
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +46,32 @@ NATIVE_TOKENIZER = "kubetrain-tokenizer.json"
 
 
 def write_export(
-    model: nn.Module, tokenizer: Tokenizer, cfg: TrainingConfig, directory: Path
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    cfg: TrainingConfig,
+    directory: Path,
+    weights: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write the loadable model directory (replacing an older one) and return it."""
+    """Write the loadable model directory (replacing an older one) and return it.
+    `weights`: the whole state dict when `model` itself holds only a shard."""
     staging = directory.with_name(f".{directory.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     save_pretrained = getattr(model, "save_pretrained", None)
-    if callable(save_pretrained):
-        save_pretrained(str(staging), safe_serialization=True)
+    if lora.is_lora(model):
+        lora.save_adapter(model, staging / lora.ADAPTER_DIR, weights)
+        auto = registry.MODEL_ADAPTERS.get(cfg.model.adapter).auto_class
+        whole = lora.merged(cfg.model, auto, staging / lora.ADAPTER_DIR)
+        whole.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[operator]
+    elif callable(save_pretrained):
+        if weights is not None:
+            weights = _without_aliases(model, weights)
+        save_pretrained(str(staging), state_dict=weights, safe_serialization=True)
     else:
         from safetensors.torch import save_file
 
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        state = weights if weights is not None else model.state_dict()
+        state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(_untied(state), str(staging / "model.safetensors"))
         config = cfg.model.model_dump(mode="json") | {"vocab_size": tokenizer.vocab_size}
         (staging / "config.json").write_text(json.dumps(config, indent=2))
@@ -79,6 +93,19 @@ def _save_tokenizer(tokenizer: Tokenizer, directory: Path) -> None:
         wrapped = PreTrainedTokenizerFast(tokenizer_object=tokenizer.hf)  # type: ignore[no-untyped-call]
         wrapped.save_pretrained(str(directory))
     tokenizer.save(directory / NATIVE_TOKENIZER)
+
+
+def _without_aliases(model: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`weights` less the second name of each tied parameter (lm_head beside the input
+    embeddings): save_pretrained drops those itself only when they share memory, which
+    gathered copies do not."""
+    seen: set[int] = set()
+    aliases: set[str] = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            aliases.add(name)
+        seen.add(id(tensor))
+    return {name: tensor for name, tensor in weights.items() if name not in aliases}
 
 
 def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,6 +157,7 @@ def export_checkpoint(target: str, out: Path, key: bytes | None) -> tuple[Checkp
         if not (local / CONFIG_FILE).is_file():
             raise ConfigError(target, [f"{info.uri} predates exports (no {CONFIG_FILE})"])
         cfg = parse_config(yaml.safe_load((local / CONFIG_FILE).read_text()), plugins="import")
+        _check_base(cfg, info)
         tokenizer = Tokenizer.load(local / TOKENIZER_FILE)
         model = _skeleton(cfg, tokenizer, local)
         read_model(local, model)
@@ -142,10 +170,23 @@ def _store_and_checkpoint(target: str) -> tuple[str, tuple[int, int] | None]:
     return (head, parsed) if parsed is not None and head else (target, None)
 
 
+def _check_base(cfg: TrainingConfig, info: CheckpointInfo) -> None:
+    """A LoRA checkpoint exports only onto the base it was trained on (by sha256)."""
+    saved = info.manifest.meta.get("base") if info.manifest else None
+    if cfg.model.lora is None or cfg.model.pretrained is None or not isinstance(saved, dict):
+        return
+    if saved.get("sha256") != lora.base_digest(cfg.model.pretrained):
+        raise ConfigError(
+            "model.pretrained",
+            [f"{cfg.model.pretrained} is not the base {info.uri} was trained on (sha256)"],
+        )
+
+
 def _skeleton(cfg: TrainingConfig, tokenizer: Tokenizer, local: Path) -> nn.Module:
-    """The model's modules with no weights worth keeping: the checkpoint's replace them."""
+    """The model's modules; the checkpoint's weights replace what trains. A LoRA model is
+    its base, loaded again from its reference, with fresh adapters."""
     hf_config = local / HF_CONFIG_FILE
-    if hf_config.is_file():
+    if hf_config.is_file() and cfg.model.lora is None:
         import transformers
         from transformers import AutoConfig
 

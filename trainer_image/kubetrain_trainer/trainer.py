@@ -28,6 +28,7 @@ from kubetrain_trainer.checkpoint import CheckpointError
 from kubetrain_trainer.checkpointer import Checkpointer
 from kubetrain_trainer.components import build_components
 from kubetrain_trainer.distributed import DistInfo
+from kubetrain_trainer.evaluation.generation import GenerationEvaluator
 from kubetrain_trainer.export import write_export
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import (
@@ -36,9 +37,10 @@ from kubetrain_trainer.metrics import (
     StepRecord,
     TrainerMetrics,
     build_sinks,
-    perplexity,
 )
+from kubetrain_trainer.models.lora import parameter_counts
 from kubetrain_trainer.optimization import scale_lr
+from kubetrain_trainer.parallel import full_state_dict, is_sharded
 from kubetrain_trainer.recovery import NanGuard, Verdict, step_in_ranges
 from kubetrain_trainer.runtime import Runtime
 from kubetrain_trainer.strategies import StepOutput
@@ -73,6 +75,8 @@ class RunSummary:
     run_dir: Path
     last_checkpoint: str | None
     export: str | None = None  # where the loadable model went (rank 0)
+    parameters: int = 0
+    trainable_parameters: int = 0  # all of them, or the LoRA adapters'
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -100,6 +104,7 @@ class Trainer:
         )
         self.parts = parts = build_components(cfg, dist_info, tokenizer)
         self.total_steps = parts.total_steps
+        self.trainable_parameters, self.parameters = parameter_counts(parts.raw_model)
         self.guard = NanGuard(cfg.recovery)
         self.step = 0
         self.loss_ema: float | None = None
@@ -120,6 +125,20 @@ class Trainer:
             total_steps=self.total_steps,
             start_step=resume.info.step if resume else 0,
             prometheus=self.metrics,
+            job_name=runtime.job_name,
+            config=cfg.model_dump(mode="json"),
+        )
+        self.generation = (
+            GenerationEvaluator(
+                cfg.evaluation,
+                dataset=parts.dataset,
+                adapter=parts.adapter,
+                dist_info=dist_info,
+                synced=is_sharded(parts.model),
+                run_dir=self.run_dir,
+            )
+            if cfg.evaluation.metrics
+            else None
         )
         states = {"loop": self, "guard": self.guard, **parts.stateful()}
         self.checkpoints.attach(
@@ -145,6 +164,12 @@ class Trainer:
         parts, callbacks = self.parts, self.parts.callbacks
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.metrics.total_steps.set(self.total_steps)
+        self.sinks.event(
+            "start",
+            self.step,
+            parameters=self.parameters,
+            trainable_parameters=self.trainable_parameters,
+        )
         callbacks.on_train_begin(self.state)
         callbacks.on_epoch_begin(self.state)
         step_start = time.monotonic()
@@ -189,11 +214,14 @@ class Trainer:
 
         if self.state.metrics.get("val_step") != self.step:
             self.validate()
-        test_loss = self.evaluate("test")
+        test_loss = self.evaluate("test").loss
         self.checkpoints.ensure_saved(self.step)  # the final checkpoint, committed
         exported = self.export()
         callbacks.on_epoch_end(self.state)
         callbacks.on_train_end(self.state)
+        self.sinks.event(
+            "finished", self.step, steps=self.step, val_loss=self.state.metrics.get("val_loss")
+        )
         seconds = time.monotonic() - start
         last = self.checkpoints.last
         return RunSummary(
@@ -211,34 +239,44 @@ class Trainer:
             run_dir=self.run_dir,
             last_checkpoint=last.uri if last else None,
             export=exported,
+            parameters=self.parameters,
+            trainable_parameters=self.trainable_parameters,
         )
 
     # ------------------------------------------------------------------ verbs
 
-    def evaluate(self, split: Literal["val", "test"]) -> float:
-        """The mean loss over `training.eval_batches` batches of a split, to the sinks."""
-        loss = self.parts.strategy.evaluate(split, self.cfg.training.eval_batches)
-        self.sinks.evaluation(EvalRecord(split, self.step, loss))
-        return loss
+    def evaluate(self, split: Literal["val", "test"]) -> EvalRecord:
+        """The mean loss over `training.eval_batches` batches of a split and, for val, the
+        scores of generated answers (evaluation.metrics), to the sinks."""
+        parts = self.parts
+        loss = parts.strategy.evaluate(split, self.cfg.training.eval_batches)
+        scores = {}
+        if split == "val" and self.generation is not None:
+            scores = self.generation.evaluate(parts.raw_model, self.step, parts.strategy.autocast)
+        record = EvalRecord(split, self.step, loss, scores)
+        self.sinks.evaluation(record)
+        return record
 
     def validate(self) -> float:
         self.parts.callbacks.on_validation_begin(self.state)
-        val_loss = self.evaluate("val")
+        record = self.evaluate("val")
         self.state.metrics.update(
-            val_loss=val_loss, val_perplexity=perplexity(val_loss), val_step=self.step
+            {k: v for k, v in record.fields().items() if k != "step"}, val_step=self.step
         )
-        self.best_val = min(self.best_val, val_loss)
+        self.best_val = min(self.best_val, record.loss)
         self.parts.callbacks.on_validation_end(self.state)
-        return val_loss
+        return record.loss
 
     def export(self) -> str | None:
         """Rank 0 writes the trained model as a loadable directory (export.py) and
-        copies it into the checkpoint store; returns where it is."""
+        copies it into the checkpoint store; returns where it is. Every rank calls it:
+        a sharded model's weights are gathered first."""
+        parts = self.parts
+        whole = full_state_dict(parts.raw_model)
         if not self.dist.is_main:
             return None
-        parts = self.parts
         directory = write_export(
-            parts.raw_model, parts.dataset.tokenizer, self.cfg, self.run_dir / "export"
+            parts.raw_model, parts.dataset.tokenizer, self.cfg, self.run_dir / "export", whole
         )
         return self.checkpoints.publish(directory) or str(directory)
 

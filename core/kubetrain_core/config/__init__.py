@@ -1,6 +1,7 @@
 """Trainer configuration: pydantic models, loading and overrides. Imports no torch."""
 
 from kubetrain_core.config.data import DataConfig, SplitConfig, TokenizerConfig
+from kubetrain_core.config.evaluation import EvaluationConfig
 from kubetrain_core.config.loading import (
     ConfigError,
     apply_overrides,
@@ -9,7 +10,7 @@ from kubetrain_core.config.loading import (
     parse_config,
     to_yaml,
 )
-from kubetrain_core.config.model import ModelConfig
+from kubetrain_core.config.model import LoraConfig, ModelConfig, QuantizationConfig
 from kubetrain_core.config.schema import (
     CallbackConfig,
     CheckpointConfig,
@@ -25,6 +26,7 @@ from kubetrain_core.config.schema import (
     TrainingConfig,
     TrainingLoopConfig,
 )
+from kubetrain_core.config.tracking import WandbConfig, WebhookConfig
 
 __all__ = [
     "CallbackConfig",
@@ -32,12 +34,15 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EarlyStoppingConfig",
+    "EvaluationConfig",
     "ExtensionsConfig",
+    "LoraConfig",
     "LossConfig",
     "MetricsConfig",
     "ModelConfig",
     "OptimizationConfig",
     "OptimizerConfig",
+    "QuantizationConfig",
     "RecoveryConfig",
     "S3Config",
     "SchedulerConfig",
@@ -45,6 +50,8 @@ __all__ = [
     "TokenizerConfig",
     "TrainingConfig",
     "TrainingLoopConfig",
+    "WandbConfig",
+    "WebhookConfig",
     "apply_overrides",
     "format_validation_error",
     "load_config",

@@ -26,6 +26,7 @@ SHAPE_FIELDS = (
     "model.tie_embeddings",
     "model.pretrained",
     "model.hf_config",
+    "model.lora",
     "data.tokenizer.kind",
     "data.tokenizer.vocab_size",
     "data.tokenizer.path",

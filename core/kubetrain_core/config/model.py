@@ -13,6 +13,47 @@ HF_MODEL_ADAPTERS = frozenset({"hf_causal_lm", "hf_seq2seq"})
 """Adapters that build a transformers model from `pretrained` or `hf_config`."""
 
 
+_LORA_NEEDS_BASE = (
+    "model.lora adapts a pretrained model: set model.pretrained (a save_pretrained "
+    "directory or s3:// URI) with an hf_* adapter"
+)
+_QUANTIZATION_NEEDS_LORA = (
+    "model.quantization freezes the base in 4 or 8 bits, which only LoRA can then train:"
+    " set model.lora too"
+)
+ModuleName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.*]+$")]
+
+
+class LoraConfig(Section):
+    """LoRA (peft): low-rank adapters on a frozen pretrained model; only they train, and
+    checkpoints hold only them (the base is referenced by model.pretrained and its
+    sha256, not copied)."""
+
+    r: int = Field(8, ge=1, le=1024)
+    """Rank of each adapter's update matrices."""
+    alpha: int = Field(16, ge=1, le=4096)
+    """Scaling numerator: the update is multiplied by alpha / r."""
+    dropout: float = Field(0.05, ge=0.0, le=0.9)
+    """Dropout on the adapters' input."""
+    target_modules: list[ModuleName] | None = Field(None, min_length=1, max_length=64)
+    """Names (or name suffixes) of the linear layers that get adapters, e.g. [q_proj,
+    v_proj]; null: peft's default for the architecture (Llama, Qwen2: q_proj, v_proj;
+    GPT-2: c_attn; T5: q, v)."""
+
+
+class QuantizationConfig(Section):
+    """QLoRA: the frozen base held in 4 or 8 bits by bitsandbytes (CUDA GPUs only)."""
+
+    bits: Literal[4, 8] = 4
+    """Bits per frozen weight."""
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type: nf4 (normal float, the QLoRA paper's) or fp4."""
+    double_quant: bool = True
+    """4-bit: quantise the quantisation constants too (about 0.4 bits per weight saved)."""
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    """The dtype 4-bit weights are dequantised to for each matmul."""
+
+
 class ModelConfig(Section):
     """The network and the adapter that feeds it batches and computes its loss."""
 
@@ -53,6 +94,12 @@ class ModelConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """hf_* adapters: the dtype the weights are held in. Keep float32 and set
     training.precision for mixed precision; lower it for pure low-precision weights."""
+    lora: LoraConfig | None = None
+    """hf_* adapters with model.pretrained: train LoRA adapters instead of every weight;
+    the export holds the adapter (export/adapter) and the merged model."""
+    quantization: QuantizationConfig | None = None
+    """With model.lora: hold the frozen base in 4 or 8 bits (QLoRA; needs a CUDA GPU and
+    bitsandbytes, refused on CPU)."""
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
@@ -65,6 +112,14 @@ class ModelConfig(Section):
                 "!has(self.pretrained) || !has(self.hf_config)",
                 "set model.pretrained or model.hf_config, not both",
                 fieldPath=".hf_config",
+            ),
+            cel.rule(
+                "!has(self.lora) || has(self.pretrained)", _LORA_NEEDS_BASE, fieldPath=".lora"
+            ),
+            cel.rule(
+                "!has(self.quantization) || has(self.lora)",
+                _QUANTIZATION_NEEDS_LORA,
+                fieldPath=".quantization",
             ),
         )
     )
@@ -92,6 +147,10 @@ class ModelConfig(Section):
                 "model.hf_config needs a model_type (e.g. llama, gpt2, qwen2) naming the "
                 "transformers architecture"
             )
+        if self.lora is not None and self.pretrained is None:
+            raise ValueError(_LORA_NEEDS_BASE)
+        if self.quantization is not None and self.lora is None:
+            raise ValueError(_QUANTIZATION_NEEDS_LORA)
         if self.adapter == "standard" and (self.pretrained or self.hf_config):
             raise ValueError(
                 "model.pretrained and model.hf_config need a Hugging Face adapter: "

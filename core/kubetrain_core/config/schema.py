@@ -23,7 +23,9 @@ from kubetrain_core.config.base import (
     registered,
 )
 from kubetrain_core.config.data import HF_TOKENIZER_ADAPTERS, DataConfig
-from kubetrain_core.config.model import ModelConfig
+from kubetrain_core.config.evaluation import REFERENCE_ADAPTERS, EvaluationConfig
+from kubetrain_core.config.model import HF_MODEL_ADAPTERS, ModelConfig
+from kubetrain_core.config.tracking import WandbConfig, WebhookConfig
 
 
 class OptimizerConfig(Section):
@@ -109,6 +111,12 @@ class EarlyStoppingConfig(Section):
     """Smallest decrease that counts as an improvement."""
 
 
+_FSDP_FP16 = (
+    "training.precision fp16 needs loss scaling that agrees across shards, which fsdp"
+    " does not do: use bf16 (same memory, no scaling) or parallelism: ddp"
+)
+
+
 class TrainingLoopConfig(Section):
     """How long to train and how each step runs."""
 
@@ -132,6 +140,11 @@ class TrainingLoopConfig(Section):
     """Smoothing of the reported loss EMA."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """How processes share the work: ``ddp`` keeps a whole replica per process; ``fsdp``
+    (FSDP2, fully_shard per block) splits parameters, gradients and optimizer state
+    across them, for models that do not fit one device. Checkpoints reshard: a run
+    saved by N processes resumes with any number. One process trains unwrapped."""
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
 
     model_config = ConfigDict(
@@ -139,7 +152,13 @@ class TrainingLoopConfig(Section):
             cel.rule(
                 "has(self.max_steps) || has(self.num_epochs)",
                 "set training.max_steps or training.num_epochs",
-            )
+            ),
+            cel.rule(
+                "!has(self.parallelism) || self.parallelism != 'fsdp'"
+                " || !has(self.precision) || self.precision != 'fp16'",
+                _FSDP_FP16,
+                fieldPath=".precision",
+            ),
         )
     )
 
@@ -147,6 +166,12 @@ class TrainingLoopConfig(Section):
     def _has_length(self) -> Self:
         if self.max_steps is None and self.num_epochs is None:
             raise ValueError("set training.max_steps or training.num_epochs")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_precision(self) -> Self:
+        if self.parallelism == "fsdp" and self.precision == "fp16":
+            raise ValueError(_FSDP_FP16)
         return self
 
 
@@ -187,7 +212,7 @@ class CheckpointConfig(Section):
 
 
 class MetricsConfig(Section):
-    """Where progress goes: JSONL, console, Prometheus, TensorBoard."""
+    """Where progress goes: JSONL, console, Prometheus, TensorBoard, W&B, a webhook."""
 
     log_steps: int = Field(10, ge=1, le=1_000_000)
     """Log a training record every this many steps."""
@@ -199,6 +224,8 @@ class MetricsConfig(Section):
     """Serve /metrics (Prometheus) and /progress (JSON) on rank 0; null disables."""
     tensorboard: bool = False
     """Also write TensorBoard event files under <run_dir>/tensorboard."""
+    wandb: WandbConfig = WandbConfig()
+    webhook: WebhookConfig = WebhookConfig()
 
 
 class RecoveryConfig(Section):
@@ -249,6 +276,17 @@ class ExtensionsConfig(Section):
     """Callbacks called at train/epoch/batch/validation/checkpoint begin and end."""
 
 
+_METRICS_NEED_REFERENCES = (
+    "evaluation.metrics score generated answers against the records' own: use data.adapter"
+    " chat_jsonl or seq2seq_jsonl, or leave evaluation.metrics empty"
+)
+_BEAMS_NEED_HF = "evaluation.num_beams > 1 (beam search) needs an hf_* model adapter"
+_QUANTIZED_NOT_SHARDED = (
+    "model.quantization (a 4/8-bit base) cannot be sharded by training.parallelism fsdp:"
+    " use ddp, whose replicas the quantisation already shrinks"
+)
+
+
 class TrainingConfig(Section):
     """Everything the trainer needs; the same document as TrainingJob spec.trainer."""
 
@@ -262,6 +300,7 @@ class TrainingConfig(Section):
     metrics: MetricsConfig = MetricsConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     extensions: ExtensionsConfig = ExtensionsConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
@@ -272,7 +311,29 @@ class TrainingConfig(Section):
                 "data.seq_len exceeds model.max_seq_len; raise model.max_seq_len or lower"
                 " data.seq_len",
                 fieldPath=".data.seq_len",
-            )
+            ),
+            cel.rule(
+                "!has(self.evaluation) || !has(self.evaluation.metrics)"
+                " || size(self.evaluation.metrics) == 0"
+                " || (has(self.data.adapter) && self.data.adapter in"
+                f" {sorted(REFERENCE_ADAPTERS)})",
+                _METRICS_NEED_REFERENCES,
+                fieldPath=".evaluation.metrics",
+            ),
+            cel.rule(
+                "!has(self.evaluation) || !has(self.evaluation.num_beams)"
+                " || self.evaluation.num_beams <= 1"
+                " || (has(self.model) && has(self.model.adapter)"
+                f" && self.model.adapter in {sorted(HF_MODEL_ADAPTERS)})",
+                _BEAMS_NEED_HF,
+                fieldPath=".evaluation.num_beams",
+            ),
+            cel.rule(
+                "!has(self.model) || !has(self.model.quantization)"
+                " || !has(self.training.parallelism) || self.training.parallelism != 'fsdp'",
+                _QUANTIZED_NOT_SHARDED,
+                fieldPath=".model.quantization",
+            ),
         )
     )
 
@@ -298,6 +359,21 @@ class TrainingConfig(Section):
                 )
             tokenizer.path = self.model.pretrained
         tokenizer.kind = tokenizer.resolved_kind
+        return self
+
+    @model_validator(mode="after")
+    def _generation_has_references(self) -> Self:
+        scored = self.evaluation
+        if scored.metrics and self.data.adapter not in REFERENCE_ADAPTERS:
+            raise ValueError(_METRICS_NEED_REFERENCES)
+        if scored.num_beams > 1 and not self.model.is_hf:
+            raise ValueError(_BEAMS_NEED_HF)
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_is_not_sharded(self) -> Self:
+        if self.model.quantization is not None and self.training.parallelism == "fsdp":
+            raise ValueError(_QUANTIZED_NOT_SHARDED)
         return self
 
     @model_validator(mode="after")

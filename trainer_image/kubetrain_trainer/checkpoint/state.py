@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.filesystem import FileSystemWriter
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -63,6 +64,39 @@ TRAINER_STATE = "trainer_state.pt"
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "kubetrain-config.yaml"  # the whole trainer config (also in an export)
 HF_CONFIG_FILE = "hf-config.json"  # a transformers model's own config
+
+
+# Frozen parameters (a LoRA base) are not saved: the model is rebuilt from its reference
+# (model.pretrained, checked by sha256) and only what trains comes from the checkpoint.
+# DCP still fails a load that misses any trainable key; `strict` only lets the frozen be.
+_SAVE = StateDictOptions(ignore_frozen_params=True)
+_LOAD = StateDictOptions(strict=False)
+
+
+def _without_frozen(model: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` less every tensor that is a frozen parameter's. DCP's ignore_frozen_params
+    keeps a frozen weight under a tied second name (a LoRA base's lm_head)."""
+    frozen = {_address(p) for p in model.parameters() if not p.requires_grad}
+    if not frozen:
+        return state
+    return {k: v for k, v in state.items() if _address(v) not in frozen}
+
+
+def _address(value: Any) -> int | None:
+    """Where a tensor's (local shard's) data starts, to recognise the same weight."""
+    local = getattr(value, "_local_tensor", value)  # a DTensor's shard on this rank
+    return local.data_ptr() if isinstance(local, torch.Tensor) else None
+
+
+def _model_state(model: torch.nn.Module) -> dict[str, Any]:
+    return _without_frozen(model, get_model_state_dict(model, options=_SAVE))
+
+
+def _training_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    model_state, optim_state = get_state_dict(model, optimizer, options=_SAVE)
+    return _without_frozen(model, model_state), optim_state
 
 
 def rng_file(rank: int) -> str:
@@ -145,7 +179,7 @@ def _capture(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], rank: int
 ) -> tuple[dict[str, Any], Snapshot]:
     """The live model/optimizer state dict, and a Snapshot whose `tensors` are still it."""
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = _training_state(model, optimizer)
     live = {"model": model_state, "optimizer": optim_state}
     extra_bytes = _serialized(extra) if rank == 0 else None
     return live, Snapshot(rank, live, _serialized(capture_rng()), extra_bytes)
@@ -257,12 +291,16 @@ def read_state(
     """
     directory = Path(directory)
     # get_state_dict gives the optimizer its (lazy) state, so DCP has tensors to fill.
-    model_state, optim_state = get_state_dict(model, optimizer)
+    model_state, optim_state = _training_state(model, optimizer)
     state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
     _quiet_single_process()
     dcp_load(state, checkpoint_id=directory / DCP_DIR, no_dist=_no_dist())
     set_state_dict(
-        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"]
+        model,
+        optimizer,
+        model_state_dict=state["model"],
+        optim_state_dict=state["optimizer"],
+        options=_LOAD,
     )
     extra: dict[str, Any] = torch.load(
         directory / TRAINER_STATE, map_location="cpu", weights_only=True
@@ -283,7 +321,7 @@ def read_state(
 def read_model(directory: Path, model: torch.nn.Module) -> None:
     """Only the model's weights from a local checkpoint directory, in one process (no
     optimizer, no RNG): what an export of a checkpoint needs."""
-    state: dict[str, Any] = {"model": get_model_state_dict(model)}
+    state: dict[str, Any] = {"model": _model_state(model)}
     _quiet_single_process()
     dcp_load(state, checkpoint_id=Path(directory) / DCP_DIR, no_dist=True)
-    set_model_state_dict(model, state["model"])
+    set_model_state_dict(model, state["model"], options=_LOAD)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -21,6 +22,15 @@ Batch = dict[str, torch.Tensor]
 """At least ``input_ids`` and ``targets``, both long ``[B, T]``."""
 
 Split = Literal["train", "val", "test"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """A record as a question and its answer, for generation metrics (evaluation.py)."""
+
+    prompt_ids: list[int]  # what the model continues: ends where the answer starts
+    prompt: str
+    reference: str  # the record's own answer, without special tokens
 
 
 class DatasetAdapter(ABC):
@@ -73,3 +83,10 @@ class DatasetAdapter(ABC):
         device: torch.device,
     ) -> Iterator[Batch]:
         """At most ``max_batches`` deterministic batches of ``split`` for ``rank``."""
+
+    def examples(self, split: Split, count: int) -> list[Example]:
+        """The first ``count`` records of ``split`` as prompts with reference answers (all
+        of them when the split is smaller); only adapters whose records have answers."""
+        raise NotImplementedError(
+            f"data.adapter {type(self).__name__} has no reference answers to generate for"
+        )

@@ -50,6 +50,9 @@ class PretrainedTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         return str(self.hf.decode(ids))
 
+    def decode_text(self, ids: list[int]) -> str:
+        return str(self.hf.decode(ids, skip_special_tokens=True)).strip()
+
     @classmethod
     def train(cls, text: str, cfg: TokenizerConfig) -> Self:
         """Nothing is trained: the directory's tokenizer is loaded."""

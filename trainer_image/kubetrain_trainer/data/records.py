@@ -15,10 +15,17 @@ from typing import Any
 import torch
 
 from kubetrain_core.config.data import DataConfig
-from kubetrain_trainer.data.base import Batch, Split
+from kubetrain_trainer.data.base import Batch, Example, Split
 from kubetrain_trainer.data.chat import ChatRenderer, messages_of
 from kubetrain_trainer.data.hf_tokenizer import PretrainedTokenizer
-from kubetrain_trainer.data.readers import BadRecord, Record, data_files, field, read_records
+from kubetrain_trainer.data.readers import (
+    BadRecord,
+    Record,
+    data_files,
+    field,
+    local_data,
+    read_records,
+)
 from kubetrain_trainer.data.sampling import AddressedDataset, SampleOrder
 from kubetrain_trainer.data.token_cache import RowStats, cache_key, default_cache_dir, rows_dataset
 from kubetrain_trainer.data.tokenizers import Tokenizer, build_tokenizer
@@ -33,7 +40,7 @@ class RecordDataset(AddressedDataset):
 
     def __init__(self, cfg: DataConfig, *, seed: int, tokenizer: Tokenizer | None = None) -> None:
         self.cfg, self.seq_len, self.batch_size = cfg, cfg.seq_len, cfg.batch_size
-        self.files = data_files(cfg.path)
+        self.files = data_files(local_data(cfg))
         self.tokenizer = tokenizer if tokenizer is not None else self._tokenizer()
         self._check_tokenizer()
         settings = {"adapter": type(self).__name__, **self._settings()}
@@ -133,6 +140,19 @@ class RecordDataset(AddressedDataset):
     def split_tokens(self, split: Split) -> int:
         return self._size(split) * self.seq_len
 
+    def _rows_of(self, split: Split, count: int) -> list[dict[str, list[int]]]:
+        """The first `count` rows of `split` as plain lists."""
+        start, end = self._bounds[split]
+        chunk = self._rows.with_format(None)[start : min(end, start + count)]
+        return [
+            dict(zip(chunk, values, strict=True)) for values in zip(*chunk.values(), strict=True)
+        ]
+
+    def _example(self, prompt_ids: list[int], answer: list[int]) -> Example:
+        # The prompt keeps its special tokens (a chat's role markers); the answer is text.
+        tokenizer = self.tokenizer
+        return Example(prompt_ids, tokenizer.decode(prompt_ids), tokenizer.decode_text(answer))
+
     def _gather(self, split: Split, indices: torch.Tensor, device: torch.device) -> Batch:
         rows = self._rows[(indices + self._bounds[split][0]).tolist()]
         batch = self._batch({name: rows[name].long() for name in self.columns})
@@ -205,6 +225,24 @@ class ChatDataset(RecordDataset):
         pad = self.seq_len - len(targets)
         return {"input_ids": ids[:-1] + [self.pad_id] * pad, "targets": targets + [IGNORE] * pad}
 
+    def examples(self, split: Split, count: int) -> list[Example]:
+        """Each conversation up to its last assistant reply (the reply's header included,
+        as the generation prompt renders it), and that reply as the reference; a reply
+        that reaches the end of its row may be cut short by seq_len and is left out."""
+        found = []
+        for row in self._rows_of(split, count):
+            ids, targets = row["input_ids"], row["targets"]
+            learned = [i for i, t in enumerate(targets) if t != IGNORE]
+            if learned[-1] == len(targets) - 1:
+                continue
+            start = learned[-1]
+            while start - 1 in learned:  # back to the first token of the last reply
+                start -= 1
+            prompt_ids = ids[: start + 1]
+            reply = targets[start : learned[-1] + 1]
+            found.append(self._example(prompt_ids, reply))
+        return found
+
     def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
         # Padding only ever follows the conversation, and its targets are ignored, so a
         # causal model needs no attention mask: no real token attends to a later pad.
@@ -247,6 +285,15 @@ class Seq2SeqDataset(RecordDataset):
             "attention_mask": [1] * len(ids) + [0] * pad_in,
             "targets": labels + [IGNORE] * pad_out,
         }
+
+    def examples(self, split: Split, count: int) -> list[Example]:
+        """The input as the prompt, the target as the reference."""
+        found = []
+        for row in self._rows_of(split, count):
+            length = sum(row["attention_mask"])
+            target = [t for t in row["targets"] if t != IGNORE]
+            found.append(self._example(row["input_ids"][:length], target))
+        return found
 
     def _batch(self, rows: dict[str, torch.Tensor]) -> Batch:
         return dict(rows)

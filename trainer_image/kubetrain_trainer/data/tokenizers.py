@@ -42,6 +42,10 @@ class Tokenizer(ABC):
     @abstractmethod
     def decode(self, ids: list[int]) -> str: ...
 
+    def decode_text(self, ids: list[int]) -> str:
+        """Generated or reference ids as plain text: no special tokens, no outer space."""
+        return self.decode(ids).strip()
+
     @classmethod
     @abstractmethod
     def train(cls, text: str, cfg: TokenizerConfig) -> Self:

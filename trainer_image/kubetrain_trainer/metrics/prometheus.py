@@ -56,6 +56,12 @@ class TrainerMetrics(Sink):
         self.loss = gauge("loss", "Training loss of the last logged step.")
         self.loss_ema = gauge("loss_ema", "Exponential moving average of the training loss.")
         self.val_loss = gauge("val_loss", "Loss of the last validation.")
+        self.eval_metric = Gauge(
+            PREFIX + "eval_metric",
+            "Score of the last validation's generated text (evaluation.metrics), by name.",
+            [*names, "name"],
+            registry=self.registry,
+        )
         self.learning_rate = gauge("learning_rate", "Learning rate of the last step.")
         self.tokens_per_second = gauge("tokens_per_second", "Training throughput, all ranks.")
         self.samples_per_second = gauge("samples_per_second", "Sequences per second, all ranks.")
@@ -127,6 +133,8 @@ class TrainerMetrics(Sink):
     def evaluation(self, record: EvalRecord) -> None:
         if record.split == "val":
             self.val_loss.set(record.loss)
+            for name, value in record.scores.items():
+                self.eval_metric.labels(**self.labels, name=name).set(value)
 
     def checkpoint_stalled(self, seconds: float) -> None:
         """The loop was blocked `seconds` by a checkpoint (snapshot, waiting, and the

@@ -10,7 +10,7 @@ files every `metrics.log_steps` (and the last).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Self
 
 
@@ -50,17 +50,20 @@ class EvalRecord:
     split: Literal["val", "test"]
     step: int
     loss: float
+    # Metrics of generated text (evaluation.metrics): {"bleu": 31.2, "rougeL": 0.4, ...}
+    scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def perplexity(self) -> float:
         return perplexity(self.loss)
 
     def fields(self) -> dict[str, Any]:
-        """`{step, val_loss, val_perplexity}` for the val split, and so on."""
+        """`{step, val_loss, val_perplexity, val_bleu, ...}` for the val split, and so on."""
         return {
             "step": self.step,
             f"{self.split}_loss": self.loss,
             f"{self.split}_perplexity": self.perplexity,
+            **{f"{self.split}_{name}": value for name, value in self.scores.items()},
         }
 
 

@@ -34,6 +34,8 @@ class TensorBoardWriter(Sink):
     def evaluation(self, record: EvalRecord) -> None:
         self._writer.add_scalar(f"{record.split}/loss", record.loss, record.step)
         self._writer.add_scalar(f"{record.split}/perplexity", record.perplexity, record.step)
+        for name, value in record.scores.items():  # evaluation.metrics: val/bleu, ...
+            self._writer.add_scalar(f"{record.split}/{name}", value, record.step)
         self._writer.flush()
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ adapter without touching the loop.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,6 +16,22 @@ from torch import nn
 from kubetrain_core import registry
 from kubetrain_core.config.model import ModelConfig
 from kubetrain_trainer.data.base import Batch
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How answers are generated (evaluation section), and where."""
+
+    max_new_tokens: int
+    num_beams: int
+    eos_id: int | None
+    pad_id: int
+    device: torch.device
+    synced: bool  # every process runs every forward (fsdp): none may stop early
+
+    def until_end(self, ids: list[int]) -> list[int]:
+        """`ids` up to (not including) the first end token."""
+        return ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
 
 
 class ModelAdapter(ABC):
@@ -37,6 +54,23 @@ class ModelAdapter(ABC):
     def count_tokens(self, batch: Batch) -> int:
         """Tokens processed, for throughput; read from the shape so it never syncs a GPU."""
         return batch["input_ids"].numel()
+
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, prompts: list[list[int]], settings: Generation
+    ) -> list[list[int]]:
+        """Greedy continuations of `prompts` (token ids), each cut after its end token.
+        Always `max_new_tokens` forwards per prompt, so that processes whose forwards
+        are collectives (fsdp) stay in step; the context is the last max_seq_len ids."""
+        window = self.cfg.max_seq_len
+        answers = []
+        for prompt in prompts:
+            ids = torch.tensor([prompt], device=settings.device)
+            for _ in range(settings.max_new_tokens):
+                logits = model(ids[:, -window:])
+                ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            answers.append(settings.until_end(ids[0, len(prompt) :].tolist()))
+        return answers
 
 
 class StandardModelAdapter(ModelAdapter):

@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from kubetrain_core.config import ConfigError
 from kubetrain_trainer.data.base import Batch
-from kubetrain_trainer.models.adapters import ModelAdapter
+from kubetrain_trainer.models import lora
+from kubetrain_trainer.models.adapters import Generation, ModelAdapter
 from kubetrain_trainer.pretrained import local_dir
 
 
@@ -23,6 +25,7 @@ class CausalLMAdapter(ModelAdapter):
     """Registry name ``hf_causal_lm``: any AutoModelForCausalLM architecture."""
 
     auto_class = "AutoModelForCausalLM"  # the transformers Auto class that builds it
+    task_type = "CAUSAL_LM"  # peft's name for it (model.lora)
 
     def build_model(self) -> nn.Module:
         import transformers
@@ -40,7 +43,12 @@ class CausalLMAdapter(ModelAdapter):
         if cfg.pretrained is not None:
             directory = local_dir(cfg.pretrained, "model.pretrained")
             try:
-                model = auto.from_pretrained(str(directory), local_files_only=True, **kwargs)
+                model = auto.from_pretrained(
+                    str(directory),
+                    local_files_only=True,
+                    **kwargs,
+                    **lora.quantization_kwargs(cfg),
+                )
             except (OSError, ValueError) as err:
                 raise ConfigError(
                     "model.pretrained", [f"{directory}: not a loadable {self.auto_class}: {err}"]
@@ -57,8 +65,10 @@ class CausalLMAdapter(ModelAdapter):
         self._check_vocabulary(model)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()  # type: ignore[operator]
+            if cfg.lora is not None:  # frozen embeddings: recomputed blocks still need grads
+                model.enable_input_require_grads()  # type: ignore[operator]
         model.config.use_cache = False  # type: ignore[union-attr]  # no KV cache in training
-        return model
+        return lora.wrap(model, cfg, self.task_type)
 
     def _attention(self) -> str:
         wanted = self.cfg.attn_implementation
@@ -87,12 +97,43 @@ class CausalLMAdapter(ModelAdapter):
         loss: torch.Tensor = loss_fn(out.logits, batch["targets"])
         return loss
 
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, prompts: list[list[int]], settings: Generation
+    ) -> list[list[int]]:
+        """transformers' `generate` (greedy or beam search) on the prompts, padded on the
+        left so that every answer starts at the same column."""
+        width = max(len(p) for p in prompts)
+        pad = settings.pad_id
+        ids = [[pad] * (width - len(p)) + p for p in prompts]
+        mask = [[0] * (width - len(p)) + [1] * len(p) for p in prompts]
+        out = self._generate(model, ids, mask, settings)
+        return [settings.until_end(row[width:]) for row in out.tolist()]
+
+    def _generate(
+        self, model: nn.Module, ids: list[list[int]], mask: list[list[int]], settings: Generation
+    ) -> torch.Tensor:
+        device = settings.device
+        output: torch.Tensor = model.generate(  # type: ignore[operator]
+            input_ids=torch.tensor(ids, device=device),
+            attention_mask=torch.tensor(mask, device=device),
+            max_new_tokens=settings.max_new_tokens,
+            num_beams=settings.num_beams,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=settings.pad_id,
+            eos_token_id=settings.eos_id,
+            synced_gpus=settings.synced,
+        )
+        return output
+
 
 class Seq2SeqLMAdapter(CausalLMAdapter):
     """Registry name ``hf_seq2seq``: any AutoModelForSeq2SeqLM architecture (T5, BART...).
     The decoder reads the targets shifted right, as the model itself prepares them."""
 
     auto_class = "AutoModelForSeq2SeqLM"
+    task_type = "SEQ_2_SEQ_LM"
 
     def build_model(self) -> nn.Module:
         model = super().build_model()
@@ -101,9 +142,23 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
             config.decoder_start_token_id = getattr(config, "pad_token_id", None) or 0
         return model
 
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, prompts: list[list[int]], settings: Generation
+    ) -> list[list[int]]:
+        """The encoder reads each prompt (padded on the right, masked); the decoder's
+        answer follows its start token."""
+        width = max(len(p) for p in prompts)
+        ids = [p + [settings.pad_id] * (width - len(p)) for p in prompts]
+        mask = [[1] * len(p) + [0] * (width - len(p)) for p in prompts]
+        out = self._generate(model, ids, mask, settings)
+        return [settings.until_end(row[1:]) for row in out.tolist()]
+
     def compute_loss(self, model: nn.Module, batch: Batch, loss_fn: nn.Module) -> torch.Tensor:
         targets = batch["targets"]
-        decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=targets)  # type: ignore[operator]
+        # DDP hides the model's methods behind `.module` (FSDP2 and compile do not).
+        inner = model.module if isinstance(model, DistributedDataParallel) else model
+        decoder_input_ids = inner.prepare_decoder_input_ids_from_labels(labels=targets)  # type: ignore[operator]
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=batch.get("attention_mask"),
