@@ -136,6 +136,11 @@ CASES = [
         _trainer(evaluation={"num_beams": 4}),
         "beam search) needs an hf_* model",
     ),
+    Case(
+        "quality-needs-field",
+        _trainer(data={"min_quality_score": 0.5}),
+        "needs data.quality_field",
+    ),
     Case("rdzv-port", _spec(monitoring={"port": 29400}), "rendezvous port"),
     Case(
         "gpu-limit",

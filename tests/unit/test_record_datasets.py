@@ -243,3 +243,38 @@ def test_a_trained_tokenizer_skips_the_records_that_are_skipped(tmp_path: Path) 
     assert data.stats["skipped"] == 1 and data.stats["records"] == 22
     with pytest.raises(ValueError, match=r"mixed\.jsonl:2: not JSON"):
         PackedTextDataset(cfg.model_copy(update={"bad_records": "error"}), seed=0)
+
+
+def test_records_below_the_quality_threshold_are_skipped_and_counted(
+    tmp_path: Path, hf_base_model: Callable[[str], Path]
+) -> None:
+    records = [{"text": f"record number {i} " * 12, "score": i / 10} for i in range(10)]
+    path = _write_jsonl(tmp_path / "scored.jsonl", records)
+
+    def build(**fields: Any) -> PackedTextDataset:
+        cfg = {
+            "adapter": "jsonl_text", "path": str(path), "tokenizer": {"kind": "char"},
+            "seq_len": 20, "batch_size": 2, "cache_dir": str(tmp_path / "cache"),
+        }  # fmt: skip
+        return PackedTextDataset(DataConfig.model_validate(cfg | fields), seed=0)
+
+    everything = build()
+    kept = build(quality_field="score", min_quality_score=0.5)
+    assert (everything.stats["low_quality"], kept.stats["low_quality"]) == (0, 5)
+    assert kept.stats["records"] == 10 and kept.cache_path != everything.cache_path
+    # records 5..9 only: the first training row starts with record 5's text
+    first = kept.tokenizer.decode(kept._rows[0]["tokens"].tolist())
+    assert first.startswith("record number 5")
+
+    path.write_text(path.read_text() + json.dumps({"text": "no score here"}) + "\n")
+    with pytest.raises(ValueError, match=r"scored.jsonl:11: no field 'score'"):
+        build(quality_field="score", min_quality_score=0.5)
+    assert (
+        build(quality_field="score", min_quality_score=0.5, bad_records="skip").stats["skipped"]
+        == 1
+    )
+
+
+def test_a_quality_threshold_needs_its_field() -> None:
+    with pytest.raises(ValueError, match=r"needs data\.quality_field"):
+        DataConfig(path="x.jsonl", adapter="jsonl_text", min_quality_score=0.5)

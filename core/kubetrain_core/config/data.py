@@ -16,6 +16,11 @@ RECORD_ADAPTERS = HF_TOKENIZER_ADAPTERS | {"jsonl_text"}
 """Adapters reading JSONL/Parquet/text records from a file, a directory or a glob."""
 
 
+_QUALITY_NEEDS_FIELD = (
+    "data.min_quality_score needs data.quality_field, the record field holding each score"
+)
+
+
 class TokenizerConfig(Section):
     """How text becomes token ids."""
 
@@ -101,6 +106,12 @@ class DataConfig(Section):
     bad_records: Literal["error", "skip"] = "error"
     """Record adapters: a malformed record stops the run naming file, line and field
     (``error``), or is skipped and counted (``skip``)."""
+    quality_field: FieldName | None = None
+    """Record adapters: a numeric field scoring each record's quality (from a filter model
+    or a heuristic), read with min_quality_score."""
+    min_quality_score: float | None = Field(None, ge=-1e12, le=1e12)
+    """Record adapters: records whose quality_field is below this are skipped and counted
+    (the run log's "below quality"); a record without a number there is a bad record."""
     cache_dir: LOCATION | None = None
     """Record adapters: where tokenised corpora are cached (memory-mapped, keyed by the
     files, the tokenizer and these settings, so runs and ranks share one); default
@@ -122,9 +133,20 @@ class DataConfig(Section):
                 "this data.adapter (chat_jsonl, seq2seq_jsonl) needs a Hugging Face"
                 " tokenizer: tokenizer.kind auto or pretrained",
                 fieldPath=".tokenizer.kind",
-            )
+            ),
+            cel.rule(
+                "!has(self.min_quality_score) || has(self.quality_field)",
+                _QUALITY_NEEDS_FIELD,
+                fieldPath=".min_quality_score",
+            ),
         )
     )
+
+    @model_validator(mode="after")
+    def _quality_has_a_field(self) -> Self:
+        if self.min_quality_score is not None and self.quality_field is None:
+            raise ValueError(_QUALITY_NEEDS_FIELD)
+        return self
 
     @model_validator(mode="after")
     def _chat_needs_hf_tokenizer(self) -> Self:

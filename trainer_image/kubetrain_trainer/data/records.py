@@ -43,7 +43,8 @@ class RecordDataset(AddressedDataset):
         self.files = data_files(local_data(cfg))
         self.tokenizer = tokenizer if tokenizer is not None else self._tokenizer()
         self._check_tokenizer()
-        settings = {"adapter": type(self).__name__, **self._settings()}
+        quality = cfg.model_dump(include={"quality_field", "min_quality_score"})
+        settings = {"adapter": type(self).__name__, **self._settings(), **quality}
         key = cache_key(self.files, self.tokenizer._state(), settings)
         root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
         rows, self.stats = rows_dataset(root, key, self._build_rows, self._features())
@@ -98,6 +99,9 @@ class RecordDataset(AddressedDataset):
         for record in read_records(self.files, self.cfg.format, self.cfg.text_field):
             stats.records += 1
             try:
+                if self._below_quality(record):
+                    stats.low_quality += 1
+                    continue
                 row = self._row(record)
             except BadRecord as bad:
                 if self.cfg.bad_records == "error":
@@ -109,6 +113,15 @@ class RecordDataset(AddressedDataset):
                 stats.rows += 1
                 yield row
         yield from self._flush(stats)
+
+    def _below_quality(self, record: Record) -> bool:
+        threshold, name = self.cfg.min_quality_score, self.cfg.quality_field
+        if threshold is None or name is None:
+            return False
+        score = field(record, name, object)
+        if isinstance(score, bool) or not isinstance(score, int | float):
+            raise BadRecord(f"{record.where}: field {name!r} is not a number")
+        return score < threshold
 
     def _flush(self, stats: RowStats) -> Iterator[dict[str, list[int]]]:
         """Rows held back until the last record (packing); none by default."""

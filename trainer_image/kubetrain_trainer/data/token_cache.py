@@ -46,7 +46,8 @@ class RowStats:
 
     def __init__(self) -> None:
         self.records = 0
-        self.skipped = 0
+        self.skipped = 0  # malformed (data.bad_records: skip)
+        self.low_quality = 0  # below data.min_quality_score
         self.rows = 0
         self.first_problem: str | None = None
 
@@ -102,9 +103,10 @@ def _build(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info(
-        "tokenised %d records into %d rows in %.1f s (%d skipped)",
+        "tokenised %d records into %d rows in %.1f s (%d skipped, %d below quality)",
         stats.records,
         stats.rows,
         time.monotonic() - started,
         stats.skipped,
+        stats.low_quality,
     )
