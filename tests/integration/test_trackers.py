@@ -225,7 +225,7 @@ def test_a_hanging_server_cannot_hold_close_past_its_deadline() -> None:
         sink.close()
         took = time.monotonic() - started
     assert sink.flush_seconds == pytest.approx(0.3 * 3 + 0.05 + 0.1)
-    assert took < sink.flush_seconds + 0.5, took
+    assert took < sink.flush_seconds + 2.0, took  # bounded: a slack for a loaded machine
     assert sink.sent == 0
 
 
@@ -239,11 +239,11 @@ def test_a_full_queue_drops_and_counts_without_blocking() -> None:
         started = time.monotonic()
         for step in range(QUEUE_SIZE + 50):
             sink.evaluation(EvalRecord("val", step, 1.0))
-        assert time.monotonic() - started < 0.5  # the loop never waits on the webhook
+        assert time.monotonic() - started < 1.0  # the loop never waits on the webhook
         assert sink.dropped in (49, 50)  # the worker may have taken one off the queue
         sink.close()
         took = time.monotonic() - started
-    assert took < sink.flush_seconds + 1.0, took
+    assert took < sink.flush_seconds + 2.0, took
     assert sink.sent == 0
 
 
