@@ -8,7 +8,13 @@ from torch import nn
 
 from kubetrain_core.config import ModelConfig
 from kubetrain_trainer.models.transformer import Block, Transformer
-from kubetrain_trainer.parallel import full_state_dict, gradient_sync, is_sharded, shard_units
+from kubetrain_trainer.parallel import (
+    full_state_dict,
+    gradient_sync,
+    is_sharded,
+    shard_units,
+    unwrap,
+)
 
 
 def test_the_native_transformer_shards_per_block() -> None:
@@ -70,3 +76,9 @@ def test_fsdp_with_fp16_is_refused_naming_the_fix() -> None:
     with pytest.raises(ValidationError, match="use bf16"):
         TrainingLoopConfig(max_steps=1, parallelism="fsdp", precision="fp16")
     assert TrainingLoopConfig(max_steps=1).parallelism == "ddp"
+
+
+def test_unwrap_reaches_the_module_a_compile_wrapper_holds() -> None:
+    model = nn.Linear(2, 2)
+    assert unwrap(model) is model
+    assert unwrap(torch.compile(model)) is model  # type: ignore[arg-type]

@@ -56,20 +56,28 @@ def _inside(module: nn.Module, outer: nn.Module) -> bool:
     return any(m is module for m in outer.modules())
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
-    # torch.compile keeps the module it compiled in `_orig_mod`.
-    return cast(nn.Module, getattr(model, "_orig_mod", model))
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module the wrappers hold: DDP's `.module`, torch.compile's `_orig_mod` (FSDP2
+    shards in place, so a sharded model is its own). Its methods besides forward, such
+    as a transformers model's, are reached only here."""
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = cast(nn.Module, model._orig_mod)
+        else:
+            return model
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return isinstance(_unwrapped(model), FSDPModule)
+    return isinstance(unwrap(model), FSDPModule)
 
 
 @contextlib.contextmanager
 def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
     """Backward passes inside all-reduce (DDP) or reduce-scatter (FSDP) their gradients
     only when `sync`; otherwise they accumulate locally until the last micro-batch."""
-    inner = _unwrapped(model)
+    inner = unwrap(model)
     if sync:
         yield
     elif isinstance(model, DistributedDataParallel):
@@ -98,4 +106,4 @@ def full_state_dict(model: nn.Module) -> dict[str, Any] | None:
     if not is_sharded(model):
         return None
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(_unwrapped(model), options=options)
+    return get_model_state_dict(unwrap(model), options=options)

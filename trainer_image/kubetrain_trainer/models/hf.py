@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from kubetrain_core.config import ConfigError
 from kubetrain_trainer.data.base import Batch
 from kubetrain_trainer.models import lora
 from kubetrain_trainer.models.adapters import Generation, ModelAdapter
+from kubetrain_trainer.parallel import unwrap
 from kubetrain_trainer.pretrained import local_dir
 
 
@@ -156,9 +156,8 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
 
     def compute_loss(self, model: nn.Module, batch: Batch, loss_fn: nn.Module) -> torch.Tensor:
         targets = batch["targets"]
-        # DDP hides the model's methods behind `.module` (FSDP2 and compile do not).
-        inner = model.module if isinstance(model, DistributedDataParallel) else model
-        decoder_input_ids = inner.prepare_decoder_input_ids_from_labels(labels=targets)  # type: ignore[operator]
+        prepare = unwrap(model).prepare_decoder_input_ids_from_labels  # hidden by DDP
+        decoder_input_ids = prepare(labels=targets)  # type: ignore[operator]
         out = model(
             input_ids=batch["input_ids"],
             attention_mask=batch.get("attention_mask"),
