@@ -41,7 +41,7 @@ from kubetrain_trainer.checkpoint.state import (
     read_state,
 )
 from kubetrain_trainer.data.tokenizers import Tokenizer
-from kubetrain_trainer.distributed import DistInfo, all_gather_object
+from kubetrain_trainer.distributed import DistInfo, all_gather_object, broadcast_object
 from kubetrain_trainer.export import beside, publish
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import Sink, TrainerMetrics
@@ -80,12 +80,12 @@ class Checkpointer:
         self.metrics = metrics
         self.shape = shape_of(cfg)
         # A LoRA checkpoint holds no base weights: it names the base it was trained on.
+        # Rank 0 alone reads the base through (GBs for a large model) and tells the others.
         pretrained = cfg.model.pretrained
-        self.base = (
-            {"uri": pretrained, "sha256": lora.base_digest(pretrained)}
-            if cfg.model.lora is not None and pretrained is not None
-            else None
-        )
+        self.base: dict[str, str] | None = None
+        if cfg.model.lora is not None and pretrained is not None:
+            digest = lora.base_digest(pretrained) if dist_info.is_main else None
+            self.base = {"uri": pretrained, "sha256": broadcast_object(digest)}
         self.run_dir = Path(cfg.run_dir)
         self.config_yaml = to_yaml(cfg)
         uri = cfg.checkpoint.uri or str(Path(cfg.run_dir) / "checkpoints")
