@@ -93,7 +93,7 @@ def test_the_evaluator_scores_and_records_a_transformers_models_answers(
     model = adapter.build_model().train()
     evaluator = GenerationEvaluator(
         EvaluationConfig(metrics=["exact_match", "bleu"], num_samples=3, max_new_tokens=4),
-        dataset=data, adapter=adapter, dist_info=ONE_PROCESS, synced=False, run_dir=tmp_path,
+        dataset=data, adapter=adapter, dist_info=ONE_PROCESS, synced=False, batch_size=2, run_dir=tmp_path,
     )  # fmt: skip
     scores = evaluator.evaluate(model, 7, contextlib.nullcontext)
     assert set(scores) == {"exact_match", "bleu"} and 0.0 <= scores["exact_match"] <= 1.0
@@ -124,5 +124,5 @@ def test_an_empty_validation_split_is_a_config_error(
     with pytest.raises(ConfigError, match="val split is empty"):
         GenerationEvaluator(
             EvaluationConfig(metrics=["bleu"]), dataset=data, adapter=adapter,
-            dist_info=ONE_PROCESS, synced=False, run_dir=tmp_path,
+            dist_info=ONE_PROCESS, synced=False, batch_size=2, run_dir=tmp_path,
         )  # fmt: skip

@@ -135,6 +135,7 @@ class Trainer:
                 adapter=parts.adapter,
                 dist_info=dist_info,
                 synced=is_sharded(parts.model),
+                batch_size=cfg.data.batch_size,
                 run_dir=self.run_dir,
             )
             if cfg.evaluation.metrics

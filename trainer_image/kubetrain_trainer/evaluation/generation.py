@@ -40,6 +40,7 @@ class GenerationEvaluator:
         adapter: ModelAdapter,
         dist_info: DistInfo,
         synced: bool,
+        batch_size: int,
         run_dir: Path,
     ) -> None:
         self.adapter, self.dist = adapter, dist_info
@@ -61,7 +62,7 @@ class GenerationEvaluator:
             device=dist_info.device,
             synced=synced,
         )
-        self.batch_size = max(1, getattr(dataset, "batch_size", 8))
+        self.batch_size = batch_size  # prompts per generate call: data.batch_size
         self.file = Path(run_dir) / GENERATIONS_FILE if dist_info.is_main else None
 
     def evaluate(
