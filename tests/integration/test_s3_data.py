@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from tests.integration.trainer_runs import (
     CORPUS,
     env_with,
@@ -87,6 +88,10 @@ def test_one_object_is_the_text_file_corpus(
     local = TextFileDataset(DataConfig(path=str(CORPUS)), seed=0)
     assert remote.tokenizer.vocab_size == local.tokenizer.vocab_size
     assert remote.steps_per_epoch(1, 1) == local.steps_per_epoch(1, 1)
+    where = {"rank": 0, "world_size": 1, "accumulation_steps": 1, "device": torch.device("cpu")}
+    for step in (0, 7):  # the same corpus, so the same batches
+        mine, theirs = remote.train_batch(step, 0, **where), local.train_batch(step, 0, **where)
+        assert torch.equal(mine["input_ids"], theirs["input_ids"])
 
 
 def test_a_missing_prefix_names_the_field(bucket: str, tmp_path: Path) -> None:
