@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kubetrain_core.config.base import CHECKPOINT_URI_PATTERN, ENDPOINT_PATTERN
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+DNS1123 = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"  # a Secret name
 IMAGE_TAG = r"^[A-Za-z0-9_.-]{0,128}$"
 DURATION = r"^([0-9]+(ms|s|m|h))+$"
 Object = dict[str, Any]  # a Kubernetes object the API server validates
@@ -109,6 +110,13 @@ class Rbac(Values):
     create: bool
 
 
+class Notifications(Values):
+    extraSecretNames: list[Annotated[str, Field(max_length=253, pattern=DNS1123)]] = Field(
+        json_schema_extra={"uniqueItems": True}
+    )
+    allowPrivateWebhooks: bool
+
+
 class Crds(Values):
     enabled: bool
     keep: bool
@@ -160,6 +168,7 @@ class ChartValues(Values):
     networkPolicy: NetworkPolicy
     serviceAccount: ServiceAccount
     rbac: Rbac
+    notifications: Notifications
     crds: Crds
     metrics: Metrics
     serviceMonitor: Monitor

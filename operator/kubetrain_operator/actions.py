@@ -57,7 +57,30 @@ class Observe:
     label: str = ""
 
 
-Action = CreateObject | UpdateConfig | DeletePods | PatchStatus | EmitEvent | DeleteJob | Observe
+@dataclass(frozen=True)
+class Notify:
+    """Post one job-level notification (spec.notifications) to the webhook whose URL the
+    Secret `secret`'s key `key` holds. Handed to a background sender after the status
+    patch that records it: never sent twice, never on the reconcile path."""
+
+    event: str  # Restarting, Failed, Succeeded
+    text: str
+    fields: dict[str, Any]  # the generic format's structured body
+    format: str
+    secret: str
+    key: str
+
+
+Action = (
+    CreateObject
+    | UpdateConfig
+    | DeletePods
+    | PatchStatus
+    | EmitEvent
+    | DeleteJob
+    | Observe
+    | Notify
+)
 
 
 @dataclass(frozen=True)

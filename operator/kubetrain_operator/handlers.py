@@ -27,7 +27,8 @@ from kubetrain_core.config import format_validation_error
 from kubetrain_core.config.base import PLUGINS
 from kubetrain_core.names import GROUP, PLURAL, VERSION
 from kubetrain_operator import builders, kube, operator_metrics
-from kubetrain_operator.actions import PatchStatus
+from kubetrain_operator.actions import Action, Notify, PatchStatus
+from kubetrain_operator.notifier import Sender
 from kubetrain_operator.pod_watch import PodWatch
 from kubetrain_operator.reconcile import fail_stored, reconcile
 from kubetrain_operator.settings import Settings
@@ -46,6 +47,7 @@ ALLOWED = pod_policy.Allowed.widened(
     list(SETTINGS.extra_pod_fields), list(SETTINGS.extra_volume_types), SETTINGS.allow_secret_env
 )
 HEALTH = operator_metrics.Health()
+NOTIFIER = Sender(SETTINGS)  # spec.notifications, posted off the reconcile path
 log = logging.getLogger("kubetrain.operator")
 
 
@@ -164,7 +166,7 @@ def _reconcile_once(namespace: str, name: str) -> None:
     try:
         status = body.get("status") or {}
         for action in reconcile(job, kube.observe(job, uid, SETTINGS), SETTINGS):
-            kube.apply(namespace, name, body, action)
+            _apply(namespace, name, body, action)
             if isinstance(action, PatchStatus):
                 status = action.status
         operator_metrics.record_job(namespace, name, status)
@@ -175,5 +177,12 @@ def _reconcile_once(namespace: str, name: str) -> None:
 def _fail(body: dict[str, Any], pods: list[dict[str, Any]], reason: str, message: str) -> None:
     meta = body["metadata"]
     for action in fail_stored(body, pods, reason, message, datetime.now(UTC)):
-        kube.apply(meta["namespace"], meta["name"], body, action)
+        _apply(meta["namespace"], meta["name"], body, action)
     operator_metrics.record_job(meta["namespace"], meta["name"], {"state": "Failed"})
+
+
+def _apply(namespace: str, name: str, body: dict[str, Any], action: Action) -> None:
+    if isinstance(action, Notify):
+        NOTIFIER.submit(body["metadata"], action)  # queued; a slow webhook never waits here
+    else:
+        kube.apply(namespace, name, body, action)

@@ -10,6 +10,7 @@ the job fails with the server's own message instead of retrying forever.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import secrets
@@ -161,6 +162,35 @@ def lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
         if not ready or ready[0].status != "True":
             lost.add(node)
     return frozenset(lost)
+
+
+class SecretUnavailable(Exception):
+    """A Secret key the operator was pointed at cannot be read; the text says why."""
+
+
+def secret_value(namespace: str, name: str, key: str) -> str:
+    """The text under `key` of Secret namespace/name (a webhook URL: never logged).
+    SecretUnavailable when it is missing, lacks the key, or the RBAC forbids it."""
+    try:
+        secret = client.CoreV1Api().read_namespaced_secret(
+            name, namespace, _request_timeout=TIMEOUT
+        )
+    except ApiException as err:
+        if err.status == 404:
+            raise SecretUnavailable(f"Secret {namespace}/{name} does not exist") from None
+        if err.status == 403:
+            raise SecretUnavailable(
+                f"the operator may not read Secret {namespace}/{name}: its RBAC allows"
+                " kubetrain-notifications and the chart's notifications.extraSecretNames only"
+            ) from None
+        raise
+    data = secret.data or {}
+    if key not in data:
+        raise SecretUnavailable(f"Secret {namespace}/{name} has no key {key!r}")
+    try:
+        return base64.b64decode(data[key]).decode().strip()
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise SecretUnavailable(f"key {key!r} of Secret {namespace}/{name} is not text") from None
 
 
 # --- acting ----------------------------------------------------------------------------

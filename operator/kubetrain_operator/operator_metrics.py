@@ -45,6 +45,13 @@ RECOVERY = Histogram(
     "From a gang-restart decision to all pods of the next attempt running",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
 )
+NOTIFICATIONS = Counter(
+    "kubetrain_operator_notifications_total",
+    "Job-level webhook notifications (spec.notifications) by event and result: sent, failed"
+    " (the webhook did not take it), refused (no Secret or key, a URL not allowed), dropped"
+    " (the send queue was full)",
+    ["event", "result"],
+)
 STATES = JOB_STATES
 
 _states: dict[tuple[str, str], str] = {}

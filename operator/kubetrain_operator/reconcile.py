@@ -22,7 +22,7 @@ from kubetrain_core.api import (
 )
 from kubetrain_core.contract import TerminationMessage
 from kubetrain_core.policy import Cause, RecoveryState, Rollback, decide, record
-from kubetrain_operator import builders, clock
+from kubetrain_operator import builders, clock, notifications
 from kubetrain_operator.actions import (
     Action,
     CreateObject,
@@ -69,10 +69,16 @@ def reconcile(job: TrainingJob, observed: Observed, settings: Settings) -> list[
     step.status.observedGeneration = step.generation
     _run(step, observed, settings)
     step.status.state = state_of(step.status.conditions)
+    namespace = job.metadata.namespace or "default"
+    step.status.notifications, notes = notifications.owed(
+        job.spec.notifications, before, step.status, namespace, job.metadata.name
+    )
     actions: list[Action] = list(step.actions)
     if step.status.model_dump() != before.model_dump() or job.status is None:
         actions.append(PatchStatus(step.status.model_dump(mode="json")))
-    return actions + step.deletes + step.creates + step.events
+    # Notifications right after the patch that records them (only if it went through),
+    # before any action that could fail and leave them recorded but unsent.
+    return actions + notes + step.deletes + step.creates + step.events
 
 
 def fail_stored(
@@ -85,6 +91,7 @@ def fail_stored(
         status = TrainingJobStatus.model_validate(body.get("status") or {})
     except ValueError:
         status = TrainingJobStatus()
+    before = status.model_copy(deep=True)
     live = [p for p in pods if not is_deleting(p)]
     cleanup: list[Action] = [DeletePods(tuple(name_of(p) for p in live), reason)] if live else []
     if status.state == "Failed":
@@ -104,8 +111,14 @@ def fail_stored(
     status.state = "Failed"
     status.completionTime = timestamp(now)
     status.observedGeneration = generation
+    meta = body.get("metadata", {})
+    where = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+    status.notifications, notes = notifications.owed(
+        notifications.from_body(body), before, status, *where
+    )
     return [
         PatchStatus(status.model_dump(mode="json")),
+        *notes,
         *cleanup,
         EmitEvent("Warning", reason, message),
     ]

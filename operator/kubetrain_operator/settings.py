@@ -75,6 +75,11 @@ class Settings:
     this long (KUBETRAIN_FAILURE_SETTLE_SECONDS) for the peers to exit or their node to turn
     NotReady, so a dead node is recorded as NodeFailure and not as the peer's error. Match
     the controller-manager's --node-monitor-grace-period (50 s by default)."""
+    notify_allow_private: bool = False
+    """Whether spec.notifications may post to a webhook whose host resolves to a
+    loopback, private, link-local or other non-public address
+    (KUBETRAIN_NOTIFY_ALLOW_PRIVATE=true): off, a tenant cannot make the operator POST
+    into the cluster's or the cloud's internal network."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -98,4 +103,5 @@ class Settings:
             extra_pod_fields=_env_list("KUBETRAIN_EXTRA_POD_FIELDS"),
             extra_volume_types=_env_list("KUBETRAIN_EXTRA_VOLUME_TYPES"),
             allow_secret_env=env.get("KUBETRAIN_ALLOW_SECRET_ENV", "").lower() == "true",
+            notify_allow_private=env.get("KUBETRAIN_NOTIFY_ALLOW_PRIVATE", "").lower() == "true",
         )

@@ -257,6 +257,37 @@ def test_watched_namespaces_bind_the_namespaced_rules_there_only(
     assert all(ref["name"] == "kt-kubetrain" for ref in per_namespace.values())
 
 
+def test_the_operator_reads_only_the_notification_secrets_it_is_allowed(
+    default_docs: list[dict[str, Any]],
+) -> None:
+    """No `get` on every Secret: one name by default, the admin's extra names on top."""
+
+    def secret_reads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        role = next(
+            d for d in by_kind(docs, "ClusterRole") if d["metadata"]["name"] == "kt-kubetrain"
+        )
+        return [r for r in role["rules"] if "secrets" in r["resources"] and "get" in r["verbs"]]
+
+    assert secret_reads(default_docs) == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["kubetrain-notifications"],
+            "verbs": ["get"],
+        }
+    ]
+    widened = render(
+        "--set",
+        "notifications.extraSecretNames={team-hooks,ml-alerts},notifications.allowPrivateWebhooks=true",
+    )
+    names = [r["resourceNames"] for r in secret_reads(widened)]
+    assert names == [["kubetrain-notifications"], ["team-hooks", "ml-alerts"]]
+    env = by_kind(widened, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "KUBETRAIN_NOTIFY_ALLOW_PRIVATE", "value": "true"} in env
+    bad = helm("template", "kt", str(CHART), "--set", "notifications.extraSecretNames={Not_A_Name}")
+    assert bad.returncode != 0 and "extraSecretNames" in bad.stderr
+
+
 def test_the_admission_policy_is_the_generated_one_with_the_admins_extras() -> None:
     from kubetrain_core import admission
 

@@ -13,6 +13,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubetrain_core.api.base import DNS1123, QUALIFIED_NAME, ApiModel
+from kubetrain_core.api.notifications import (
+    JOB_EVENTS,
+    JobEvent,
+    NotificationsSpec,
+    NotificationStatus,
+    SecretKeyRef,
+    WebhookRef,
+)
 from kubetrain_core.api.spec import (
     CHECKPOINT_FIELDS,
     SET_BY_THE_JOB,
@@ -44,6 +52,7 @@ from kubetrain_core.api.status import (
 __all__ = [
     "CHECKPOINT_FIELDS",
     "DNS1123",
+    "JOB_EVENTS",
     "JOB_STATES",
     "MAX_JOB_NAME",
     "QUALIFIED_NAME",
@@ -56,9 +65,12 @@ __all__ = [
     "Condition",
     "ConditionType",
     "FaultToleranceSpec",
+    "JobEvent",
     "JobState",
     "MonitoringSpec",
     "NaNPolicy",
+    "NotificationStatus",
+    "NotificationsSpec",
     "ObjectMeta",
     "PodTemplateOverrides",
     "Progress",
@@ -66,10 +78,12 @@ __all__ = [
     "RestartCounts",
     "RunPolicy",
     "S3Settings",
+    "SecretKeyRef",
     "TemplateMetadata",
     "TrainingJob",
     "TrainingJobSpec",
     "TrainingJobStatus",
+    "WebhookRef",
     "WorkerCounts",
 ]
 

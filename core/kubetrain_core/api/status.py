@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from kubetrain_core.api.base import ApiModel
+from kubetrain_core.api.notifications import NotificationStatus
 
 ConditionType = Literal[
     "Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "ProgressReadable"
@@ -169,3 +170,4 @@ class TrainingJobStatus(ApiModel):
     recovery: RecoveryStatus = RecoveryStatus()
     goodputPercent: float | None = Field(None, ge=0, le=100)
     """Share of wall time spent on training steps that were kept."""
+    notifications: NotificationStatus | None = None

@@ -17,7 +17,9 @@ logged as a warning. close() flushes the queue within a bounded deadline, then s
 
 The URL is a secret (it carries the webhook's token): it is read from the environment
 by the caller, and is never logged or put in an error message; errors are described by
-their HTTP status or exception type only.
+their HTTP status or exception type only. The body of each format, the POST and the
+retry policy are core's (kubetrain_core.notify), shared with the operator's job-level
+notifications (spec.notifications).
 """
 
 from __future__ import annotations
@@ -27,15 +29,12 @@ import json
 import logging
 import math
 import queue
-import ssl
 import threading
 import time
-import urllib.request
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.error import HTTPError, URLError
 
 from kubetrain_core.config import ConfigError, WebhookConfig
+from kubetrain_core.notify import BACKOFF_CAP_SECONDS, MAX_TEXT, deliver, payload, url_problem
 from kubetrain_trainer.metrics.records import EvalRecord, Sink
 
 log = logging.getLogger(__name__)
@@ -43,43 +42,12 @@ log = logging.getLogger(__name__)
 # The trainer's event names -> the notification kinds of metrics.webhook.events.
 EVENT_KINDS = {"start": "start", "restore": "rollback", "finished": "finished", "failed": "failed"}
 QUEUE_SIZE = 100
-MAX_TEXT = 1900  # Discord rejects content over 2000 characters
-BACKOFF_CAP_SECONDS = 30.0  # the longest pause between two tries
 FLUSH_CAP_SECONDS = 30.0  # the longest close() waits (a pod's default grace period)
 USER_AGENT = "kubetrain-trainer (webhook notifications)"  # Discord rejects urllib's default
 
 
-def payload(fmt: str, text: str) -> dict[str, Any]:
-    """The JSON body of one notification in the webhook's format."""
-    if fmt == "slack":
-        # Slack reads <...> as links and mentions (<!channel>): escape them.
-        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-        return {"text": escaped}
-    # A job name or a failure reason must not ping anyone (@everyone).
-    return {"content": text, "allowed_mentions": {"parse": []}}
-
-
-def describe(err: BaseException) -> str:
-    """What went wrong, without the URL (the text of some errors carries it or its host)."""
-    if isinstance(err, HTTPError):
-        return f"HTTP {err.code}"
-    if isinstance(err, URLError) and isinstance(err.reason, BaseException):
-        err = err.reason
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    if isinstance(err, ssl.SSLError):
-        return f"TLS error ({type(err).__name__})"
-    if isinstance(err, OSError) and err.strerror:
-        return f"{type(err).__name__}: {err.strerror}"
-    return type(err).__name__
-
-
 def _number(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
-
-
-class _Permanent(Exception):
-    """A status a retry cannot fix (400, 401, 404: a malformed body, a revoked webhook)."""
 
 
 class WebhookSink(Sink):
@@ -102,7 +70,7 @@ class WebhookSink(Sink):
                     " not set or empty"
                 ],
             )
-        if not url.strip().lower().startswith(("https://", "http://")):
+        if url_problem(url.strip()) is not None:
             raise ConfigError(
                 "environment",
                 [f"metrics.webhook.url_env: {cfg.url_env} must hold an http(s) URL"],
@@ -202,66 +170,31 @@ class WebhookSink(Sink):
 
     def _deliver(self, text: str) -> None:
         body = json.dumps(payload(self.cfg.format, text)).encode()
-        error, pause = "not sent", None
-        for attempt in range(1, self.cfg.max_attempts + 1):
-            timeout = min(self.cfg.timeout_seconds, self._left())
-            if timeout <= 0:
-                break
-            try:
-                self._post(body, timeout)
-                self.sent += 1
-                return
-            except _Permanent as err:
-                error = str(err)
-                break
-            except Exception as err:
-                error, pause = describe(err), self._retry_after(err)
-            if attempt == self.cfg.max_attempts or not self._pause(pause, attempt):
-                break
+        done = deliver(
+            self._url,
+            body,
+            max_attempts=self.cfg.max_attempts,
+            timeout_seconds=self.cfg.timeout_seconds,
+            backoff_seconds=self._backoff,
+            user_agent=USER_AGENT,
+            left=self._left,
+            wait=self._pause,
+        )
+        if done.ok:
+            self.sent += 1
+            return
         self.failed += 1
         if not self._warned:
             self._warned = True
             log.warning(
                 "metrics.webhook: a notification was not delivered (%s after %d attempt(s));"
                 " training goes on, later failures are only counted",
-                error,
-                attempt,
+                done.error,
+                done.attempts,
             )
 
-    def _post(self, body: bytes, timeout: float) -> None:
-        request = urllib.request.Request(
-            self._url,
-            data=body,
-            headers={"Content-Type": "application/json", "User-Agent": USER_AGENT},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                response.read()
-        except HTTPError as err:
-            err.close()
-            if err.code != 429 and err.code < 500:
-                raise _Permanent(describe(err)) from None
-            raise
-
-    @staticmethod
-    def _retry_after(err: BaseException) -> float | None:
-        """The server's Retry-After (429, 503), in seconds, when it sent one."""
-        value = err.headers.get("Retry-After") if isinstance(err, HTTPError) else None
-        if not value:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            try:
-                return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-            except (TypeError, ValueError):
-                return None
-
-    def _pause(self, retry_after: float | None, attempt: int) -> bool:
+    def _pause(self, seconds: float) -> bool:
         """Wait before the next try; False when close()'s deadline would pass first."""
-        seconds = self._backoff * 2.0 ** (attempt - 1) if retry_after is None else retry_after
-        seconds = min(BACKOFF_CAP_SECONDS, seconds)
         end = time.monotonic() + seconds
         if self._closing.wait(seconds):  # close() came: finish the pause only in time
             if self._deadline is None or end >= self._deadline:

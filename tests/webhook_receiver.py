@@ -1,0 +1,79 @@
+"""A webhook receiver on 127.0.0.1 for the notification tests: records every POST
+(path, headers, JSON body) and answers by path: /fail/... 500 forever, /hang/... never
+(until the test ends), anything else 204 (Discord's answer)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SECRET = "T0KEN-s3cr3t-9f8e7d"  # the URLs' secret part: must never be logged or shown
+
+
+class Receiver:
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()  # releases the hanging answers
+        self.base = ""
+
+    def url(self, kind: str = "ok") -> str:
+        return f"{self.base}/{kind}/{SECRET}"
+
+    def got(self, kind: str = "ok") -> list[dict[str, Any]]:
+        with self.lock:
+            return [p for p in self.posts if p["path"].startswith(f"/{kind}/")]
+
+    def wait(self, count: int, kind: str = "ok", timeout: float = 60.0) -> list[dict[str, Any]]:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if len(found := self.got(kind)) >= count:
+                return found
+            time.sleep(0.2)
+        raise AssertionError(f"{count} POST(s) to /{kind}/ expected, got {self.got(kind)}")
+
+
+@contextmanager
+def receiving() -> Iterator[Receiver]:
+    got = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            raw = self.rfile.read(int(self.headers["Content-Length"]))
+            with got.lock:
+                got.posts.append(
+                    {
+                        "path": self.path,
+                        "agent": self.headers["User-Agent"],
+                        "type": self.headers["Content-Type"],
+                        "body": json.loads(raw),
+                        "time": time.monotonic(),
+                    }
+                )
+            if self.path.startswith("/hang/"):
+                got.stop.wait(600)
+                return
+            self.send_response(500 if self.path.startswith("/fail/") else 204)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:  # quiet
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    got.base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield got
+    finally:
+        got.stop.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
