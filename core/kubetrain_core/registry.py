@@ -107,6 +107,7 @@ MODEL_ADAPTERS = Registry(
         "standard": f"{_P}.models.adapters:StandardModelAdapter",
         "hf_causal_lm": f"{_P}.models.hf:CausalLMAdapter",
         "hf_seq2seq": f"{_P}.models.hf:Seq2SeqLMAdapter",
+        "hf_masked_lm": f"{_P}.models.hf:MaskedLMAdapter",
     },
 )
 MODELS = Registry("model architecture", {"transformer": f"{_P}.models.transformer:Transformer"})
@@ -127,7 +128,15 @@ DATASET_ADAPTERS = Registry(
         "seq2seq_jsonl": f"{_P}.data.records:Seq2SeqDataset",
     },
 )
-STRATEGIES = Registry("training strategy", {"standard": f"{_P}.strategies:StandardStrategy"})
+STRATEGIES = Registry(
+    "training strategy",
+    {
+        "standard": f"{_P}.strategies.base:StandardStrategy",
+        "finetune": f"{_P}.strategies.finetune:FinetuneStrategy",
+        "pretrain_mlm": f"{_P}.strategies.mlm:MaskedLMStrategy",
+        "curriculum": f"{_P}.strategies.curriculum:CurriculumStrategy",
+    },
+)
 OPTIMIZERS = Registry(
     "optimizer",
     {name: f"{_P}.optimization.optimizers:{name}" for name in ("adamw", "adam", "sgd", "rmsprop")},

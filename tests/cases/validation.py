@@ -141,6 +141,145 @@ CASES = [
         _trainer(data={"min_quality_score": 0.5}),
         "needs data.quality_field",
     ),
+    Case(
+        "finetune",
+        _trainer(
+            model=HF_BASE,
+            training={
+                "strategy": "finetune",
+                "finetune": {"freeze_blocks": 1, "layer_lr_decay": 0.8},
+            },
+        ),
+        None,
+    ),
+    Case(
+        "finetune-changes-nothing",
+        _trainer(training={"strategy": "finetune", "finetune": {}}),
+        "training.finetune changes nothing",
+    ),
+    Case(
+        "finetune-section-needs-strategy",
+        _trainer(training={"finetune": {"layer_lr_decay": 0.8}}),
+        "configures the finetune strategy",
+    ),
+    Case(
+        "finetune-needs-section",
+        _trainer(training={"strategy": "finetune"}),
+        "needs its options in training.finetune",
+    ),
+    Case(
+        "freeze-needs-base",
+        _trainer(training={"strategy": "finetune", "finetune": {"freeze": ["tok_emb.*"]}}),
+        "reload from model.pretrained",
+    ),
+    Case(
+        "mlm-native",
+        _trainer(model={"causal": False}, training={"strategy": "pretrain_mlm"}),
+        None,
+    ),
+    Case(
+        "mlm-bert",
+        _trainer(
+            model={"adapter": "hf_masked_lm", "hf_config": {"model_type": "bert"}},
+            training={"strategy": "pretrain_mlm", "mlm": {"mask_probability": 0.2}},
+        ),
+        None,
+    ),
+    Case(
+        "mlm-section-needs-strategy",
+        _trainer(training={"mlm": {"mask_probability": 0.2}}),
+        "configures the pretrain_mlm strategy",
+    ),
+    Case(
+        "mlm-fractions",
+        _trainer(
+            model={"causal": False},
+            training={"strategy": "pretrain_mlm", "mlm": {"random_fraction": 0.3}},
+        ),
+        "mask_fraction + random_fraction must be at most 1",
+    ),
+    Case(
+        "mlm-needs-encoder",
+        _trainer(training={"strategy": "pretrain_mlm"}),
+        "needs a model that reads both sides",
+    ),
+    Case(
+        "encoder-needs-mlm",
+        _trainer(model={"causal": False}),
+        "train them with training.strategy pretrain_mlm",
+    ),
+    Case(
+        "causal-is-native",
+        _trainer(model={**HF_BASE, "causal": False}),
+        "makes the native transformer an encoder",
+    ),
+    Case(
+        "mlm-reads-text",
+        _trainer(
+            model={"causal": False},
+            data={"adapter": "seq2seq_jsonl", "tokenizer": {"kind": "pretrained", "path": "/t"}},
+            training={"strategy": "pretrain_mlm"},
+        ),
+        "reads plain text",
+    ),
+    Case(
+        "curriculum",
+        _trainer(
+            training={
+                "strategy": "curriculum",
+                "curriculum": {
+                    "stages": [
+                        {"start_step": 0, "seq_len": 64, "data_fraction": 0.5},
+                        {"start_step": 100},
+                    ]
+                },
+            }
+        ),
+        None,
+    ),
+    Case(
+        "curriculum-needs-section",
+        _trainer(training={"strategy": "curriculum"}),
+        "needs its options in training.curriculum",
+    ),
+    Case(
+        "curriculum-section-needs-strategy",
+        _trainer(training={"curriculum": {"stages": [{"start_step": 0}]}}),
+        "configures the curriculum strategy",
+    ),
+    Case(
+        "curriculum-starts-at-0",
+        _trainer(
+            training={"strategy": "curriculum", "curriculum": {"stages": [{"start_step": 5}]}}
+        ),
+        "the first stage has start_step 0",
+    ),
+    Case(
+        "curriculum-steps-increase",
+        _trainer(
+            training={
+                "strategy": "curriculum",
+                "curriculum": {"stages": [{"start_step": 0}, {"start_step": 9}, {"start_step": 9}]},
+            }
+        ),
+        "start steps increase strictly",
+    ),
+    Case(
+        "curriculum-stage-too-long",
+        _trainer(
+            training={
+                "strategy": "curriculum",
+                "curriculum": {"stages": [{"start_step": 0, "seq_len": 256}]},
+            }
+        ),
+        "a stage's seq_len must be at most data.seq_len",
+    ),
+    Case(
+        "best-by-bleu",
+        _spec(checkpoint={"keepBest": 2, "bestMetric": "val_bleu", "bestMode": "max"}),
+        None,
+    ),
+    Case("best-metric-name", _spec(checkpoint={"bestMetric": "bleu_score"}), "should match"),
     Case("rdzv-port", _spec(monitoring={"port": 29400}), "rendezvous port"),
     Case(
         "gpu-limit",
@@ -198,4 +337,20 @@ CASES = [
     Case("renamed-lr-scale", _trainer(recovery={"lr_scale": 0.5}), "lr_scale"),
     Case("lr-scale-percent", _trainer(recovery={"lr_scale_percent": 50}), None),
     Case("name-too-long", {}, "at most 52 characters", name="x" * 53),
+    Case(
+        "notifications",
+        _spec(
+            notifications={
+                "webhook": {"secretRef": {"name": "kubetrain-notifications", "key": "slack"}},
+                "format": "slack",
+                "events": ["Failed", "Succeeded"],
+            }
+        ),
+        None,
+    ),
+    Case(
+        "notification-events-twice",
+        _spec(notifications={"webhook": {}, "events": ["Failed", "Restarting", "Failed"]}),
+        "each event at most once",
+    ),
 ]

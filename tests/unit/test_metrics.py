@@ -335,6 +335,8 @@ def test_summary_table_renders_all_facts() -> None:
         "resumed_from": 400,
         "last_checkpoint": "s3://b/run/step-1000",
         "run_dir": "runs/demo",
+        "parameters": 928_512,
+        "trainable_parameters": 28_672,
     }
     console, out = _console(terminal=False)
     console.print(summary_table(summary))
@@ -350,6 +352,7 @@ def test_summary_table_renders_all_facts() -> None:
         "3 / 1",
         "400",
         "s3://b/run/step-1000",
+        "928,512, 28,672 trainable (3.1%)",
         "kubetrain run finished",
     ):
         assert expected in text, expected

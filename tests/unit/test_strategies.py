@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kubetrain_core.config import OptimizationConfig, RecoveryConfig
+from kubetrain_core.config import OptimizationConfig, RecoveryConfig, TrainingLoopConfig
 from kubetrain_core.config.model import ModelConfig
 from kubetrain_trainer.distributed import DistInfo
 from kubetrain_trainer.models.adapters import StandardModelAdapter
@@ -43,7 +43,7 @@ def _strategy(precision: str) -> StandardStrategy:
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, cfg.scheduler, 10),
         cfg=cfg,
-        precision=precision,
+        loop=TrainingLoopConfig(max_steps=10, precision=precision),  # type: ignore[arg-type]
         dist_info=DistInfo(0, 1, 0, torch.device("cpu")),
     )
 

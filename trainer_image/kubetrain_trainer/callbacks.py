@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetrain_core import registry
+from kubetrain_core.config.base import lower_is_better
 from kubetrain_core.config.schema import CallbackConfig
 
 HOOKS = (
@@ -138,28 +139,34 @@ class CallbackList(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when ``metric`` (lower is better) has not improved for ``patience`` validations.
+    """Stop when ``metric`` has not improved for ``patience`` validations.
 
-    An improvement is a value below the best so far by more than ``min_delta``;
-    a non-finite value never improves. Validations that do not report the
-    metric are ignored.
+    ``mode`` says which way it improves: ``min``, ``max``, or ``auto`` (lower for
+    *loss and *perplexity, higher for scores such as val_bleu). An improvement beats
+    the best so far by more than ``min_delta``; a non-finite value never improves.
+    Validations that do not report the metric are ignored.
     """
 
-    def __init__(self, patience: int, metric: str = "val_loss", min_delta: float = 0.0) -> None:
+    def __init__(
+        self, patience: int, metric: str = "val_loss", min_delta: float = 0.0, mode: str = "auto"
+    ) -> None:
         if int(patience) < 1:
             raise ValueError(f"early stopping patience must be >= 1, got {patience}")
         if float(min_delta) < 0:
             raise ValueError(f"early stopping min_delta must be >= 0, got {min_delta}")
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"early stopping mode must be auto, min or max, got {mode!r}")
         self.patience = int(patience)
         self.metric = str(metric)
         self.min_delta = float(min_delta)
+        self.sign = 1.0 if lower_is_better(self.metric, mode) else -1.0  # compare sign * value
         self.best: float | None = None
         self.bad_validations = 0
 
     def on_validation_end(self, state: TrainerState, **kwargs: Any) -> None:
         if self.metric not in state.metrics:
             return  # no validation split: nothing to watch, and no reason to crash a run
-        value = state.metrics[self.metric]
+        value = self.sign * state.metrics[self.metric]
         if math.isfinite(value) and (self.best is None or value < self.best - self.min_delta):
             self.best = value
             self.bad_validations = 0

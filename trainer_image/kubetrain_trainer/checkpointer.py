@@ -79,11 +79,12 @@ class Checkpointer:
         self.scratch = scratch
         self.metrics = metrics
         self.shape = shape_of(cfg)
-        # A LoRA checkpoint holds no base weights: it names the base it was trained on.
-        # Rank 0 alone reads the base through (GBs for a large model) and tells the others.
+        # A checkpoint holds no frozen weights (a LoRA base, layers the finetune strategy
+        # froze): it names the base they come from. Rank 0 alone reads the base through
+        # (GBs for a large model) and tells the others.
         pretrained = cfg.model.pretrained
         self.base: dict[str, str] | None = None
-        if cfg.model.lora is not None and pretrained is not None:
+        if (cfg.model.lora is not None or cfg.training.freezes) and pretrained is not None:
             digest = lora.base_digest(pretrained) if dist_info.is_main else None
             self.base = {"uri": pretrained, "sha256": broadcast_object(digest)}
         self.run_dir = Path(cfg.run_dir)

@@ -61,18 +61,21 @@ def build_components(
         raise
     except (OSError, ValueError) as err:  # unreadable corpus, splits too small, ...
         raise ConfigError(cfg.data.path, [str(err)]) from None
-    adapter: ModelAdapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(
-        cfg.model, dataset.vocab_size
-    )
+    strategy_cls: type[TrainingStrategy] = registry.STRATEGIES.get(cfg.training.strategy)
+    vocab_size = dataset.vocab_size + strategy_cls.extra_tokens(cfg.training, dataset.tokenizer)
+    adapter: ModelAdapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(cfg.model, vocab_size)
     raw_model = adapter.build_model()
+    strategy_cls.configure_model(raw_model, cfg.training)  # what trains, before wrapping
     if not getattr(raw_model, "is_quantized", False):  # a 4/8-bit base is placed as loaded
         raw_model = raw_model.to(dist_info.device)
     model = parallelize(raw_model, cfg.training, dist_info)
     loss_fn = registry.LOSSES.get(cfg.optimization.loss.name)(cfg.optimization.loss)
-    optimizer = build_optimizer(raw_model, cfg.optimization.optimizer)
+    optimizer = build_optimizer(
+        raw_model, cfg.optimization.optimizer, strategy_cls.lr_scales(raw_model, cfg.training)
+    )
     total_steps = _total_steps(cfg, dataset, dist_info.world_size)
     scheduler = build_scheduler(optimizer, cfg.optimization.scheduler, total_steps)
-    strategy: TrainingStrategy = registry.STRATEGIES.get(cfg.training.strategy)(
+    strategy = strategy_cls(
         model=model,
         adapter=adapter,
         dataset=dataset,
@@ -80,13 +83,13 @@ def build_components(
         optimizer=optimizer,
         scheduler=scheduler,
         cfg=cfg.optimization,
-        precision=cfg.training.precision,
+        loop=cfg.training,
         dist_info=dist_info,
     )
     callbacks = build_callbacks(cfg.extensions.callbacks)
     early = cfg.training.early_stopping
     if early.patience is not None:
-        callbacks.append(EarlyStopping(early.patience, early.metric, early.min_delta))
+        callbacks.append(EarlyStopping(early.patience, early.metric, early.min_delta, early.mode))
     return Components(
         dataset=dataset,
         adapter=adapter,

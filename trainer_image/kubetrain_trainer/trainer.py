@@ -28,7 +28,7 @@ from kubetrain_trainer.checkpoint import CheckpointError
 from kubetrain_trainer.checkpointer import Checkpointer
 from kubetrain_trainer.components import build_components
 from kubetrain_trainer.distributed import DistInfo
-from kubetrain_trainer.evaluation.generation import GenerationEvaluator
+from kubetrain_trainer.evaluation.generation import GenerationEvaluator, check_watched
 from kubetrain_trainer.export import write_export
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import (
@@ -39,7 +39,7 @@ from kubetrain_trainer.metrics import (
     build_sinks,
 )
 from kubetrain_trainer.models.lora import parameter_counts
-from kubetrain_trainer.optimization import scale_lr
+from kubetrain_trainer.optimization import current_lr, scale_lr
 from kubetrain_trainer.parallel import full_state_dict, is_sharded
 from kubetrain_trainer.recovery import NanGuard, Verdict, step_in_ranges
 from kubetrain_trainer.runtime import Runtime
@@ -141,6 +141,7 @@ class Trainer:
             if cfg.evaluation.metrics
             else None
         )
+        check_watched(cfg, self.generation.metrics if self.generation else [])
         states = {"loop": self, "guard": self.guard, **parts.stateful()}
         self.checkpoints.attach(
             parts.raw_model, parts.optimizer, states, parts.dataset.tokenizer, self.sinks
@@ -369,7 +370,7 @@ class Trainer:
             epoch=round(self.state.epoch, 4),
             loss=out.loss,
             loss_ema=self.loss_ema,
-            lr=self.parts.optimizer.param_groups[0]["lr"],
+            lr=current_lr(self.parts.scheduler),
             grad_norm=out.grad_norm,
             tokens_per_second=out.tokens / seconds if seconds > 0 else 0.0,
             samples_per_second=out.samples / seconds if seconds > 0 else 0.0,

@@ -21,8 +21,9 @@ from kubetrain_core.api.base import (
     K8sObject,
     LabelValue,
 )
+from kubetrain_core.api.notifications import NotificationsSpec
 from kubetrain_core.config import TrainingConfig
-from kubetrain_core.config.base import CHECKPOINT_URI_PATTERN, BestMetric
+from kubetrain_core.config.base import CHECKPOINT_URI_PATTERN, MetricMode, MetricName
 from kubetrain_core.config.schema import CheckpointConfig, S3Config
 
 # The job's checkpoint settings are the trainer's (config/schema.py: defaults, bounds and
@@ -32,6 +33,7 @@ CHECKPOINT_FIELDS = {
     "keepLast": "keep_last",
     "keepBest": "keep_best",
     "bestMetric": "best_metric",
+    "bestMode": "best_mode",
     "resume": "resume",
     "asyncUpload": "async_upload",
 }
@@ -67,7 +69,8 @@ class CheckpointSpec(ApiModel):
     intervalSteps: int = _same_as(CheckpointConfig, "interval_steps")
     keepLast: int = _same_as(CheckpointConfig, "keep_last")
     keepBest: int = _same_as(CheckpointConfig, "keep_best")
-    bestMetric: BestMetric = _same_as(CheckpointConfig, "best_metric")
+    bestMetric: MetricName = _same_as(CheckpointConfig, "best_metric")
+    bestMode: MetricMode = _same_as(CheckpointConfig, "best_mode")
     resume: bool = _same_as(CheckpointConfig, "resume")
     asyncUpload: bool = _same_as(CheckpointConfig, "async_upload")
     signingKeySecretName: str | None = Field(None, max_length=253, pattern=DNS1123)
@@ -272,6 +275,7 @@ class TrainingJobSpec(ApiModel):
     runPolicy: RunPolicy = RunPolicy()
     template: PodTemplateOverrides = PodTemplateOverrides()
     monitoring: MonitoringSpec = MonitoringSpec()
+    notifications: NotificationsSpec | None = None
 
     def gpus_per_node(self) -> int:
         for part in ("limits", "requests"):

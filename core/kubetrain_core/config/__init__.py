@@ -14,7 +14,6 @@ from kubetrain_core.config.model import LoraConfig, ModelConfig, QuantizationCon
 from kubetrain_core.config.schema import (
     CallbackConfig,
     CheckpointConfig,
-    EarlyStoppingConfig,
     ExtensionsConfig,
     LossConfig,
     MetricsConfig,
@@ -24,21 +23,34 @@ from kubetrain_core.config.schema import (
     S3Config,
     SchedulerConfig,
     TrainingConfig,
-    TrainingLoopConfig,
 )
 from kubetrain_core.config.tracking import WandbConfig, WebhookConfig
+from kubetrain_core.config.training import (
+    CurriculumConfig,
+    CurriculumStage,
+    EarlyStoppingConfig,
+    FinetuneConfig,
+    LrScale,
+    MlmConfig,
+    TrainingLoopConfig,
+)
 
 __all__ = [
     "CallbackConfig",
     "CheckpointConfig",
     "ConfigError",
+    "CurriculumConfig",
+    "CurriculumStage",
     "DataConfig",
     "EarlyStoppingConfig",
     "EvaluationConfig",
     "ExtensionsConfig",
+    "FinetuneConfig",
     "LoraConfig",
     "LossConfig",
+    "LrScale",
     "MetricsConfig",
+    "MlmConfig",
     "ModelConfig",
     "OptimizationConfig",
     "OptimizerConfig",

@@ -9,7 +9,23 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInf
 
 from kubetrain_core.registry import Registry, UnknownComponentError
 
-BestMetric = Literal["val_loss", "val_perplexity"]
+# A validation metric: val_loss, val_perplexity or val_<name> of an evaluation metric
+# (val_bleu, val_rougeL, val_recipe_format, ...), as metrics.jsonl logs it.
+MetricName = Annotated[
+    str, Field(min_length=5, max_length=64, pattern=r"^val_[A-Za-z][A-Za-z0-9_]*$")
+]
+MetricMode = Literal["auto", "min", "max"]
+"""Which way a metric improves; auto: lower for *loss and *perplexity, higher otherwise
+(BLEU, ROUGE, accuracy), as Hugging Face's Trainer decides for metric_for_best_model."""
+
+
+def lower_is_better(metric: str, mode: str) -> bool:
+    """Whether smaller values of `metric` are better under `mode` (MetricMode)."""
+    if mode != "auto":
+        return mode == "min"
+    return metric.endswith(("loss", "perplexity"))
+
+
 # A registered name, or a plugin's import path (package.module:Name).
 Name = Annotated[
     str,

@@ -14,6 +14,8 @@ HF_TOKENIZER_ADAPTERS = frozenset({"chat_jsonl", "seq2seq_jsonl"})
 """Record adapters that need a Hugging Face tokenizer and mask targets with -100."""
 RECORD_ADAPTERS = HF_TOKENIZER_ADAPTERS | {"jsonl_text"}
 """Adapters reading JSONL/Parquet/text records from a file, a directory or a glob."""
+TEXT_ADAPTERS = frozenset({"text_file", "jsonl_text"})
+"""Adapters of plain text cut into full windows (no padding, no roles)."""
 
 
 _QUALITY_NEEDS_FIELD = (

@@ -9,7 +9,7 @@ from pydantic import ConfigDict, Field, model_validator
 from kubetrain_core import cel, registry
 from kubetrain_core.config.base import LOCATION, Name, Section, registered
 
-HF_MODEL_ADAPTERS = frozenset({"hf_causal_lm", "hf_seq2seq"})
+HF_MODEL_ADAPTERS = frozenset({"hf_causal_lm", "hf_seq2seq", "hf_masked_lm"})
 """Adapters that build a transformers model from `pretrained` or `hf_config`."""
 
 
@@ -20,6 +20,10 @@ _LORA_NEEDS_BASE = (
 _QUANTIZATION_NEEDS_LORA = (
     "model.quantization freezes the base in 4 or 8 bits, which only LoRA can then train:"
     " set model.lora too"
+)
+_CAUSAL_IS_NATIVE = (
+    "model.causal: false makes the native transformer an encoder; a Hugging Face encoder"
+    " is model.adapter hf_masked_lm (leave model.causal out)"
 )
 ModuleName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.*]+$")]
 
@@ -59,8 +63,9 @@ class ModelConfig(Section):
 
     adapter: Annotated[Name, registered(registry.MODEL_ADAPTERS)] = "standard"
     """Model adapter (registry ``model adapter``): ``standard`` (the native Transformer
-    sized by the fields below), ``hf_causal_lm`` or ``hf_seq2seq`` (a transformers
-    causal or encoder-decoder LM from ``pretrained`` or ``hf_config``)."""
+    sized by the fields below), ``hf_causal_lm``, ``hf_seq2seq`` or ``hf_masked_lm`` (a
+    transformers causal LM, encoder-decoder LM or BERT-style encoder from ``pretrained``
+    or ``hf_config``)."""
     architecture: Annotated[Name, registered(registry.MODELS)] = "transformer"
     """Network architecture built by the ``standard`` adapter."""
     d_model: int = Field(128, ge=8, le=16384)
@@ -77,6 +82,10 @@ class ModelConfig(Section):
     """Dropout probability in attention and MLP outputs (native Transformer)."""
     tie_embeddings: bool = True
     """Share the token embedding with the output projection."""
+    causal: bool = True
+    """Native transformer: each position attends only to earlier ones (a language
+    model); false: to the whole sequence (an encoder, for training.strategy
+    pretrain_mlm). Hugging Face encoders: model.adapter hf_masked_lm."""
     gradient_checkpointing: bool = False
     """Recompute block activations in backward to save memory (every adapter)."""
     pretrained: LOCATION | None = None
@@ -117,6 +126,12 @@ class ModelConfig(Section):
                 "!has(self.lora) || has(self.pretrained)", _LORA_NEEDS_BASE, fieldPath=".lora"
             ),
             cel.rule(
+                "!has(self.causal) || self.causal || !has(self.adapter)"
+                " || self.adapter == 'standard'",
+                _CAUSAL_IS_NATIVE,
+                fieldPath=".causal",
+            ),
+            cel.rule(
                 "!has(self.quantization) || has(self.lora)",
                 _QUANTIZATION_NEEDS_LORA,
                 fieldPath=".quantization",
@@ -127,6 +142,11 @@ class ModelConfig(Section):
     @property
     def is_hf(self) -> bool:
         return self.adapter in HF_MODEL_ADAPTERS
+
+    @property
+    def reads_both_sides(self) -> bool:
+        """An encoder: every position sees the whole sequence (masked LM only)."""
+        return self.adapter == "hf_masked_lm" or not self.causal
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -151,6 +171,8 @@ class ModelConfig(Section):
             raise ValueError(_LORA_NEEDS_BASE)
         if self.quantization is not None and self.lora is None:
             raise ValueError(_QUANTIZATION_NEEDS_LORA)
+        if not self.causal and self.adapter != "standard":
+            raise ValueError(_CAUSAL_IS_NATIVE)
         if self.adapter == "standard" and (self.pretrained or self.hf_config):
             raise ValueError(
                 "model.pretrained and model.hf_config need a Hugging Face adapter: "

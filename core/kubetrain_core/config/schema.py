@@ -9,7 +9,7 @@ and so on. The same model is embedded in the TrainingJob CRD as
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Self
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -17,15 +17,17 @@ from kubetrain_core import cel, registry
 from kubetrain_core.config.base import (
     CHECKPOINT_URI_PATTERN,
     ENDPOINT_PATTERN,
-    BestMetric,
+    MetricMode,
+    MetricName,
     Name,
     Section,
     registered,
 )
-from kubetrain_core.config.data import HF_TOKENIZER_ADAPTERS, DataConfig
+from kubetrain_core.config.data import HF_TOKENIZER_ADAPTERS, TEXT_ADAPTERS, DataConfig
 from kubetrain_core.config.evaluation import REFERENCE_ADAPTERS, EvaluationConfig
 from kubetrain_core.config.model import HF_MODEL_ADAPTERS, ModelConfig
 from kubetrain_core.config.tracking import WandbConfig, WebhookConfig
+from kubetrain_core.config.training import TrainingLoopConfig
 
 
 class OptimizerConfig(Section):
@@ -100,81 +102,6 @@ class OptimizationConfig(Section):
     """Micro-batches whose gradients are summed before each optimizer step."""
 
 
-class EarlyStoppingConfig(Section):
-    """Stop when the validation metric stops improving."""
-
-    patience: int | None = Field(None, ge=1, le=100_000)
-    """Evaluations without improvement before stopping; null disables early stopping."""
-    metric: Literal["val_loss", "val_perplexity"] = "val_loss"
-    """Validation metric to watch (lower is better)."""
-    min_delta: float = Field(0.0, ge=0.0, le=1e6)
-    """Smallest decrease that counts as an improvement."""
-
-
-_FSDP_FP16 = (
-    "training.precision fp16 needs loss scaling that agrees across shards, which fsdp"
-    " does not do: use bf16 (same memory, no scaling) or parallelism: ddp"
-)
-
-
-class TrainingLoopConfig(Section):
-    """How long to train and how each step runs."""
-
-    strategy: Annotated[Name, registered(registry.STRATEGIES)] = "standard"
-    """Training strategy (registry ``training strategy``)."""
-    max_steps: int | None = Field(None, ge=1, le=1_000_000_000)
-    """Optimizer steps to run; if null, computed from num_epochs."""
-    num_epochs: float | None = Field(None, gt=0.0, le=1_000_000)
-    """Passes over the training split; used when max_steps is null."""
-    eval_steps: int = Field(100, ge=1, le=1_000_000_000)
-    """Validate every this many steps (and at the end)."""
-    eval_batches: int = Field(8, ge=1, le=100_000)
-    """Validation micro-batches per evaluation on each process."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """Autocast dtype: bf16, or fp16 with a GradScaler; fp32 disables AMP."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto picks CUDA (one GPU per local rank, NCCL) when present, else CPU (gloo)."""
-    seed: int = Field(1234, ge=0, le=2**31 - 1)
-    """Seeds weights, data order and dropout; batch content is a pure function of seed and step."""
-    loss_ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
-    """Smoothing of the reported loss EMA."""
-    compile: bool = False
-    """Wrap the model in torch.compile."""
-    parallelism: Literal["ddp", "fsdp"] = "ddp"
-    """How processes share the work: ``ddp`` keeps a whole replica per process; ``fsdp``
-    (FSDP2, fully_shard per block) splits parameters, gradients and optimizer state
-    across them, for models that do not fit one device. Checkpoints reshard: a run
-    saved by N processes resumes with any number. One process trains unwrapped."""
-    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
-
-    model_config = ConfigDict(
-        json_schema_extra=cel.rules(
-            cel.rule(
-                "has(self.max_steps) || has(self.num_epochs)",
-                "set training.max_steps or training.num_epochs",
-            ),
-            cel.rule(
-                "!has(self.parallelism) || self.parallelism != 'fsdp'"
-                " || !has(self.precision) || self.precision != 'fp16'",
-                _FSDP_FP16,
-                fieldPath=".precision",
-            ),
-        )
-    )
-
-    @model_validator(mode="after")
-    def _has_length(self) -> Self:
-        if self.max_steps is None and self.num_epochs is None:
-            raise ValueError("set training.max_steps or training.num_epochs")
-        return self
-
-    @model_validator(mode="after")
-    def _fsdp_precision(self) -> Self:
-        if self.parallelism == "fsdp" and self.precision == "fp16":
-            raise ValueError(_FSDP_FP16)
-        return self
-
-
 class S3Config(Section):
     """S3-compatible object store settings; credentials come from the environment
     (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) or a mounted Secret, never the config."""
@@ -198,8 +125,12 @@ class CheckpointConfig(Section):
     """Committed checkpoints kept by recency (the newest is never deleted)."""
     keep_best: int = Field(0, ge=0, le=10_000)
     """Extra checkpoints kept by best validation metric."""
-    best_metric: BestMetric = "val_loss"
-    """Metric that ranks checkpoints for the best ones kept (lower is better)."""
+    best_metric: MetricName = "val_loss"
+    """Metric that ranks checkpoints for the best ones kept: val_loss, val_perplexity or
+    val_<name> of an evaluation metric (val_bleu, val_rougeL, ...)."""
+    best_mode: MetricMode = "auto"
+    """Which way best_metric improves: min, max, or auto (lower for *loss and
+    *perplexity, higher for every other metric)."""
     resume: bool = True
     """Resume from the newest committed checkpoint under uri when one exists; false starts
     a new timeline on the job's first attempt (the old checkpoints are kept, never
@@ -281,9 +212,31 @@ _METRICS_NEED_REFERENCES = (
     " chat_jsonl or seq2seq_jsonl, or leave evaluation.metrics empty"
 )
 _BEAMS_NEED_HF = "evaluation.num_beams > 1 (beam search) needs an hf_* model adapter"
+_FREEZE_NEEDS_BASE = (
+    "training.finetune freezes weights that checkpoints then leave out and reload from"
+    " model.pretrained: set model.pretrained (with an hf_* adapter), or drop freeze and"
+    " freeze_blocks"
+)
+_MLM_NEEDS_ENCODER = (
+    "training.strategy pretrain_mlm needs a model that reads both sides of a masked"
+    " token: model.adapter hf_masked_lm, or the native transformer with model.causal: false"
+)
+_ENCODER_NEEDS_MLM = (
+    "model.adapter hf_masked_lm and model.causal: false see the very token they would"
+    " predict next: train them with training.strategy pretrain_mlm"
+)
+_MLM_DATA = "training.strategy pretrain_mlm reads plain text: data.adapter text_file or jsonl_text"
+_STAGE_TOO_LONG = "training.curriculum.stages: a stage's seq_len must be at most data.seq_len"
 _QUANTIZED_NOT_SHARDED = (
     "model.quantization (a 4/8-bit base) cannot be sharded by training.parallelism fsdp:"
     " use ddp, whose replicas the quantisation already shrinks"
+)
+
+
+# CEL for ModelConfig.reads_both_sides.
+_MASKED_MODEL = (
+    "(has(self.model) && has(self.model.adapter) && self.model.adapter == 'hf_masked_lm')"
+    " || (has(self.model) && has(self.model.causal) && !self.model.causal)"
 )
 
 
@@ -329,6 +282,41 @@ class TrainingConfig(Section):
                 fieldPath=".evaluation.num_beams",
             ),
             cel.rule(
+                "!has(self.training.finetune)"
+                " || ((!has(self.training.finetune.freeze)"
+                " || size(self.training.finetune.freeze) == 0)"
+                " && (!has(self.training.finetune.freeze_blocks)"
+                " || self.training.finetune.freeze_blocks == 0))"
+                " || (has(self.model) && has(self.model.pretrained))",
+                _FREEZE_NEEDS_BASE,
+                fieldPath=".training.finetune",
+            ),
+            cel.rule(
+                "!has(self.training.strategy) || self.training.strategy != 'pretrain_mlm'"
+                f" || ({_MASKED_MODEL})",
+                _MLM_NEEDS_ENCODER,
+                fieldPath=".training.strategy",
+            ),
+            cel.rule(
+                f"!({_MASKED_MODEL})"
+                " || (has(self.training.strategy) && self.training.strategy == 'pretrain_mlm')",
+                _ENCODER_NEEDS_MLM,
+                fieldPath=".training.strategy",
+            ),
+            cel.rule(
+                "!has(self.training.strategy) || self.training.strategy != 'pretrain_mlm'"
+                f" || !has(self.data.adapter) || self.data.adapter in {sorted(TEXT_ADAPTERS)}",
+                _MLM_DATA,
+                fieldPath=".data.adapter",
+            ),
+            cel.rule(
+                "!has(self.training.curriculum) || self.training.curriculum.stages.all(s,"
+                " !has(s.seq_len) || s.seq_len <= (has(self.data.seq_len) ? self.data.seq_len"
+                f" : {DataConfig.model_fields['seq_len'].default}))",
+                _STAGE_TOO_LONG,
+                fieldPath=".training.curriculum.stages",
+            ),
+            cel.rule(
                 "!has(self.model) || !has(self.model.quantization)"
                 " || !has(self.training.parallelism) || self.training.parallelism != 'fsdp'",
                 _QUANTIZED_NOT_SHARDED,
@@ -368,6 +356,21 @@ class TrainingConfig(Section):
             raise ValueError(_METRICS_NEED_REFERENCES)
         if scored.num_beams > 1 and not self.model.is_hf:
             raise ValueError(_BEAMS_NEED_HF)
+        return self
+
+    @model_validator(mode="after")
+    def _strategy_fits(self) -> Self:
+        loop, model = self.training, self.model
+        if loop.freezes and model.pretrained is None:
+            raise ValueError(_FREEZE_NEEDS_BASE)
+        mlm = loop.strategy == "pretrain_mlm"
+        if mlm != model.reads_both_sides:
+            raise ValueError(_MLM_NEEDS_ENCODER if mlm else _ENCODER_NEEDS_MLM)
+        if mlm and self.data.adapter not in TEXT_ADAPTERS:
+            raise ValueError(_MLM_DATA)
+        stages = loop.curriculum.stages if loop.curriculum else []
+        if any(s.seq_len is not None and s.seq_len > self.data.seq_len for s in stages):
+            raise ValueError(f"{_STAGE_TOO_LONG} ({self.data.seq_len})")
         return self
 
     @model_validator(mode="after")

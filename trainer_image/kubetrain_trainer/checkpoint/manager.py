@@ -94,6 +94,7 @@ class CheckpointManager:
         keep_last: int = 3,
         keep_best: int = 0,
         best_metric: str = "val_loss",
+        best_mode: str = "auto",
         rank: int = 0,
         world_size: int = 1,
         all_gather_object: Callable[[Any], builtins.list[Any]] | None = None,
@@ -112,6 +113,7 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.keep_best = keep_best
         self.best_metric = best_metric
+        self.best_mode = best_mode
         self.rank = rank
         self.world_size = world_size
         self.key = key
@@ -130,6 +132,7 @@ class CheckpointManager:
             keep_last=cfg.keep_last,
             keep_best=cfg.keep_best,
             best_metric=cfg.best_metric,
+            best_mode=cfg.best_mode,
             **kwargs,
         )
 
@@ -145,6 +148,7 @@ class CheckpointManager:
             keep_last=self.keep_last,
             keep_best=self.keep_best,
             best_metric=self.best_metric,
+            best_mode=self.best_mode,
             rank=self.rank,
             world_size=self.world_size,
             all_gather_object=all_gather_object,
@@ -381,6 +385,7 @@ class CheckpointManager:
             keep_last=self.keep_last,
             keep_best=self.keep_best,
             best_metric=self.best_metric,
+            best_mode=self.best_mode,
         )
         if not victims:
             return []

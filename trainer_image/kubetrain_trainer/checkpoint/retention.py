@@ -11,7 +11,10 @@ recognise. The newest committed and the newest good checkpoint are always kept.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import isfinite
 from typing import Protocol
+
+from kubetrain_core.config.base import lower_is_better
 
 __all__ = ["doomed", "to_keep"]
 
@@ -33,9 +36,15 @@ class Listed(Protocol):
 
 
 def to_keep(
-    committed: Sequence[Listed], keep_last: int, keep_best: int, best_metric: str
+    committed: Sequence[Listed],
+    keep_last: int,
+    keep_best: int,
+    best_metric: str,
+    best_mode: str = "auto",
 ) -> set[tuple[int, int]]:
-    """(step, term) of the committed checkpoints (sorted by step) to keep."""
+    """(step, term) of the committed checkpoints (sorted by step) to keep. The best are
+    ranked by `best_metric` in its direction (`best_mode`, as lower_is_better reads it);
+    a checkpoint without a finite value of it is kept or not by recency alone."""
     if not committed:
         return set()
     keep = {(c.step, c.term) for c in committed[-keep_last:]}
@@ -44,8 +53,9 @@ def to_keep(
     if good:
         keep.add((good[-1].step, good[-1].term))  # the rollback target of last resort
     if keep_best:
+        sign = 1.0 if lower_is_better(best_metric, best_mode) else -1.0
         scored = [(c.metric(best_metric), -c.step, c.term) for c in committed]
-        ranked = sorted((m, s, t) for m, s, t in scored if m is not None)
+        ranked = sorted((sign * m, s, t) for m, s, t in scored if m is not None and isfinite(m))
         keep.update((-s, t) for _, s, t in ranked[:keep_best])
     return keep
 
@@ -58,12 +68,13 @@ def doomed(
     keep_last: int,
     keep_best: int,
     best_metric: str,
+    best_mode: str = "auto",
 ) -> list[tuple[int, int]]:
     """(step, term) of the directories that rotation by the writer of `term` deletes.
 
     `listed` is every checkpoint directory in the store, `visible` the committed ones
     of the writer's lineage (sorted by step)."""
-    keep = to_keep(visible, keep_last, keep_best, best_metric)
+    keep = to_keep(visible, keep_last, keep_best, best_metric, best_mode)
     victims = [(c.step, c.term) for c in visible if (c.step, c.term) not in keep]
     own = [c.step for c in visible if c.term == term]
     newest_own = max(own, default=-1)

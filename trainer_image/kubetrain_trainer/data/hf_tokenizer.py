@@ -40,6 +40,15 @@ class PretrainedTokenizer(Tokenizer):
         eos = self.hf.eos_token_id
         return int(eos) if isinstance(eos, int) else None
 
+    @property
+    def mask_id(self) -> int | None:
+        mask = self.hf.mask_token_id
+        return int(mask) if isinstance(mask, int) else None
+
+    @property
+    def special_ids(self) -> list[int]:
+        return [int(i) for i in self.hf.all_special_ids]
+
     def encode(self, text: str) -> list[int]:
         return list(self.hf(text, add_special_tokens=False)["input_ids"])
 

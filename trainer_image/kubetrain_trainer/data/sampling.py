@@ -134,6 +134,29 @@ class AddressedDataset(DatasetAdapter):
         )
         return self._gather("train", indices, device)
 
+    def subset_batch(
+        self,
+        fraction: float,
+        step: int,
+        micro: int,
+        *,
+        rank: int,
+        world_size: int,
+        accumulation_steps: int,
+        device: torch.device,
+    ) -> Batch:
+        """`train_batch` over the first `fraction` of the training samples (corpus
+        order), visited in an order of their own from `step` 0 (a curriculum stage)."""
+        samples = max(1, int(self.order.samples * fraction))
+        # Subclasses do not call a base __init__: the orders are cached on first use.
+        orders: dict[int, SampleOrder] = self.__dict__.setdefault("_subset_orders", {})
+        if samples not in orders:
+            orders[samples] = SampleOrder(samples, seed=self.order.seed, batch_size=self.batch_size)
+        indices = orders[samples].train_indices(
+            step, micro, rank=rank, world_size=world_size, accumulation_steps=accumulation_steps
+        )
+        return self._gather("train", indices, device)
+
     def eval_batches(
         self,
         split: Literal["val", "test"],

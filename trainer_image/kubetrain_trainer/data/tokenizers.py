@@ -36,6 +36,16 @@ class Tokenizer(ABC):
         """The end-of-text id placed between packed documents, if the tokenizer has one."""
         return None
 
+    @property
+    def mask_id(self) -> int | None:
+        """The mask token of masked language modelling ([MASK]), if it has one."""
+        return None
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of control tokens (never masked, never a target of masked LM)."""
+        return []
+
     @abstractmethod
     def encode(self, text: str) -> list[int]: ...
 

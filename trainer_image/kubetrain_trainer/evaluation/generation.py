@@ -22,13 +22,37 @@ from typing import Any
 from torch import nn
 
 from kubetrain_core import registry
-from kubetrain_core.config import ConfigError, EvaluationConfig
+from kubetrain_core.config import ConfigError, EvaluationConfig, TrainingConfig
 from kubetrain_trainer.data.base import DatasetAdapter
 from kubetrain_trainer.distributed import DistInfo, all_gather_object
 from kubetrain_trainer.evaluation.metrics import TextMetric
 from kubetrain_trainer.models.adapters import Generation, ModelAdapter
 
 GENERATIONS_FILE = "generations.jsonl"
+ALWAYS_LOGGED = ("val_loss", "val_perplexity")
+
+
+def check_watched(cfg: TrainingConfig, metrics: list[TextMetric]) -> None:
+    """Refuse, at start, early stopping or best checkpoints that watch a validation
+    metric this run never logs (they would silently never act); unknowable when a
+    plugin metric does not list its names."""
+    if any(metric.names is None for metric in metrics):
+        return
+    logged = [*ALWAYS_LOGGED, *(f"val_{name}" for m in metrics for name in m.names or ())]
+    watched = {
+        "training.early_stopping.metric": cfg.training.early_stopping.patience is not None
+        and cfg.training.early_stopping.metric,
+        "checkpoint.best_metric": cfg.checkpoint.keep_best > 0 and cfg.checkpoint.best_metric,
+    }
+    for field, metric in watched.items():
+        if metric and metric not in logged:
+            raise ConfigError(
+                field,
+                [
+                    f"{metric} is never logged by this run, which logs {', '.join(logged)}; "
+                    "watch one of those, or add the evaluation.metrics entry that produces it"
+                ],
+            )
 
 
 class GenerationEvaluator:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from statistics import fmean
+from typing import ClassVar
 
 
 class TextMetric(ABC):
@@ -31,7 +32,11 @@ class TextMetric(ABC):
       rouge-score's spelling), and unique across the metrics of one run: a domain metric
       prefixes its own (``recipe_format``).
     - It is deterministic and never touches the model: it sees only text.
+    - ``names``, when set, lists the names ``compute`` returns, so that a run whose early
+      stopping or best checkpoints watch a metric nobody logs is refused at start.
     """
+
+    names: ClassVar[tuple[str, ...] | None] = None
 
     @abstractmethod
     def compute(
@@ -67,6 +72,8 @@ class Bleu(TextMetric):
     """Corpus BLEU (0-100) by sacrebleu with its defaults (13a tokenizer, exp smoothing,
     case-sensitive), one reference per prediction: ``{"bleu": ...}`` (registry ``bleu``)."""
 
+    names = ("bleu",)
+
     def __init__(self) -> None:
         from sacrebleu.metrics.bleu import BLEU
 
@@ -91,6 +98,7 @@ class Rouge(TextMetric):
     """
 
     KINDS = ("rouge1", "rouge2", "rougeL")
+    names = KINDS
 
     def __init__(self) -> None:
         from rouge_score import rouge_scorer  # type: ignore[import-untyped]
@@ -111,6 +119,8 @@ class ExactMatch(TextMetric):
     """Fraction of predictions equal to their reference once both are stripped of surrounding
     whitespace and every inner run of whitespace is one space; case and punctuation count:
     ``{"exact_match": ...}`` in [0, 1] (registry ``exact_match``)."""
+
+    names = ("exact_match",)
 
     def compute(
         self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]
@@ -137,6 +147,8 @@ class TokenAccuracy(TextMetric):
 
     Example: prediction ``"a b x"`` for reference ``"a b c d"`` gets 2 of 4 right.
     """
+
+    names = ("accuracy",)
 
     def compute(
         self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]

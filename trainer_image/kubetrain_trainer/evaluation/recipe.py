@@ -132,6 +132,13 @@ class RecipeMetric(TextMetric):
       only the lines present; ``recipe_completeness`` judges which parts are missing.
     """
 
+    names = (
+        "recipe_ingredient_coherence",
+        "recipe_instruction_quality",
+        "recipe_completeness",
+        "recipe_format",
+    )
+
     def compute(
         self, predictions: Sequence[str], references: Sequence[str], prompts: Sequence[str]
     ) -> dict[str, float]:

@@ -149,7 +149,8 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     ``summary`` holds the run's facts (the trainer's ``RunSummary.as_dict()``):
     steps, total_steps, seconds, train_loss, val_loss, test_loss,
     tokens_per_second, checkpoints, nan_events, restores, run_dir and,
-    optionally, resumed_from, last_checkpoint, export and outcome. Missing facts show as "-".
+    optionally, parameters and trainable_parameters, resumed_from, last_checkpoint, export
+    and outcome. Missing facts show as "-".
     """
     get = summary.get
     table = Table(title=f"kubetrain run {get('outcome', 'finished')}", show_header=False)
@@ -168,6 +169,10 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     loss_row("val")
     loss_row("test")
     table.add_row("tokens/s", _num(get("tokens_per_second"), ",.0f"))
+    total, trainable = get("parameters"), get("trainable_parameters")
+    if total and trainable is not None:
+        share = f"{trainable:,} trainable ({100 * trainable / total:.1f}%)"
+        table.add_row("parameters", f"{total:,}, {share}")
     table.add_row("checkpoints written", str(get("checkpoints", "-")))
     table.add_row("NaN events / restores", f"{get('nan_events', '-')} / {get('restores', '-')}")
     if get("resumed_from") is not None:

@@ -25,7 +25,7 @@ class CausalLMAdapter(ModelAdapter):
     """Registry name ``hf_causal_lm``: any AutoModelForCausalLM architecture."""
 
     auto_class = "AutoModelForCausalLM"  # the transformers Auto class that builds it
-    task_type = "CAUSAL_LM"  # peft's name for it (model.lora)
+    task_type: str | None = "CAUSAL_LM"  # peft's name for it (model.lora)
 
     def build_model(self) -> nn.Module:
         import transformers
@@ -165,3 +165,20 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
         )
         loss: torch.Tensor = loss_fn(out.logits, targets)
         return loss
+
+
+class MaskedLMAdapter(CausalLMAdapter):
+    """Registry name ``hf_masked_lm``: any AutoModelForMaskedLM architecture (BERT,
+    RoBERTa...), trained by the pretrain_mlm strategy, whose batches carry the masked
+    inputs and the original tokens as targets at the selected positions."""
+
+    auto_class = "AutoModelForMaskedLM"
+    task_type = None  # peft has no masked-LM task: a plain PeftModel
+
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, prompts: list[list[int]], settings: Generation
+    ) -> list[list[int]]:
+        raise ConfigError(
+            "evaluation.metrics", ["a masked LM fills in tokens; it does not generate text"]
+        )

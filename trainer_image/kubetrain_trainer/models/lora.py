@@ -65,7 +65,7 @@ def quantization_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     return {"quantization_config": bnb, "device_map": {"": torch.cuda.current_device()}}
 
 
-def wrap(model: nn.Module, cfg: ModelConfig, task_type: str) -> nn.Module:
+def wrap(model: nn.Module, cfg: ModelConfig, task_type: str | None) -> nn.Module:
     """`model` with LoRA adapters where model.lora says; every other weight frozen."""
     lora = cfg.lora
     if lora is None:

@@ -1,4 +1,6 @@
-"""A small decoder-only Transformer (GPT-2 shape: pre-LayerNorm, learned positions).
+"""A small Transformer (GPT-2 shape: pre-LayerNorm, learned positions): a decoder, or
+with ``model.causal: false`` an encoder whose positions see the whole sequence (for
+masked language modelling).
 
 Attention goes through ``scaled_dot_product_attention`` so that CUDA picks a
 flash or memory-efficient kernel and the CPU a fused one, with no code here
@@ -19,9 +21,10 @@ from kubetrain_core.config.model import ModelConfig
 _INIT_STD = 0.02
 
 
-class CausalSelfAttention(nn.Module):
+class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.causal = cfg.causal
         self.n_heads = cfg.n_heads
         self.dropout = cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
@@ -33,7 +36,7 @@ class CausalSelfAttention(nn.Module):
         # [B, T, 3D] -> three [B, H, T, D/H]
         q, k, v = self.qkv(x).view(b, t, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=self.causal
         )
         y = y.transpose(1, 2).reshape(b, t, d)
         out: torch.Tensor = self.resid_dropout(self.proj(y))
@@ -59,7 +62,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.ln_attn = nn.LayerNorm(cfg.d_model)
-        self.attn = CausalSelfAttention(cfg)
+        self.attn = SelfAttention(cfg)
         self.ln_mlp = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
@@ -70,7 +73,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """Token ids ``[B, T]`` -> next-token logits ``[B, T, vocab_size]``."""
+    """Token ids ``[B, T]`` -> logits ``[B, T, vocab_size]``: of the next token (causal),
+    or of the token at each position (an encoder)."""
 
     # transformers' name for the modules that must stay whole: fsdp shards per Block.
     _no_split_modules = ("Block",)

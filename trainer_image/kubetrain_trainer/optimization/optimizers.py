@@ -73,8 +73,34 @@ def rmsprop(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     )
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """Build the optimizer ``cfg.name`` names (built-in or registered by an extension)."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimizerConfig, lr_scales: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """Build the optimizer ``cfg.name`` names (built-in or registered by an extension);
+    ``lr_scales`` (parameter name -> LR multiplier, the finetune strategy's) splits its
+    groups further."""
     builder = registry.OPTIMIZERS.get(cfg.name)
     optimizer: torch.optim.Optimizer = builder(model, cfg)
+    if lr_scales and any(scale != 1.0 for scale in lr_scales.values()):
+        _split_by_scale(optimizer, model, lr_scales)
     return optimizer
+
+
+def _split_by_scale(
+    optimizer: torch.optim.Optimizer, model: nn.Module, lr_scales: dict[str, float]
+) -> None:
+    """Each group of the freshly built `optimizer` becomes one group per LR multiplier
+    (its other settings kept), ordered by multiplier, before any state exists. Done on
+    the optimizer, not in each builder, so a plugin optimizer gets it too."""
+    names = {id(p): name for name, p in model.named_parameters()}
+    groups = optimizer.param_groups
+    optimizer.param_groups = []
+    for group in groups:
+        by_scale: dict[float, list[nn.Parameter]] = {}
+        for param in group["params"]:
+            by_scale.setdefault(lr_scales.get(names[id(param)], 1.0), []).append(param)
+        for scale, params in sorted(by_scale.items()):
+            settings = {k: v for k, v in group.items() if k != "params"}
+            optimizer.add_param_group(
+                {**settings, "params": params, "lr": group["lr"] * scale, "lr_scale": scale}
+            )

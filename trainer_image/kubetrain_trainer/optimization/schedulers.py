@@ -143,6 +143,9 @@ def scale_lr(scheduler: LRScheduler, factor: float) -> None:
 
 
 def current_lr(scheduler: LRScheduler) -> float:
-    """The LR of the first parameter group as the next update will use it."""
-    lr = scheduler.optimizer.param_groups[0]["lr"]
-    return float(lr.item() if isinstance(lr, torch.Tensor) else lr)
+    """The scheduled LR as the next update will use it: the first parameter group's,
+    less its multiplier when the finetune strategy gave the groups their own."""
+    group = scheduler.optimizer.param_groups[0]
+    lr = group["lr"]
+    scale = float(group.get("lr_scale", 1.0))
+    return float(lr.item() if isinstance(lr, torch.Tensor) else lr) / scale

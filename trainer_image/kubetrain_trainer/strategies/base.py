@@ -1,8 +1,13 @@
-"""Training strategies: how one optimizer step is computed from the data.
+"""The strategy interface and the standard strategy: how one optimizer step is
+computed from the data.
 
 A strategy owns the gradient path (micro-batches, autocast, loss scaling,
 clipping) and leaves the decision to apply an update to the loop, so that the
-NaN guard can veto a step after seeing its loss and gradient norm.
+NaN guard can veto a step after seeing its loss and gradient norm. Other strategies
+change one piece of it: what the model trains (`configure_model`, `lr_scales`: before
+it is wrapped and its optimizer built), which batch a step reads (`train_batch`) and
+what a batch becomes before the loss (`prepare`), each a pure function of the step so
+that resume stays exact.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from kubetrain_core.config import OptimizationConfig
+from kubetrain_core.config import OptimizationConfig, TrainingLoopConfig
 from kubetrain_core.registry import STRATEGIES
-from kubetrain_trainer.data.base import DatasetAdapter
+from kubetrain_trainer.data.base import Batch, DatasetAdapter
+from kubetrain_trainer.data.tokenizers import Tokenizer
 from kubetrain_trainer.distributed import DistInfo, mean_across_ranks
 from kubetrain_trainer.models.adapters import ModelAdapter
 from kubetrain_trainer.parallel import full_norm, gradient_sync, is_sharded
@@ -49,7 +55,7 @@ class TrainingStrategy(ABC):
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         cfg: OptimizationConfig,
-        precision: str,
+        loop: TrainingLoopConfig,
         dist_info: DistInfo,
     ) -> None:
         self.model = model
@@ -59,11 +65,50 @@ class TrainingStrategy(ABC):
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.cfg = cfg
+        self.loop = loop
         self.dist = dist_info
-        self.amp_dtype = AMP_DTYPES.get(precision)
+        self.amp_dtype = AMP_DTYPES.get(loop.precision)
         device_type = dist_info.device.type
         # fp16 needs loss scaling; bf16 has fp32's range and does not.
-        self.scaler = torch.amp.GradScaler(device_type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(device_type, enabled=loop.precision == "fp16")
+
+    # ---- before the strategy exists: the model it trains ------------------------
+
+    @classmethod
+    def extra_tokens(cls, loop: TrainingLoopConfig, tokenizer: Tokenizer) -> int:
+        """Ids the strategy adds after the tokenizer's vocabulary (a mask token)."""
+        return 0
+
+    @classmethod
+    def configure_model(cls, model: nn.Module, loop: TrainingLoopConfig) -> None:
+        """Change the raw model before it is wrapped (freeze parameters); default: none."""
+        del model, loop  # nothing to change
+
+    @classmethod
+    def lr_scales(cls, model: nn.Module, loop: TrainingLoopConfig) -> dict[str, float]:
+        """LR multipliers by parameter name (missing: 1), for the optimizer's groups."""
+        return {}
+
+    # ---- the data of a step -------------------------------------------------------
+
+    def train_batch(self, step: int, micro: int) -> Batch:
+        """Micro-batch `micro` of step `step` on this rank, ready for the loss."""
+        return self.prepare(self.read_batch(step, micro), ("train", step, micro, self.dist.rank))
+
+    def read_batch(self, step: int, micro: int) -> Batch:
+        """The data of micro-batch `micro` of step `step` on this rank."""
+        return self.dataset.train_batch(
+            step,
+            micro,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            accumulation_steps=self.cfg.accumulation_steps,
+            device=self.dist.device,
+        )
+
+    def prepare(self, batch: Batch, key: tuple[str | int, ...]) -> Batch:
+        """What a batch becomes before the loss; `key` names it for any randomness."""
+        return batch
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -96,7 +141,8 @@ class TrainingStrategy(ABC):
         counted = len(batches)
         if is_sharded(self.model):
             batches += self._padding(split, counted)
-        for i, batch in enumerate(batches):
+        for i, raw in enumerate(batches):
+            batch = self.prepare(raw, (split, i, self.dist.rank))
             with self.autocast():
                 loss = self.adapter.compute_loss(self.model, batch, self.loss_fn)
             if i < counted:
@@ -133,14 +179,7 @@ class StandardStrategy(TrainingStrategy):
         loss_sum = torch.zeros((), device=self.dist.device)
         tokens = samples = 0
         for micro in range(k):
-            batch = self.dataset.train_batch(
-                step,
-                micro,
-                rank=self.dist.rank,
-                world_size=self.dist.world_size,
-                accumulation_steps=k,
-                device=self.dist.device,
-            )
+            batch = self.train_batch(step, micro)
             # Only the last micro-batch all-reduces (DDP) or reduce-scatters (FSDP).
             with gradient_sync(self.model, micro == k - 1), self.autocast():
                 loss = self.adapter.compute_loss(self.model, batch, self.loss_fn) / k

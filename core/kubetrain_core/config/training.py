@@ -1,0 +1,278 @@
+"""The `training` section: how long the loop runs, how a step is computed (the
+strategy, with the options of the built-in ones beside it) and when it stops early."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Annotated, Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from kubetrain_core import cel, registry
+from kubetrain_core.config.base import MetricMode, MetricName, Name, Section, registered
+
+ParamPattern = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.*?]+$")]
+"""A shell-style pattern (fnmatch: * and ?) over parameter names as the model's
+named_parameters() gives them, e.g. ``tok_emb.*`` or ``*.attn.*``."""
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when the validation metric stops improving."""
+
+    patience: int | None = Field(None, ge=1, le=100_000)
+    """Evaluations without improvement before stopping; null disables early stopping."""
+    metric: MetricName = "val_loss"
+    """Validation metric to watch: val_loss, val_perplexity, or val_<name> of an
+    evaluation metric (val_bleu, val_rougeL, ...)."""
+    mode: MetricMode = "auto"
+    """Which way the metric improves: min, max, or auto (lower for *loss and
+    *perplexity, higher for every other metric)."""
+    min_delta: float = Field(0.0, ge=0.0, le=1e6)
+    """Smallest change in the improving direction that counts as an improvement."""
+
+
+class LrScale(Section):
+    """A learning-rate multiplier for the parameters whose names match a pattern."""
+
+    pattern: ParamPattern
+    """Parameter names it applies to (fnmatch)."""
+    scale: float = Field(gt=0.0, le=1000.0)
+    """Multiplier of the scheduled learning rate."""
+
+
+_FINETUNE_EMPTY = (
+    "training.finetune changes nothing: set freeze, freeze_blocks, lr_scales or"
+    " layer_lr_decay (or use training.strategy: standard)"
+)
+
+
+class FinetuneConfig(Section):
+    """Strategy ``finetune``: adapt a pretrained model, freezing part of it and giving
+    its parts their own learning rates. Frozen weights are not checkpointed: they are
+    reloaded from model.pretrained (checked by sha256), like a LoRA base."""
+
+    freeze: list[ParamPattern] = Field(default_factory=list, max_length=64)
+    """Parameters that do not train (fnmatch patterns; each must match something)."""
+    freeze_blocks: int = Field(0, ge=0, le=10_000)
+    """Also freeze the first N Transformer blocks (the modules the model names in
+    _no_split_modules, in order) and the embeddings before them."""
+    lr_scales: list[LrScale] = Field(default_factory=list, max_length=64)
+    """Per-group learning rates, the first matching pattern wins (unmatched: 1), e.g. a
+    lower LR for the body than the head: [{pattern: lm_head.*, scale: 1}, {pattern: '*',
+    scale: 0.1}]."""
+    layer_lr_decay: float | None = Field(None, gt=0.0, le=1.0)
+    """Layer-wise LR decay: block i of N learns at decay^(N-i) times the LR, the
+    embeddings at decay^(N+1), what follows the last block at 1 (multiplies lr_scales)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "(has(self.freeze) && size(self.freeze) > 0)"
+                " || (has(self.freeze_blocks) && self.freeze_blocks > 0)"
+                " || (has(self.lr_scales) && size(self.lr_scales) > 0)"
+                " || has(self.layer_lr_decay)",
+                _FINETUNE_EMPTY,
+            )
+        )
+    )
+
+    @property
+    def freezes(self) -> bool:
+        return bool(self.freeze) or self.freeze_blocks > 0
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Self:
+        if not (self.freezes or self.lr_scales or self.layer_lr_decay is not None):
+            raise ValueError(_FINETUNE_EMPTY)
+        return self
+
+
+_MLM_FRACTIONS = "training.mlm: mask_fraction + random_fraction must be at most 1"
+
+
+class MlmConfig(Section):
+    """Strategy ``pretrain_mlm`` (BERT's masked language modelling): select
+    ``mask_probability`` of the tokens; of those, replace ``mask_fraction`` by the mask
+    token, ``random_fraction`` by a random token and keep the rest; learn only the
+    selected ones. The draw is a pure function of seed and step: resume is exact."""
+
+    mask_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    """Share of the tokens selected for prediction."""
+    mask_fraction: float = Field(0.8, ge=0.0, le=1.0)
+    """Share of the selected tokens replaced by the mask token."""
+    random_fraction: float = Field(0.1, ge=0.0, le=1.0)
+    """Share of the selected tokens replaced by a random token (the rest are kept)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "(has(self.mask_fraction) ? self.mask_fraction : 0.8)"
+                " + (has(self.random_fraction) ? self.random_fraction : 0.1) <= 1.0",
+                _MLM_FRACTIONS,
+                fieldPath=".random_fraction",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _fractions(self) -> Self:
+        if self.mask_fraction + self.random_fraction > 1.0 + 1e-12:
+            raise ValueError(_MLM_FRACTIONS)
+        return self
+
+
+class CurriculumStage(Section):
+    """From `start_step` on (until the next stage): shorter sequences and/or a subset."""
+
+    start_step: int = Field(ge=0, le=1_000_000_000)
+    """First optimizer step of the stage; the first stage starts at 0."""
+    seq_len: int | None = Field(None, ge=1, le=131072)
+    """Tokens per sequence during the stage (the first seq_len of each sample, at most
+    data.seq_len); null: data.seq_len."""
+    data_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    """Train on the first fraction of the training samples (in corpus order, so order
+    the data easy to hard), each stage in its own shuffled order."""
+
+
+_STAGES_ORDER = (
+    "training.curriculum.stages: the first stage has start_step 0 and start steps increase strictly"
+)
+
+
+class CurriculumConfig(Section):
+    """Strategy ``curriculum``: training that grows harder in stages. The stage of a
+    step is a function of the step, so a resumed run is in the stage it left."""
+
+    stages: list[CurriculumStage] = Field(min_length=1, max_length=64)
+    """Stages in order, e.g. [{start_step: 0, seq_len: 64}, {start_step: 200}]."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "self.stages[0].start_step == 0"
+                " && self.stages.map(s, s.start_step).isSorted()"
+                " && self.stages.all(s, self.stages.exists_one(t, t.start_step == s.start_step))",
+                _STAGES_ORDER,
+                fieldPath=".stages",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        starts = [s.start_step for s in self.stages]
+        if starts[0] != 0 or any(a >= b for a, b in pairwise(starts)):
+            raise ValueError(f"{_STAGES_ORDER} (got {starts})")
+        return self
+
+
+_FSDP_FP16 = (
+    "training.precision fp16 needs loss scaling that agrees across shards, which fsdp"
+    " does not do: use bf16 (same memory, no scaling) or parallelism: ddp"
+)
+# The built-in strategies whose options have a section of their own.
+STRATEGY_SECTIONS = {"finetune": "finetune", "pretrain_mlm": "mlm", "curriculum": "curriculum"}
+REQUIRED_SECTIONS = ("finetune", "curriculum")
+
+
+def _section_rule(strategy: str, section: str) -> dict[str, str]:
+    return cel.rule(
+        f"!has(self.{section}) || (has(self.strategy) && self.strategy == '{strategy}')",
+        f"training.{section} configures the {strategy} strategy: set training.strategy:"
+        f" {strategy}, or remove training.{section}",
+        fieldPath=f".{section}",
+    )
+
+
+def _required_rule(strategy: str, section: str) -> dict[str, str]:
+    return cel.rule(
+        f"!has(self.strategy) || self.strategy != '{strategy}' || has(self.{section})",
+        f"training.strategy {strategy} needs its options in training.{section}",
+        fieldPath=f".{section}",
+    )
+
+
+class TrainingLoopConfig(Section):
+    """How long to train and how each step runs."""
+
+    strategy: Annotated[Name, registered(registry.STRATEGIES)] = "standard"
+    """Training strategy (registry ``training strategy``): standard, finetune (options
+    in training.finetune), pretrain_mlm (training.mlm), curriculum (training.curriculum),
+    or a plugin's."""
+    max_steps: int | None = Field(None, ge=1, le=1_000_000_000)
+    """Optimizer steps to run; if null, computed from num_epochs."""
+    num_epochs: float | None = Field(None, gt=0.0, le=1_000_000)
+    """Passes over the training split; used when max_steps is null."""
+    eval_steps: int = Field(100, ge=1, le=1_000_000_000)
+    """Validate every this many steps (and at the end)."""
+    eval_batches: int = Field(8, ge=1, le=100_000)
+    """Validation micro-batches per evaluation on each process."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """Autocast dtype: bf16, or fp16 with a GradScaler; fp32 disables AMP."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto picks CUDA (one GPU per local rank, NCCL) when present, else CPU (gloo)."""
+    seed: int = Field(1234, ge=0, le=2**31 - 1)
+    """Seeds weights, data order and dropout; batch content is a pure function of seed and step."""
+    loss_ema_decay: float = Field(0.9, ge=0.0, lt=1.0)
+    """Smoothing of the reported loss EMA."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    """How processes share the work: ``ddp`` keeps a whole replica per process; ``fsdp``
+    (FSDP2, fully_shard per block) splits parameters, gradients and optimizer state
+    across them, for models that do not fit one device. Checkpoints reshard: a run
+    saved by N processes resumes with any number. One process trains unwrapped."""
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    finetune: FinetuneConfig | None = None
+    mlm: MlmConfig | None = None
+    curriculum: CurriculumConfig | None = None
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "has(self.max_steps) || has(self.num_epochs)",
+                "set training.max_steps or training.num_epochs",
+            ),
+            cel.rule(
+                "!has(self.parallelism) || self.parallelism != 'fsdp'"
+                " || !has(self.precision) || self.precision != 'fp16'",
+                _FSDP_FP16,
+                fieldPath=".precision",
+            ),
+            *(_section_rule(name, section) for name, section in STRATEGY_SECTIONS.items()),
+            *(_required_rule(name, STRATEGY_SECTIONS[name]) for name in REQUIRED_SECTIONS),
+        )
+    )
+
+    @model_validator(mode="after")
+    def _has_length(self) -> Self:
+        if self.max_steps is None and self.num_epochs is None:
+            raise ValueError("set training.max_steps or training.num_epochs")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp_precision(self) -> Self:
+        if self.parallelism == "fsdp" and self.precision == "fp16":
+            raise ValueError(_FSDP_FP16)
+        return self
+
+    @model_validator(mode="after")
+    def _strategy_sections(self) -> Self:
+        for strategy, section in STRATEGY_SECTIONS.items():
+            if getattr(self, section) is not None and self.strategy != strategy:
+                raise ValueError(
+                    f"training.{section} configures the {strategy} strategy: set "
+                    f"training.strategy: {strategy}, or remove training.{section}"
+                )
+        for strategy in REQUIRED_SECTIONS:
+            section = STRATEGY_SECTIONS[strategy]
+            if self.strategy == strategy and getattr(self, section) is None:
+                raise ValueError(
+                    f"training.strategy {strategy} needs its options in training.{section}"
+                )
+        return self
+
+    @property
+    def freezes(self) -> bool:
+        """Whether the strategy freezes weights, which then come from model.pretrained."""
+        return self.finetune is not None and self.finetune.freezes

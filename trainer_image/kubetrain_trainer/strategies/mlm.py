@@ -1,0 +1,88 @@
+"""Strategy ``pretrain_mlm`` (training.mlm): BERT's masked language modelling.
+
+Each batch of plain text becomes a masked one: ``mask_probability`` of the tokens are
+selected as targets; of those ``mask_fraction`` are replaced by the mask token,
+``random_fraction`` by a random token and the rest kept; the loss is on the selected
+positions only (every other target is the loss's ignore index). The draw is seeded
+by (seed, split, step, micro-batch, rank), so resume, rollback and evaluation see
+the same masks every time. transformers' DataCollatorForLanguageModeling draws from
+the global RNG and needs a Hugging Face tokenizer, hence this small function.
+
+The mask token is the tokenizer's own (a BERT tokenizer's [MASK]); tokenizers without
+one (char, bpe) get an extra id after their vocabulary, which the model embeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+
+from kubetrain_core.config import MlmConfig, TrainingLoopConfig
+from kubetrain_trainer.data.base import Batch
+from kubetrain_trainer.data.tokenizers import Tokenizer
+from kubetrain_trainer.strategies.base import StandardStrategy
+
+
+def mask_tokens(
+    ids: torch.Tensor,
+    cfg: MlmConfig,
+    *,
+    generator: torch.Generator,
+    mask_id: int,
+    vocab_size: int,
+    ignore_index: int,
+    special_ids: Sequence[int] = (),
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of masked LM for token ids `ids`; special tokens are never
+    selected, and at least one token is, so the loss is never a mean over nothing."""
+    device = ids.device
+    probability = torch.full(ids.shape, cfg.mask_probability, device=device)
+    if special_ids:
+        probability[torch.isin(ids, torch.tensor(list(special_ids), device=device))] = 0.0
+    selected = torch.bernoulli(probability, generator=generator).bool()
+    if not selected.any():
+        candidates = (probability > 0).flatten().nonzero().flatten()
+        if len(candidates):
+            pick = torch.randint(len(candidates), (1,), generator=generator, device=device)
+            selected.view(-1)[candidates[pick]] = True
+    roll = torch.rand(ids.shape, generator=generator, device=device)
+    masked = selected & (roll < cfg.mask_fraction)
+    randomized = selected & ~masked & (roll < cfg.mask_fraction + cfg.random_fraction)
+    random_ids = torch.randint(vocab_size, ids.shape, generator=generator, device=device)
+    inputs = torch.where(masked, torch.full_like(ids, mask_id), ids)
+    inputs = torch.where(randomized, random_ids, inputs)
+    targets = torch.where(selected, ids, torch.full_like(ids, ignore_index))
+    return inputs, targets
+
+
+def _seed(seed: int, key: tuple[str | int, ...]) -> int:
+    """A 64-bit seed from the run's seed and a batch's name, stable across processes."""
+    text = ":".join(str(part) for part in (seed, *key))
+    return int.from_bytes(hashlib.sha256(f"kubetrain-mlm:{text}".encode()).digest()[:8], "little")
+
+
+class MaskedLMStrategy(StandardStrategy):
+    """The standard step on masked batches (needs an encoder: hf_masked_lm or the
+    native transformer with model.causal: false; the config checks)."""
+
+    @classmethod
+    def extra_tokens(cls, loop: TrainingLoopConfig, tokenizer: Tokenizer) -> int:
+        return 0 if tokenizer.mask_id is not None else 1
+
+    def prepare(self, batch: Batch, key: tuple[str | int, ...]) -> Batch:
+        ids, tokenizer = batch["input_ids"], self.dataset.tokenizer
+        generator = torch.Generator(device=ids.device)
+        generator.manual_seed(_seed(self.loop.seed, key))
+        own_mask = tokenizer.mask_id
+        inputs, targets = mask_tokens(
+            ids,
+            self.loop.mlm or MlmConfig(),
+            generator=generator,
+            mask_id=own_mask if own_mask is not None else tokenizer.vocab_size,
+            vocab_size=tokenizer.vocab_size,  # random replacements: real tokens only
+            ignore_index=self.cfg.loss.ignore_index,
+            special_ids=tokenizer.special_ids,
+        )
+        return {**batch, "input_ids": inputs, "targets": targets}
