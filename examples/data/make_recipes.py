@@ -95,8 +95,15 @@ def amount(per_person: int, unit: str, name: str, people: int) -> str:
     return " ".join(part for part in (str(quantity), unit, name) if part)
 
 
-def recipe(main: str, style: str, people: int) -> str:
-    extras, steps = STYLES[style]
+def recipe(
+    main: str,
+    style: str,
+    people: int,
+    styles: dict[str, tuple[list[tuple[int, str, str]], list[str]]] = STYLES,
+) -> str:
+    """The assistant's answer; `styles` other than STYLES: examples/make_base_model.py's
+    cookbook of other dishes, which the LoRA example's base is pretrained on."""
+    extras, steps = styles[style]
     lines = [f"Title: {main.title()} {style.title()}", "Ingredients:"]
     lines.append(f"- {amount(1, 'cup', main, people)}")
     lines += [f"- {amount(a, u, n, people)}" for a, u, n in extras]
