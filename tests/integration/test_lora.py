@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 from tests.integration.trainer_runs import (
     REPO,
+    committed_steps,
     env_with,
     kubetrain,
     losses_by_step,
     records,
     tiny_config,
+    torchrun,
     write_config,
 )
 
@@ -164,3 +166,39 @@ def test_qlora_trains_on_a_gpu(tmp_path: Path, hf_base_model: Callable[[str], Pa
     assert math.isfinite(losses[20]) and losses[20] < losses[1]
     assert (tmp_path / "run" / "export" / "adapter" / "adapter_model.safetensors").is_file()
     assert (tmp_path / "run" / "export" / "model.safetensors").is_file()
+
+
+def test_lora_under_fsdp_matches_ddp_and_keeps_the_best_checkpoint_by_rouge(
+    tmp_path: Path, hf_base_model: Callable[[str], Path]
+) -> None:
+    """Two processes, sharded and replicated: the same losses, adapter-only checkpoints,
+    and checkpoint.best_metric val_rougeL (higher is better) keeps the best-scoring one."""
+    base, cache = hf_base_model("llama"), tmp_path / "cache"
+    runs = {}
+    for parallelism in ("fsdp", "ddp"):
+        cfg = _config(
+            tmp_path / parallelism, base, cache,
+            training={"max_steps": 24, "eval_steps": 4, "parallelism": parallelism},
+            checkpoint={"interval_steps": 4, "keep_last": 1, "keep_best": 1,
+                        "best_metric": "val_rougeL"},
+            evaluation={"metrics": ["rouge"], "num_samples": 8, "max_new_tokens": 16},
+        )  # fmt: skip
+        cfg["data"]["seq_len"] = 96  # whole conversations: the answers to score
+        result = torchrun(write_config(tmp_path / f"{parallelism}.yaml", cfg), 2)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        runs[parallelism] = tmp_path / parallelism
+    fsdp, ddp = losses_by_step(runs["fsdp"]), losses_by_step(runs["ddp"])
+    assert sorted(fsdp) == list(range(1, 25))
+    assert all(abs(fsdp[s] - ddp[s]) < 1e-5 for s in fsdp), (fsdp, ddp)
+
+    rouge = {r["step"]: r["val_rougeL"] for r in records(runs["fsdp"], "val")}
+    assert len(set(rouge.values())) > 1, rouge  # the scores differ: the ranking means something
+    best = max(sorted(rouge, reverse=True), key=lambda step: rouge[step])  # newest of equals
+    kept = committed_steps(runs["fsdp"] / "checkpoints")
+    # Kept: the best, the newest, and the newest proven good (20: 24 has no healthy
+    # steps after it); every other is rotated out.
+    assert best in kept and set(kept) <= {best, 20, 24}, (rouge, kept)
+    step = runs["fsdp"] / "checkpoints" / "step-00000024-t0"
+    model_keys = [k for k in _checkpoint_keys(step) if k.startswith("model.")]
+    assert model_keys and all(".lora_" in k for k in model_keys), model_keys
+    assert (runs["fsdp"] / "export" / "adapter" / "adapter_model.safetensors").is_file()

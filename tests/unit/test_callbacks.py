@@ -102,11 +102,32 @@ def test_early_stopping_other_metric_ignores_missing_and_round_trips() -> None:
     assert state.should_stop
 
 
+def test_early_stopping_on_a_score_that_rises() -> None:
+    stopper, state = EarlyStopping(patience=2, metric="val_bleu", min_delta=0.5), TrainerState()
+
+    def bleu(value: float) -> bool:
+        state.metrics["val_bleu"] = value
+        stopper.on_validation_end(state)
+        return state.should_stop
+
+    assert [bleu(v) for v in (10.0, 20.0, 20.4)] == [False, False, False]  # 20.4: < min_delta
+    assert bleu(19.0)  # the second validation without a new best
+    assert stopper.best == -20.0  # kept as "lower is better", whatever the metric's direction
+    loss_like = EarlyStopping(patience=1, metric="val_bleu", mode="min")
+    state = TrainerState(metrics={"val_bleu": 10.0})
+    loss_like.on_validation_end(state)
+    state.metrics["val_bleu"] = 12.0
+    loss_like.on_validation_end(state)
+    assert state.should_stop
+
+
 def test_early_stopping_rejects_bad_options() -> None:
     with pytest.raises(ValueError, match="patience"):
         EarlyStopping(patience=0)
     with pytest.raises(ValueError, match="min_delta"):
         EarlyStopping(patience=1, min_delta=-1.0)
+    with pytest.raises(ValueError, match="mode"):
+        EarlyStopping(patience=1, mode="up")
 
 
 def test_build_callbacks_from_config() -> None:

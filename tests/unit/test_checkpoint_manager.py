@@ -172,6 +172,21 @@ def test_rotation_keeps_last_n_and_best_k(tmp_path: Path) -> None:
     assert len(_dirs(tmp_path)) == 4
 
 
+def test_rotation_keeps_the_highest_bleu_when_higher_is_better(tmp_path: Path) -> None:
+    manager = _started(tmp_path, keep_last=1, keep_best=2, best_metric="val_bleu")  # auto: max
+    scores = {10: 5.0, 20: 30.0, 30: float("nan"), 40: 12.0, 50: 25.0, 60: 1.0}
+    for step, bleu in scores.items():
+        manager.save(step, _stage(tmp_path, step), {"val_bleu": bleu, "val_loss": 1.0})
+    assert _steps(manager) == [20, 50, 60]  # best two BLEU (30, 25) and the newest
+
+
+def test_an_explicit_mode_overrides_the_name(tmp_path: Path) -> None:
+    manager = _started(tmp_path, keep_last=1, keep_best=1, best_metric="val_bleu", best_mode="min")
+    for step, bleu in {10: 5.0, 20: 30.0, 30: 12.0}.items():
+        manager.save(step, _stage(tmp_path, step), {"val_bleu": bleu})
+    assert _steps(manager) == [10, 30]
+
+
 def test_rotation_ignores_checkpoints_without_the_metric(tmp_path: Path) -> None:
     manager = _started(tmp_path, keep_last=1, keep_best=1)
     manager.save(10, _stage(tmp_path, 10), {"val_loss": 2.0})

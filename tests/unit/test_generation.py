@@ -126,3 +126,29 @@ def test_an_empty_validation_split_is_a_config_error(
             EvaluationConfig(metrics=["bleu"]), dataset=data, adapter=adapter,
             dist_info=ONE_PROCESS, synced=False, batch_size=2, run_dir=tmp_path,
         )  # fmt: skip
+
+
+def test_a_watched_metric_that_no_evaluation_logs_is_refused_at_start() -> None:
+    from kubetrain_core import registry
+    from kubetrain_core.config import ConfigError, TrainingConfig
+    from kubetrain_trainer.evaluation.generation import check_watched
+
+    def config(**sections: Any) -> TrainingConfig:
+        return TrainingConfig.model_validate(
+            {"data": {"path": "x.txt"}, "training": {"max_steps": 1}, **sections}
+        )
+
+    rouge = [registry.METRICS.get("rouge")()]
+    check_watched(config(checkpoint={"keep_best": 1, "best_metric": "val_rougeL"}), rouge)
+    check_watched(config(checkpoint={"best_metric": "val_bleu"}), [])  # keep_best 0: unused
+    with pytest.raises(ConfigError, match=r"checkpoint\.best_metric") as refused:
+        check_watched(config(checkpoint={"keep_best": 1, "best_metric": "val_bleu"}), rouge)
+    assert "val_rouge1, val_rouge2, val_rougeL" in str(refused.value)
+    stopping = {"early_stopping": {"patience": 2, "metric": "val_accuracy"}, "max_steps": 1}
+    with pytest.raises(ConfigError, match=r"training\.early_stopping\.metric"):
+        check_watched(config(training=stopping), [])
+
+    class Plugin(registry.METRICS.get("bleu")):  # type: ignore[misc]
+        names = None  # a plugin that does not say: nothing to check against
+
+    check_watched(config(training=stopping), [Plugin()])
