@@ -89,8 +89,8 @@ images: ## build both images (needs a Docker engine; not available in CI here)
 kind: ## kind cluster with both images, the chart and the example job (needs Docker, kind)
 	hack/kind/up.sh
 
-bench: venv ## trainer step time against a plain PyTorch loop
-	$(PY) benchmarks/trainer_overhead.py
+bench: venv ## quick: the trainer against HF Trainer, Lightning and a plain loop (full: make benchmark NAME=peers)
+	$(PY) benchmarks/peers.py --quick
 
 benchmark: venv testbin ## one benchmark with the sources on PYTHONPATH: make benchmark NAME=recovery ARGS=...
 	$(PY) benchmarks/$(NAME).py $(ARGS)

@@ -175,21 +175,36 @@ STRATEGY_SECTIONS = {"finetune": "finetune", "pretrain_mlm": "mlm", "curriculum"
 REQUIRED_SECTIONS = ("finetune", "curriculum")
 
 
-def _section_rule(strategy: str, section: str) -> dict[str, str]:
-    return cel.rule(
-        f"!has(self.{section}) || (has(self.strategy) && self.strategy == '{strategy}')",
+def _misplaced(strategy: str, section: str) -> str:
+    return (
         f"training.{section} configures the {strategy} strategy: set training.strategy:"
-        f" {strategy}, or remove training.{section}",
-        fieldPath=f".{section}",
+        f" {strategy}, or remove training.{section}"
     )
 
 
-def _required_rule(strategy: str, section: str) -> dict[str, str]:
-    return cel.rule(
-        f"!has(self.strategy) || self.strategy != '{strategy}' || has(self.{section})",
-        f"training.strategy {strategy} needs its options in training.{section}",
-        fieldPath=f".{section}",
-    )
+def _missing(strategy: str, section: str) -> str:
+    return f"training.strategy {strategy} needs its options in training.{section}"
+
+
+def _section_rules() -> list[dict[str, str]]:
+    """Each built-in strategy's section only with it; the required ones always with it."""
+    rules = [
+        cel.rule(
+            f"!has(self.{section}) || (has(self.strategy) && self.strategy == '{strategy}')",
+            _misplaced(strategy, section),
+            fieldPath=f".{section}",
+        )
+        for strategy, section in STRATEGY_SECTIONS.items()
+    ]
+    return rules + [
+        cel.rule(
+            f"!has(self.strategy) || self.strategy != '{strategy}' || has(self.{section})",
+            _missing(strategy, section),
+            fieldPath=f".{section}",
+        )
+        for strategy, section in STRATEGY_SECTIONS.items()
+        if strategy in REQUIRED_SECTIONS
+    ]
 
 
 class TrainingLoopConfig(Section):
@@ -239,8 +254,7 @@ class TrainingLoopConfig(Section):
                 _FSDP_FP16,
                 fieldPath=".precision",
             ),
-            *(_section_rule(name, section) for name, section in STRATEGY_SECTIONS.items()),
-            *(_required_rule(name, STRATEGY_SECTIONS[name]) for name in REQUIRED_SECTIONS),
+            *_section_rules(),
         )
     )
 
@@ -259,17 +273,11 @@ class TrainingLoopConfig(Section):
     @model_validator(mode="after")
     def _strategy_sections(self) -> Self:
         for strategy, section in STRATEGY_SECTIONS.items():
-            if getattr(self, section) is not None and self.strategy != strategy:
-                raise ValueError(
-                    f"training.{section} configures the {strategy} strategy: set "
-                    f"training.strategy: {strategy}, or remove training.{section}"
-                )
-        for strategy in REQUIRED_SECTIONS:
-            section = STRATEGY_SECTIONS[strategy]
-            if self.strategy == strategy and getattr(self, section) is None:
-                raise ValueError(
-                    f"training.strategy {strategy} needs its options in training.{section}"
-                )
+            present = getattr(self, section) is not None
+            if present and self.strategy != strategy:
+                raise ValueError(_misplaced(strategy, section))
+            if not present and self.strategy == strategy and strategy in REQUIRED_SECTIONS:
+                raise ValueError(_missing(strategy, section))
         return self
 
     @property
