@@ -4,11 +4,14 @@ are conditional writes, and a dead writer's multipart uploads are aborted."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,10 +21,12 @@ from torch import nn
 from kubetrain_core.config.schema import CheckpointConfig, S3Config
 from kubetrain_devcluster.project import source_path
 from kubetrain_trainer.checkpoint import (
+    CheckpointError,
     CheckpointManager,
     CorruptCheckpoint,
     NoUsableCheckpoint,
     ResumeRequest,
+    RetryingStorage,
     S3Storage,
     checkpoint_dir,
 )
@@ -90,6 +95,11 @@ def test_s3_storage_operations(minio: MinioServer, bucket: str, tmp_path: Path) 
     back = tmp_path / "back" / "big.bin"
     storage.get_file("step-10/big.bin", back)
     assert back.read_bytes() == big.read_bytes()
+    # Fetched and hashed: the digest is of the bytes written, not of a part.
+    hashed = tmp_path / "hashed" / "big.bin"
+    digest = storage.get_file_sha256("step-10/big.bin", hashed)
+    assert digest == hashlib.sha256(big.read_bytes()).hexdigest()
+    assert hashed.read_bytes() == big.read_bytes()
 
     assert storage.get_bytes("step-1/a.json") == b"{}"
     assert storage.exists("step-10/a.json") and not storage.exists("step-10/nope")
@@ -100,6 +110,9 @@ def test_s3_storage_operations(minio: MinioServer, bucket: str, tmp_path: Path) 
         storage.get_bytes("step-1/missing")
     with pytest.raises(FileNotFoundError):
         storage.get_file("step-1/missing", tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):
+        storage.get_file_sha256("step-1/missing", tmp_path / "hashed" / "missing")
+    assert [p.name for p in (tmp_path / "hashed").iterdir()] == ["big.bin"]  # no temp left
 
     storage.delete_prefix("step-1")
     assert _objects(minio, bucket) == ["runs/a/step-10/a.json", "runs/a/step-10/big.bin"]
@@ -371,3 +384,53 @@ def test_two_ddp_ranks_save_and_resume_through_minio(
     assert _objects(minio, bucket) == sorted(
         [*claims, *(f"ddp/step-00000010-t0/{name}" for name in [*expected_files, "manifest.json"])]
     )
+
+
+class _FailsOneFile(S3Storage):
+    """The real S3 storage, whose upload of one file fails once the others are in flight."""
+
+    def __init__(self, *args: Any, failing: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failing = failing
+        self.started = threading.Event()
+
+    def put_file(self, key: str, path: Path) -> None:
+        if key.endswith(self.failing):
+            self.started.wait(10)
+            raise ConnectionError(f"connection reset uploading {key}")
+        self.started.set()
+        super().put_file(key, path)
+
+
+def test_one_failing_file_among_concurrent_uploads_commits_nothing(
+    minio: MinioServer, bucket: str, tmp_path: Path
+) -> None:
+    stage = tmp_path / "stage"
+    (stage / "dcp").mkdir(parents=True)
+    for i in range(6):
+        (stage / "dcp" / f"__{i}_0.distcp").write_bytes(os.urandom(3 * _MIB + i))
+    (stage / "trainer_state.pt").write_bytes(b"state")
+    storage = _FailsOneFile(
+        bucket,
+        "f",
+        minio.endpoint,
+        multipart_threshold=5 * _MIB,
+        multipart_chunksize=5 * _MIB,
+        failing="dcp/__2_0.distcp",
+    )
+    retrying = RetryingStorage(storage, attempts=2, base_delay=0)
+    manager = _started(CheckpointManager(f"s3://{bucket}/f", storage=retrying), tmp_path / "l0")
+    with pytest.raises(CheckpointError, match="connection reset"):
+        manager.save(10, stage)
+    assert not any(k.endswith("/manifest.json") for k in _objects(minio, bucket))
+    assert manager.list() == []
+
+    storage.failing = "nothing-fails"
+    info = manager.save(20, stage)
+    assert info.manifest is not None and len(info.manifest.files) == 7
+    loaded = CheckpointManager(f"s3://{bucket}/f", S3Config(endpoint=minio.endpoint)).start(
+        ResumeRequest(), tmp_path / "resume"
+    )
+    assert loaded is not None and loaded.info.step == 20
+    for name in info.manifest.files:
+        assert (loaded.path / name).read_bytes() == (stage / name).read_bytes()

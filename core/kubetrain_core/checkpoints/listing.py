@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,9 +24,9 @@ from kubetrain_core.checkpoints.manifest import (
     check_file_name,
     checkpoint_dir,
     parse_checkpoint_dir,
-    sha256_file,
 )
 from kubetrain_core.checkpoints.storage import Storage
+from kubetrain_core.checkpoints.transfer import run_all
 
 __all__ = [
     "CheckpointError",
@@ -161,26 +162,33 @@ def local_files(files: Mapping[str, Path] | Path) -> dict[str, Path]:
 def download(storage: Storage, info: CheckpointInfo, local_dir: Path) -> Path:
     """Download a committed checkpoint into `local_dir`/<dir> and verify every file.
 
+    Files come down concurrently (transfer.py), each verified once whole.
     Raises CorruptCheckpoint when a file is missing, has the wrong size or hash.
     """
     if info.manifest is None:
         raise CorruptCheckpoint(f"{info.uri} is not committed")
     target = Path(local_dir) / info.directory
     shutil.rmtree(target, ignore_errors=True)  # stale files must not mix in
+
+    def fetch(name: str, entry: FileEntry) -> None:
+        dest = target / name
+        try:
+            digest = storage.get_file_sha256(f"{info.directory}/{name}", dest)
+        except FileNotFoundError:
+            raise CorruptCheckpoint(f"{info.uri}: {name} is missing") from None
+        size = dest.stat().st_size
+        if size != entry.size:
+            raise CorruptCheckpoint(
+                f"{info.uri}: {name} has {size} bytes, manifest says {entry.size}"
+            )
+        if digest != entry.sha256:
+            raise CorruptCheckpoint(f"{info.uri}: {name} does not match its sha256")
+
+    files = info.manifest.files
+    # Largest first: the long transfers start at once, small files fill in around them.
+    names = sorted(files, key=lambda n: (-files[n].size, n))
     try:
-        for name, entry in sorted(info.manifest.files.items()):
-            dest = target / name
-            try:
-                storage.get_file(f"{info.directory}/{name}", dest)
-            except FileNotFoundError:
-                raise CorruptCheckpoint(f"{info.uri}: {name} is missing") from None
-            size = dest.stat().st_size
-            if size != entry.size:
-                raise CorruptCheckpoint(
-                    f"{info.uri}: {name} has {size} bytes, manifest says {entry.size}"
-                )
-            if sha256_file(dest) != entry.sha256:
-                raise CorruptCheckpoint(f"{info.uri}: {name} does not match its sha256")
+        run_all([(name, partial(fetch, name, files[name])) for name in names])
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise

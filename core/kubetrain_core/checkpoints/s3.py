@@ -1,10 +1,14 @@
-"""S3 (and MinIO) as checkpoint storage: boto3 with retries, multipart uploads in
-parallel, batched deletes, and conditional writes (IfNoneMatch) for claims."""
+"""S3 (and MinIO) as checkpoint storage: boto3 with retries, multipart transfers in
+parallel through one transfer manager per storage (files moved from many threads share
+its request threads), batched deletes, and conditional
+writes (IfNoneMatch) for claims."""
 
 from __future__ import annotations
 
 import os
+import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +20,19 @@ _S3_MAX_ATTEMPTS = 8
 _S3_CONNECT_TIMEOUT_S = 10
 _S3_READ_TIMEOUT_S = 120
 
-_MULTIPART_THRESHOLD = 64 * 1024 * 1024
-_MULTIPART_CHUNKSIZE = 64 * 1024 * 1024
-_MAX_CONCURRENCY = 8
+# Transfers (benchmarks/s3_throughput.py, docs/benchmarks.md). Parts of 16 MiB: a
+# 100 MB shard goes up and down as 7 parallel parts (at 64 MiB, as 2: one file kept
+# 2 threads busy), with half the requests of boto3's 8 MiB; s3transfer raises the part
+# size for files that would need more than 10,000 parts. Files above the threshold
+# are multipart. 10 parts in flight per storage, boto3's default, whatever the number
+# of files. Downloads read the body 512 KiB at a time (boto3: 256 KiB), half the
+# Python work per byte (1 MiB buffers made the kernel's page work grow round after
+# round on the benchmark's VM); at most 64 such chunks wait for the disk.
+_MULTIPART_THRESHOLD = 16 * 1024 * 1024
+_MULTIPART_CHUNKSIZE = 16 * 1024 * 1024
+_MAX_CONCURRENCY = 10
+_IO_CHUNKSIZE = 512 * 1024
+_MAX_IO_QUEUE = 64
 _DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 
 
@@ -39,6 +53,7 @@ class S3Storage(Storage):
         *,
         multipart_threshold: int = _MULTIPART_THRESHOLD,
         multipart_chunksize: int = _MULTIPART_CHUNKSIZE,
+        max_concurrency: int = _MAX_CONCURRENCY,
         max_attempts: int = _S3_MAX_ATTEMPTS,
     ) -> None:
         # boto3 is imported here so that local-only runs never pay for it.
@@ -56,6 +71,8 @@ class S3Storage(Storage):
             retries={"mode": "standard", "max_attempts": max_attempts},
             connect_timeout=_S3_CONNECT_TIMEOUT_S,
             read_timeout=_S3_READ_TIMEOUT_S,
+            # Every part in flight holds a connection, and listings or claims may run beside.
+            max_pool_connections=max_concurrency + 2,
             # Custom endpoints (MinIO, in-cluster services) rarely have wildcard DNS.
             s3={"addressing_style": "path" if self.endpoint else "auto"},
         )
@@ -69,8 +86,13 @@ class S3Storage(Storage):
         self.transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
             multipart_chunksize=multipart_chunksize,
-            max_concurrency=_MAX_CONCURRENCY,
+            max_concurrency=max_concurrency,
+            io_chunksize=_IO_CHUNKSIZE,
+            max_io_queue=_MAX_IO_QUEUE,
         )
+        self._lock = threading.Lock()
+        self._manager: Any = None  # made by the first file transfer
+        self._manager_pid = 0
 
     def __repr__(self) -> str:
         return f"S3Storage({self.root_uri!r}, endpoint={self.endpoint!r})"
@@ -91,17 +113,38 @@ class S3Storage(Storage):
     def _is_missing(error: Exception) -> bool:
         return _error_code(error) in ("404", "NoSuchKey", "NotFound")
 
+    def _submit(self, submit: Callable[[Any], Any]) -> None:
+        """Run one transfer on the storage's transfer manager and wait for it. Files
+        moved from several threads at once share its `max_concurrency` request threads
+        (boto3's upload_file would make a manager, and as many threads, per call)."""
+        with self._lock:  # s3transfer's submit is not documented as thread-safe
+            if self._manager is None or self._manager_pid != os.getpid():
+                # Made once per process: a forked child has none of the parent's threads.
+                from boto3.s3.transfer import create_transfer_manager
+
+                self._manager = create_transfer_manager(self.client, self.transfer)
+                self._manager_pid = os.getpid()
+            future = submit(self._manager)
+        try:
+            future.result()
+        except BaseException:
+            future.cancel()  # an interrupted caller leaves no parts in flight
+            raise
+
     def put_file(self, key: str, path: Path) -> None:
-        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+        self._submit(lambda tm: tm.upload(str(path), self.bucket, self._key(key)))
 
     def get_file(self, key: str, path: Path) -> None:
+        # Into a temp sibling, renamed once whole: s3transfer writes the parts at their
+        # offsets as they come. The caller hashes the file afterwards (Storage's
+        # get_file_sha256): measured faster on 2 cores than hashing while the parts land.
         from botocore.exceptions import ClientError
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
         try:
-            self.client.download_file(self.bucket, self._key(key), str(tmp), Config=self.transfer)
+            self._submit(lambda tm: tm.download(self.bucket, self._key(key), str(tmp)))
             tmp.replace(path)
         except ClientError as error:
             if self._is_missing(error):

@@ -7,13 +7,16 @@ bytes and never decides what a checkpoint is.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
+
+from kubetrain_core.checkpoints.manifest import sha256_file
 
 if TYPE_CHECKING:
     from kubetrain_core.config.schema import S3Config
@@ -22,6 +25,7 @@ __all__ = ["LocalStorage", "Storage", "open_storage"]
 
 # Temp names never collide with checkpoint files and are skipped by listings.
 TMP_PREFIX = ".tmp-"
+_COPY_CHUNK = 4 * 1024 * 1024
 
 
 def check_key(key: str) -> str:
@@ -57,6 +61,12 @@ class Storage(ABC):
     @abstractmethod
     def get_file(self, key: str, path: Path) -> None:
         """Fetch `key` into the local file `path`; FileNotFoundError if it does not exist."""
+
+    def get_file_sha256(self, key: str, path: Path) -> str:
+        """`get_file`, returning the sha256 of the bytes written to `path`. Here the file is
+        read back (from the page cache); LocalStorage hashes while it copies."""
+        self.get_file(key, path)
+        return sha256_file(path)
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -148,6 +158,21 @@ class LocalStorage(Storage):
             raise FileNotFoundError(self.uri(key))
         with source.open("rb") as src:
             self._replace_into(Path(path), lambda out: shutil.copyfileobj(src, out))
+
+    def get_file_sha256(self, key: str, path: Path) -> str:
+        source = self._path(key)
+        if not source.is_file():
+            raise FileNotFoundError(self.uri(key))
+        digest = hashlib.sha256()
+
+        def copy(out: BinaryIO) -> None:
+            with source.open("rb") as src:
+                while chunk := src.read(_COPY_CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+
+        self._replace_into(Path(path), copy)
+        return digest.hexdigest()
 
     def put_bytes(self, key: str, data: bytes) -> None:
         self._replace_into(self._path(key), lambda out: out.write(data))

@@ -41,9 +41,9 @@ from kubetrain_core.checkpoints.manifest import (
     Manifest,
     Writer,
     checkpoint_dir,
-    describe_files,
 )
 from kubetrain_core.checkpoints.storage import Storage, open_storage
+from kubetrain_core.checkpoints.transfer import upload_files
 from kubetrain_trainer.checkpoint import claims, retention
 from kubetrain_trainer.checkpoint.claims import Fenced, StoreUnreadable
 from kubetrain_trainer.checkpoint.collective import first_verified, gather_self, on_rank0
@@ -343,11 +343,9 @@ class CheckpointManager:
         return None
 
     def _upload(self, directory: str, local: dict[str, Path]) -> dict[str, FileEntry]:
-        # Hash the local copy first: the manifest must describe what was meant to be written.
-        entries = describe_files(local, self.rank)
-        for name, path in sorted(local.items()):
-            self.storage.put_file(f"{directory}/{name}", path)
-        return entries
+        # Concurrently, each file hashed from its local copy while it uploads: the
+        # manifest describes what was meant to be written (transfer.py).
+        return upload_files(self.storage, directory, local, self.rank)
 
     # ---- good markers and rotation --------------------------------------------
 

@@ -82,6 +82,9 @@ class RetryingStorage(Storage):
     def get_file(self, key: str, path: Path) -> None:
         self._call(f"download of {key}", lambda: self.inner.get_file(key, path))
 
+    def get_file_sha256(self, key: str, path: Path) -> str:
+        return self._call(f"download of {key}", lambda: self.inner.get_file_sha256(key, path))
+
     def put_bytes(self, key: str, data: bytes) -> None:
         self._call(f"write of {key}", lambda: self.inner.put_bytes(key, data))
 
