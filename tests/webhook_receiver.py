@@ -1,6 +1,7 @@
-"""A webhook receiver on 127.0.0.1 for the notification tests: records every POST
-(path, headers, JSON body) and answers by path: /fail/... 500 forever, /hang/... never
-(until the test ends), anything else 204 (Discord's answer)."""
+"""A webhook receiver on 127.0.0.1 for the notification tests (the trainer's webhook
+sink and the operator's notifier): records every POST (path, headers, JSON body, the
+status answered) and answers by path: /fail/... 500 forever, /hang/... never (until the
+test ends), anything else the next of `statuses`, then 204 (Discord's answer)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ SECRET = "T0KEN-s3cr3t-9f8e7d"  # the URLs' secret part: must never be logged or
 class Receiver:
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
+        self.statuses: list[int] = []  # answered in turn to /ok/ posts; then 204
         self.lock = threading.Lock()
         self.stop = threading.Event()  # releases the hanging answers
         self.base = ""
@@ -28,6 +30,11 @@ class Receiver:
     def got(self, kind: str = "ok") -> list[dict[str, Any]]:
         with self.lock:
             return [p for p in self.posts if p["path"].startswith(f"/{kind}/")]
+
+    def bodies(self, status: int | None = 204) -> list[Any]:
+        """The JSON bodies of the posts answered with `status` (None: all), in order."""
+        with self.lock:
+            return [p["body"] for p in self.posts if status is None or p["status"] == status]
 
     def wait(self, count: int, kind: str = "ok", timeout: float = 60.0) -> list[dict[str, Any]]:
         end = time.monotonic() + timeout
@@ -45,20 +52,28 @@ def receiving() -> Iterator[Receiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers["Content-Length"]))
+            hang = self.path.startswith("/hang/")
             with got.lock:
+                if hang:
+                    status = 0  # never answered
+                elif self.path.startswith("/fail/"):
+                    status = 500
+                else:
+                    status = got.statuses.pop(0) if got.statuses else 204
                 got.posts.append(
                     {
                         "path": self.path,
                         "agent": self.headers["User-Agent"],
                         "type": self.headers["Content-Type"],
                         "body": json.loads(raw),
+                        "status": status,
                         "time": time.monotonic(),
                     }
                 )
-            if self.path.startswith("/hang/"):
+            if hang:
                 got.stop.wait(600)
                 return
-            self.send_response(500 if self.path.startswith("/fail/") else 204)
+            self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

@@ -12,14 +12,13 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.webhook_receiver import SECRET, Receiver, receiving
 
 from kubetrain_core.config import ConfigError, MetricsConfig, WandbConfig, WebhookConfig
 from kubetrain_trainer.metrics import EvalRecord, StepRecord, TrainerMetrics, build_sinks
@@ -27,8 +26,6 @@ from kubetrain_trainer.metrics.wandb_sink import WandbSink, run_id
 from kubetrain_trainer.metrics.webhook import QUEUE_SIZE, WebhookSink
 
 pytestmark = pytest.mark.integration
-
-SECRET = "T0KEN-s3cr3t-9f8e7d"  # the webhook URL's secret part: must never be logged
 
 
 @pytest.fixture(autouse=True)
@@ -47,57 +44,10 @@ def _local_only(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-home" / "data"))
 
 
-# --- a webhook receiver on loopback ----------------------------------------------------------
-
-
-class Receiver:
-    """What the server got: each POST's path, headers and JSON body, and its answers."""
-
-    def __init__(self) -> None:
-        self.posts: list[dict[str, Any]] = []
-        self.statuses: list[int] = []  # answered in turn; 204 (Discord's) once used up
-        self.lock = threading.Lock()
-        self.url = ""
-
-    def bodies(self, status: int | None = 204) -> list[Any]:
-        with self.lock:
-            return [p["body"] for p in self.posts if status is None or p["status"] == status]
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
-    got = Receiver()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers["Content-Length"]))
-            with got.lock:
-                status = got.statuses.pop(0) if got.statuses else 204
-                got.posts.append(
-                    {
-                        "path": self.path,
-                        "type": self.headers["Content-Type"],
-                        "body": json.loads(raw),
-                        "status": status,
-                    }
-                )
-            self.send_response(status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:  # quiet
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    got.url = f"http://127.0.0.1:{server.server_address[1]}/api/webhooks/42/{SECRET}"
-    try:
+    with receiving() as got:
         yield got
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def _drive(sink: WebhookSink) -> None:
@@ -123,23 +73,23 @@ TEXTS = [
 
 
 def test_discord_bodies_in_order(receiver: Receiver) -> None:
-    _drive(WebhookSink(WebhookConfig(enabled=True), "job-a", receiver.url))
+    _drive(WebhookSink(WebhookConfig(enabled=True), "job-a", receiver.url()))
     assert receiver.bodies() == [
         {"content": text, "allowed_mentions": {"parse": []}} for text in TEXTS
     ]
     assert {p["type"] for p in receiver.posts} == {"application/json"}
-    assert {p["path"] for p in receiver.posts} == {f"/api/webhooks/42/{SECRET}"}
+    assert {p["path"] for p in receiver.posts} == {f"/ok/{SECRET}"}
 
 
 def test_slack_bodies_escape_mentions(receiver: Receiver) -> None:
-    _drive(WebhookSink(WebhookConfig(enabled=True, format="slack"), "job-a", receiver.url))
+    _drive(WebhookSink(WebhookConfig(enabled=True, format="slack"), "job-a", receiver.url()))
     bodies = receiver.bodies()
     assert bodies[:4] == [{"text": text} for text in TEXTS[:4]]
     assert bodies[4] == {"text": "job-a failed at step 57: CUDA error &lt;!channel&gt; &amp; more"}
 
 
 def test_a_resumed_start_says_where(receiver: Receiver) -> None:
-    sink = WebhookSink(WebhookConfig(enabled=True, format="slack"), "job-a", receiver.url)
+    sink = WebhookSink(WebhookConfig(enabled=True, format="slack"), "job-a", receiver.url())
     sink.event("start", 300)
     sink.close()
     assert receiver.bodies() == [{"text": "job-a started, resuming at step 300"}]
@@ -147,7 +97,7 @@ def test_a_resumed_start_says_where(receiver: Receiver) -> None:
 
 def test_events_filters_what_is_sent(receiver: Receiver) -> None:
     cfg = WebhookConfig(enabled=True, format="slack", events=["rollback", "failed"])
-    _drive(WebhookSink(cfg, "job-a", receiver.url))
+    _drive(WebhookSink(cfg, "job-a", receiver.url()))
     texts = [b["text"] for b in receiver.bodies()]
     assert texts == [TEXTS[2], "job-a failed at step 57: CUDA error &lt;!channel&gt; &amp; more"]
 
@@ -157,7 +107,7 @@ def test_two_server_errors_then_success_arrives_on_the_third_attempt(
 ) -> None:
     receiver.statuses = [500, 503]
     sink = WebhookSink(
-        WebhookConfig(enabled=True, max_attempts=3), "job-a", receiver.url, backoff_seconds=0.05
+        WebhookConfig(enabled=True, max_attempts=3), "job-a", receiver.url(), backoff_seconds=0.05
     )
     sink.event("start", 0)
     sink.close()
@@ -172,7 +122,7 @@ def test_retries_stop_at_max_attempts_and_4xx_is_not_retried(
 ) -> None:
     receiver.statuses = [500, 500, 404]
     cfg = WebhookConfig(enabled=True, max_attempts=2)
-    sink = WebhookSink(cfg, "job-a", receiver.url, backoff_seconds=0.05)
+    sink = WebhookSink(cfg, "job-a", receiver.url(), backoff_seconds=0.05)
     with caplog.at_level(logging.WARNING):
         sink.event("start", 0)  # 500, 500: given up after 2
         sink.event("finished", 9, steps=9)  # 404: given up at once
@@ -267,7 +217,7 @@ def test_a_missing_or_bad_url_is_a_config_error_that_never_shows_it(tmp_path: Pa
 
 def test_build_sinks_notifies_from_rank_zero_only(receiver: Receiver, tmp_path: Path) -> None:
     cfg = MetricsConfig(webhook=WebhookConfig(enabled=True, format="slack"), console=False)
-    env = {"KUBETRAIN_WEBHOOK_URL": receiver.url}
+    env = {"KUBETRAIN_WEBHOOK_URL": receiver.url()}
     for rank in (0, 1):
         sinks = build_sinks(
             cfg, run_dir=tmp_path / f"r{rank}", is_main=rank == 0, total_steps=1,
@@ -399,7 +349,7 @@ def test_a_training_run_notifies_start_evaluations_and_its_end(
         training={"max_steps": 4, "eval_steps": 2},
         metrics={"webhook": {"enabled": True}},
     )
-    env = env_with(KUBETRAIN_WEBHOOK_URL=receiver.url, NO_PROXY="*", no_proxy="*")
+    env = env_with(KUBETRAIN_WEBHOOK_URL=receiver.url(), NO_PROXY="*", no_proxy="*")
     result = kubetrain("train", "--config", str(write_config(tmp_path / "c.yaml", cfg)), env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     texts = [body["content"] for body in receiver.bodies()]
