@@ -14,12 +14,10 @@ import pytest
 from tests.integration.trainer_runs import (
     CORPUS,
     committed_steps,
-    env_with,
-    kubetrain,
     losses_by_step,
     records,
     tiny_config,
-    write_config,
+    train_ok,
 )
 
 pytestmark = pytest.mark.integration
@@ -27,22 +25,15 @@ pytestmark = pytest.mark.integration
 FACTS = Path(__file__).resolve().parents[2] / "examples" / "data" / "chat-facts.jsonl"
 
 
-def _run(cfg: dict[str, Any], path: Path, *overrides: str) -> None:
-    result = kubetrain(
-        "train", "--config", str(write_config(path, cfg)), *overrides, env=env_with()
-    )
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-
-
 def _resumes_exactly(tmp_path: Path, make: Callable[[Path], dict[str, Any]], steps: int) -> None:
     """`steps` straight, and `steps // 2` then resumed to `steps`: the same losses."""
     straight = make(tmp_path / "straight")
     straight["training"]["max_steps"] = steps
-    _run(straight, tmp_path / "straight.yaml")
+    train_ok(straight, tmp_path / "straight.yaml")
     split = make(tmp_path / "split")
     split["training"]["max_steps"] = steps // 2
-    _run(split, tmp_path / "split.yaml")
-    _run(split, tmp_path / "split.yaml", f"training.max_steps={steps}")
+    train_ok(split, tmp_path / "split.yaml")
+    train_ok(split, tmp_path / "split.yaml", f"training.max_steps={steps}")
     assert losses_by_step(tmp_path / "split") == losses_by_step(tmp_path / "straight")
 
 
@@ -67,7 +58,7 @@ def _unigram_entropy(path: Path) -> float:
 
 
 def test_masked_lm_pretraining_of_the_native_encoder_learns(tmp_path: Path) -> None:
-    _run(_encoder(tmp_path / "run", max_steps=400), tmp_path / "c.yaml")
+    train_ok(_encoder(tmp_path / "run", max_steps=400), tmp_path / "c.yaml")
     val = [r["val_loss"] for r in records(tmp_path / "run", "val")]
     assert len(val) == 4 and val == sorted(val, reverse=True), val
     # Masked MLM first learns character frequencies, then reads the context on both
@@ -92,7 +83,7 @@ def test_a_bert_model_pretrains_with_masked_lm(tmp_path: Path) -> None:
         training={"strategy": "pretrain_mlm", "max_steps": 60, "eval_steps": 30},
         checkpoint={"interval_steps": 30},
     )
-    _run(cfg, tmp_path / "c.yaml")
+    train_ok(cfg, tmp_path / "c.yaml")
     val = [r["val_loss"] for r in records(tmp_path / "run", "val")]
     assert val[-1] < val[0], val
     from transformers import AutoModelForMaskedLM

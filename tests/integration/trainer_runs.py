@@ -59,6 +59,12 @@ def kubetrain(
     )
 
 
+def train_ok(cfg: dict[str, Any], path: Path, *overrides: str) -> None:
+    """`kubetrain train` of `cfg` written to `path`; fails the test with its output."""
+    result = kubetrain("train", "--config", str(write_config(path, cfg)), *overrides)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+
+
 def records(run_dir: Path, kind: str) -> list[dict[str, Any]]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     return [r for r in map(json.loads, lines) if r.get("kind") == kind]

@@ -28,7 +28,7 @@ from kubetrain_trainer.checkpoint import CheckpointError
 from kubetrain_trainer.checkpointer import Checkpointer
 from kubetrain_trainer.components import build_components
 from kubetrain_trainer.distributed import DistInfo
-from kubetrain_trainer.evaluation.generation import GenerationEvaluator, check_watched
+from kubetrain_trainer.evaluation.generation import build_generation
 from kubetrain_trainer.export import write_export
 from kubetrain_trainer.faults import FaultInjector
 from kubetrain_trainer.metrics import (
@@ -128,20 +128,14 @@ class Trainer:
             job_name=runtime.job_name,
             config=cfg.model_dump(mode="json"),
         )
-        self.generation = (
-            GenerationEvaluator(
-                cfg.evaluation,
-                dataset=parts.dataset,
-                adapter=parts.adapter,
-                dist_info=dist_info,
-                synced=is_sharded(parts.model),
-                batch_size=cfg.data.batch_size,
-                run_dir=self.run_dir,
-            )
-            if cfg.evaluation.metrics
-            else None
+        self.generation = build_generation(
+            cfg,
+            dataset=parts.dataset,
+            adapter=parts.adapter,
+            dist_info=dist_info,
+            synced=is_sharded(parts.model),
+            run_dir=self.run_dir,
         )
-        check_watched(cfg, self.generation.metrics if self.generation else [])
         states = {"loop": self, "guard": self.guard, **parts.stateful()}
         self.checkpoints.attach(
             parts.raw_model, parts.optimizer, states, parts.dataset.tokenizer, self.sinks

@@ -55,6 +55,34 @@ def check_watched(cfg: TrainingConfig, metrics: list[TextMetric]) -> None:
             )
 
 
+def build_generation(
+    cfg: TrainingConfig,
+    *,
+    dataset: DatasetAdapter,
+    adapter: ModelAdapter,
+    dist_info: DistInfo,
+    synced: bool,
+    run_dir: Path,
+) -> GenerationEvaluator | None:
+    """The run's generation evaluator (None: no text metrics in `evaluation.metrics`),
+    once early stopping and best checkpoints are known to watch metrics it logs."""
+    generation = (
+        GenerationEvaluator(
+            cfg.evaluation,
+            dataset=dataset,
+            adapter=adapter,
+            dist_info=dist_info,
+            synced=synced,
+            batch_size=cfg.data.batch_size,
+            run_dir=run_dir,
+        )
+        if cfg.evaluation.metrics
+        else None
+    )
+    check_watched(cfg, generation.metrics if generation else [])
+    return generation
+
+
 class GenerationEvaluator:
     def __init__(
         self,
