@@ -107,6 +107,8 @@ SETTINGS = [
      "resync period in seconds (pod events trigger reconciles in between)"),
     ("KUBETRAIN_RESTART_BACKOFF_SECONDS", "5", "first gang-restart delay, doubling per restart"),
     ("KUBETRAIN_RESTART_BACKOFF_MAX_SECONDS", "300", "backoff cap"),
+    ("KUBETRAIN_WORKERS", "16",
+     "threads that run reconciles (and half as many for pod events); one job uses one"),
 ]  # fmt: skip
 INTRO = INTRO_TEMPLATE.replace(
     "{settings}",

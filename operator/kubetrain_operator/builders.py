@@ -7,6 +7,8 @@ create is idempotent: an operator restarted mid-way gets 409, never a twin.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -144,9 +146,36 @@ def run_dir(job: TrainingJob) -> str:
     return f"/tmp/kubetrain/{job.metadata.namespace}/{job.metadata.name}"
 
 
+# Rendered configs by what they are made of (the job's name, UID and spec, the settings):
+# rendering the YAML was the largest CPU cost of a resync, and a job's spec rarely changes.
+_RENDERED: dict[bytes, str] = {}
+_RENDERED_MAX = 4096
+_rendered_lock = threading.Lock()
+
+
 def worker_config(job: TrainingJob, settings: Settings) -> str:
     """The trainer config every worker reads (the ConfigMap): spec.trainer with the
     job-level settings and the operator's defaults folded in."""
+    made_of = (
+        job.metadata.namespace,
+        job.metadata.name,
+        job_uid(job),
+        job.spec.model_dump_json(),
+        repr(settings),
+    )
+    key = hashlib.sha256(repr(made_of).encode()).digest()
+    with _rendered_lock:
+        cached = _RENDERED.get(key)
+    if cached is None:
+        cached = _render_config(job, settings)
+        with _rendered_lock:
+            if len(_RENDERED) >= _RENDERED_MAX:
+                _RENDERED.clear()
+            _RENDERED[key] = cached
+    return cached
+
+
+def _render_config(job: TrainingJob, settings: Settings) -> str:
     uri = checkpoint_uri(job, settings)
     default = not job.spec.checkpoint.uri and uri is not None
     cfg = trainer_config(

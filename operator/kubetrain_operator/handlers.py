@@ -4,7 +4,8 @@ Each trigger (create, resume, update, a timer, an event of an owned pod) runs th
 same level-based step: read the job and its pods fresh (kube.py), `reconcile`
 (pure), carry out the actions (kube.py). One reconcile per job at a time: a trigger
 that finds one running marks the job for another pass and returns, so a slow job
-never occupies more than one of kopf's worker threads. Handlers return nothing: the
+never occupies more than one of kopf's worker threads, and pod events of a job that
+already waits for a thread are folded into that one pass. Handlers return nothing: the
 status schema is strict, and the status is patched explicitly.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,17 +32,32 @@ from kubetrain_operator import builders, kube, operator_metrics
 from kubetrain_operator.actions import Action, Notify, PatchStatus
 from kubetrain_operator.notifier import Sender
 from kubetrain_operator.pod_watch import PodWatch
-from kubetrain_operator.reconcile import fail_stored, reconcile
+from kubetrain_operator.reconcile import fail_stored, reconcile, resync_spacing
 from kubetrain_operator.settings import Settings
 from kubetrain_operator.spec_limits import spec_problem
 
 SETTINGS = Settings.from_env()
 WATCHED: list[str] = []  # namespaces the operator serves (empty: all)
-_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="pod-events")
+_POOL = ThreadPoolExecutor(
+    max_workers=max(1, SETTINGS.workers // 2), thread_name_prefix="pod-events"
+)
+_queued: set[str] = set()  # jobs with a pod-event reconcile waiting for a pool thread
 
 
 def _POOL_SUBMIT(namespace: str, name: str) -> None:  # noqa: N802 (a callback constant)
-    _POOL.submit(reconcile_job, namespace, name)
+    """A pod event: reconcile its job, once per job however many events wait."""
+    key = f"{namespace}/{name}"
+    with _slots_lock:
+        if key in _queued:
+            return  # the queued pass will read the pods fresh, this event's change too
+        _queued.add(key)
+    _POOL.submit(_after_pod_event, namespace, name)
+
+
+def _after_pod_event(namespace: str, name: str) -> None:
+    with _slots_lock:
+        _queued.discard(f"{namespace}/{name}")  # from now on, a new event queues anew
+    reconcile_job(namespace, name)
 
 
 ALLOWED = pod_policy.Allowed.widened(
@@ -55,6 +72,7 @@ log = logging.getLogger("kubetrain.operator")
 class _JobSlot:
     lock: threading.Lock = field(default_factory=threading.Lock)
     again: bool = False  # a trigger came while a reconcile ran: run once more
+    done_at: float = float("-inf")  # time.monotonic() when the last pass ended
 
 
 _TASKS: list[asyncio.Task[None]] = []  # kept referenced: the loop holds tasks weakly
@@ -72,6 +90,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=SETTINGS.annotation_prefix, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # our own Events say what happened
+    settings.execution.max_workers = SETTINGS.workers  # sync handlers run in these threads
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = kube.TIMEOUT[1]
     settings.networking.connect_timeout = kube.TIMEOUT[0]
@@ -103,11 +122,25 @@ def on_change(namespace: str | None, name: str, **_: Any) -> None:
     reconcile_job(namespace or "default", name)
 
 
+# The first resync one interval after the job is seen: create and resume ran it already.
 @kopf.timer(
-    GROUP, VERSION, PLURAL, interval=SETTINGS.reconcile_interval_seconds, sharp=False, backoff=5
+    GROUP,
+    VERSION,
+    PLURAL,
+    interval=SETTINGS.reconcile_interval_seconds,
+    initial_delay=SETTINGS.reconcile_interval_seconds,
+    sharp=False,
+    backoff=5,
 )
-def resync(namespace: str | None, name: str, **_: Any) -> None:
-    reconcile_job(namespace or "default", name)
+def resync(
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> None:
+    # A job that a pod event or an edit reconciled within the spacing needs no resync
+    # yet: at scale, most timer passes were such repeats (docs/benchmarks.md).
+    spacing = resync_spacing(
+        dict(spec), dict(status), datetime.now(UTC), SETTINGS.reconcile_interval_seconds
+    )
+    reconcile_job(namespace or "default", name, fresh_for=spacing)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
@@ -119,10 +152,13 @@ def on_delete(namespace: str | None, name: str, **_: Any) -> None:
 # --- the level-based step --------------------------------------------------------------
 
 
-def reconcile_job(namespace: str, name: str) -> None:
+def reconcile_job(namespace: str, name: str, fresh_for: float = 0.0) -> None:
+    """Reconcile the job now, unless a pass ended less than `fresh_for` seconds ago."""
     key = f"{namespace}/{name}"
     with _slots_lock:
         slot = _slots.setdefault(key, _JobSlot())
+    if fresh_for and time.monotonic() - slot.done_at < fresh_for:
+        return
     if not slot.lock.acquire(blocking=False):
         slot.again = True  # the running reconcile passes once more; the timer backs it up
         return
@@ -132,6 +168,7 @@ def reconcile_job(namespace: str, name: str) -> None:
             slot.again = False
             with operator_metrics.RECONCILE.time():
                 _reconcile_once(namespace, name)
+            slot.done_at = time.monotonic()  # a failed pass is retried, never skipped
     finally:
         slot.lock.release()
 

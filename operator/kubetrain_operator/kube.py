@@ -14,6 +14,7 @@ import base64
 import json
 import logging
 import secrets
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -53,12 +54,66 @@ def _reason(err: ApiException) -> str:
         return str(err.reason)
 
 
+POOL_CONNECTIONS = 32  # kept-alive connections to the API server, one per busy thread
+
+_shared: dict[str, client.ApiClient] = {}  # "client": the process's one API client
+_client_lock = threading.Lock()
+
+
+class _CountingClient(client.ApiClient):  # type: ignore[misc]
+    """The process's one API client; counts its requests (operator_metrics)."""
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        operator_metrics.API_REQUESTS.labels(verb=method).inc()
+        return super().request(method, url, *args, **kwargs)
+
+
 def load_config() -> None:
-    """In a pod: its ServiceAccount; elsewhere: the kubeconfig."""
+    """In a pod: its ServiceAccount; elsewhere: the kubeconfig. Then the shared client."""
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = POOL_CONNECTIONS
+    with _client_lock:
+        _shared["client"] = _CountingClient(configuration)
+
+
+def api_client() -> client.ApiClient:
+    """One client for the whole process, so that its connection pool keeps connections
+    to the API server open. A client per call paid a TCP connect and a TLS handshake for
+    every request: half of the reconcile time at 200 jobs (docs/benchmarks.md)."""
+    with _client_lock:
+        if "client" not in _shared:
+            _shared["client"] = _CountingClient()
+        return _shared["client"]
+
+
+def core() -> client.CoreV1Api:
+    return client.CoreV1Api(api_client())
+
+
+def custom() -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(api_client())
+
+
+def _done(response: Any) -> None:
+    """Read a `_preload_content=False` answer to its end (the connection goes back to the
+    pool) without building the client's model of it: nobody reads it."""
+    try:
+        _ = response.data
+    finally:
+        response.release_conn()
+
+
+def read_json(response: Any) -> Any:
+    """The body of a `_preload_content=False` answer as plain JSON: the same dicts that
+    the client's models would serialize back to, without building the models."""
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
 
 
 def owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -72,7 +127,7 @@ def owned_by(obj: dict[str, Any], uid: str) -> bool:
 
 def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        body: dict[str, Any] = client.CustomObjectsApi().get_namespaced_custom_object(
+        body: dict[str, Any] = custom().get_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT
         )
     except ApiException as err:
@@ -84,26 +139,31 @@ def get_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 def list_pods(namespace: str, name: str, uid: str) -> list[dict[str, Any]]:
     """The job's pods: labelled with its name *and* controlled by its UID."""
-    api = client.ApiClient()
-    pods = client.CoreV1Api(api).list_namespaced_pod(
-        namespace, label_selector=f"{builders.JOB_LABEL}={name}", _request_timeout=TIMEOUT
+    listing = read_json(
+        core().list_namespaced_pod(
+            namespace,
+            label_selector=f"{builders.JOB_LABEL}={name}",
+            _request_timeout=TIMEOUT,
+            _preload_content=False,
+        )
     )
-    found = [api.sanitize_for_serialization(p) for p in pods.items]
+    found: list[dict[str, Any]] = listing.get("items") or []
     return [p for p in found if owned_by(p, uid)]
 
 
 def _read_owned(kind: str, namespace: str, name: str, uid: str) -> dict[str, Any] | None:
     """The job's Service or ConfigMap (None: missing); Rejected if that name is taken by
     an object the job does not own."""
-    core = client.CoreV1Api()
-    read = core.read_namespaced_service if kind == "Service" else core.read_namespaced_config_map
+    api = core()
+    read = api.read_namespaced_service if kind == "Service" else api.read_namespaced_config_map
     try:
-        obj = read(name, namespace, _request_timeout=TIMEOUT)
+        body: dict[str, Any] = read_json(
+            read(name, namespace, _request_timeout=TIMEOUT, _preload_content=False)
+        )
     except ApiException as err:
         if err.status == 404:
             return None
         raise
-    body: dict[str, Any] = client.ApiClient().sanitize_for_serialization(obj)
     if not owned_by(body, uid):
         raise Rejected("NameConflict", f"{kind} {namespace}/{name} exists and is not this job's")
     return body
@@ -119,16 +179,19 @@ def observe(job: TrainingJob, uid: str, settings: Settings) -> actions.Observed:
     """Everything `reconcile` needs to know about the job's world, read fresh."""
     namespace, name = job.metadata.namespace or "default", job.metadata.name
     pods = list_pods(namespace, name, uid)
-    finished = job.status is not None and job.status.state in ("Succeeded", "Failed")
+    now = datetime.now(UTC)
+    if job.status is not None and job.status.state in ("Succeeded", "Failed"):
+        # A finished job's pass only cleans up its pods and counts down its TTL.
+        return actions.Observed(pods=pods, service=False, config=None, now=now)
     read = progress(job, pods, settings.progress_timeout_seconds)
     return actions.Observed(
         pods=pods,
         service=_read_owned("Service", namespace, name, uid) is not None,
         config=config_data(namespace, f"{name}-config", uid),
-        now=datetime.now(UTC),
+        now=now,
         progress=read.progress,
         progress_error=read.error,
-        lost_nodes=frozenset() if finished else lost_nodes(pods),
+        lost_nodes=lost_nodes(pods),
         signing_key=secrets.token_urlsafe(32),
     )
 
@@ -152,7 +215,7 @@ def lost_nodes(pods: list[dict[str, Any]]) -> frozenset[str]:
     names = {node_of(p) for p in pods} - {""}
     for node in sorted(names):
         try:
-            body = client.CoreV1Api().read_node(node, _request_timeout=TIMEOUT)
+            body = core().read_node(node, _request_timeout=TIMEOUT)
         except ApiException as err:
             if err.status != 404:
                 raise
@@ -172,9 +235,7 @@ def secret_value(namespace: str, name: str, key: str) -> str:
     """The text under `key` of Secret namespace/name (a webhook URL: never logged).
     SecretUnavailable when it is missing, lacks the key, or the RBAC forbids it."""
     try:
-        secret = client.CoreV1Api().read_namespaced_secret(
-            name, namespace, _request_timeout=TIMEOUT
-        )
+        secret = core().read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
     except ApiException as err:
         if err.status == 404:
             raise SecretUnavailable(f"Secret {namespace}/{name} does not exist") from None
@@ -201,16 +262,24 @@ def apply(namespace: str, name: str, body: dict[str, Any], action: actions.Actio
     if isinstance(action, actions.CreateObject):
         _create(namespace, action.body, body["metadata"]["uid"])
     elif isinstance(action, actions.UpdateConfig):
-        client.CoreV1Api().patch_namespaced_config_map(
-            action.name, namespace, {"data": action.data}, _request_timeout=TIMEOUT
+        _done(
+            core().patch_namespaced_config_map(
+                action.name,
+                namespace,
+                {"data": action.data},
+                _request_timeout=TIMEOUT,
+                _preload_content=False,
+            )
         )
         log.info("updated ConfigMap %s/%s", namespace, action.name)
     elif isinstance(action, actions.DeletePods):
         _delete_pods(namespace, action)
     elif isinstance(action, actions.PatchStatus):
-        client.CustomObjectsApi().patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, {"status": action.status},
-            _request_timeout=TIMEOUT,
+        _done(
+            custom().patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, PLURAL, name, {"status": action.status},
+                _request_timeout=TIMEOUT, _preload_content=False,
+            )
         )  # fmt: skip
     elif isinstance(action, actions.EmitEvent):
         _event(body, action)
@@ -218,31 +287,40 @@ def apply(namespace: str, name: str, body: dict[str, Any], action: actions.Actio
         operator_metrics.observe(action.metric, action.value, action.label)
     elif isinstance(action, actions.DeleteJob):
         log.info("deleting %s/%s: %s", namespace, name, action.reason)
-        client.CustomObjectsApi().delete_namespaced_custom_object(
+        custom().delete_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, name, propagation_policy="Background",
             _request_timeout=TIMEOUT,
         )  # fmt: skip
 
 
 def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
-    core, net = client.CoreV1Api(), client.NetworkingV1Api()
+    shared = api_client()
+    api, net = client.CoreV1Api(shared), client.NetworkingV1Api(shared)
     kind, name = obj["kind"], obj["metadata"]["name"]
     create, read = {
-        "Pod": (core.create_namespaced_pod, core.read_namespaced_pod),
-        "Service": (core.create_namespaced_service, core.read_namespaced_service),
-        "ConfigMap": (core.create_namespaced_config_map, core.read_namespaced_config_map),
-        "Secret": (core.create_namespaced_secret, None),  # may create, never read
+        "Pod": (api.create_namespaced_pod, api.read_namespaced_pod),
+        "Service": (api.create_namespaced_service, api.read_namespaced_service),
+        "ConfigMap": (api.create_namespaced_config_map, api.read_namespaced_config_map),
+        "Secret": (api.create_namespaced_secret, None),  # may create, never read
         "NetworkPolicy": (net.create_namespaced_network_policy, net.read_namespaced_network_policy),
     }[kind]
     try:
         # Strict: a field the API server does not know is an error, not silently dropped.
-        create(namespace, obj, field_validation="Strict", _request_timeout=TIMEOUT)
+        _done(
+            create(
+                namespace,
+                obj,
+                field_validation="Strict",
+                _request_timeout=TIMEOUT,
+                _preload_content=False,
+            )
+        )
         log.info("created %s %s/%s", kind, namespace, name)
     except ApiException as err:
         if err.status == 409:
             if read is not None:
-                found = client.ApiClient().sanitize_for_serialization(
-                    read(name, namespace, _request_timeout=TIMEOUT)
+                found = read_json(
+                    read(name, namespace, _request_timeout=TIMEOUT, _preload_content=False)
                 )
                 if not owned_by(found, uid):
                     message = f"{kind} {namespace}/{name} exists and is not this job's"
@@ -255,12 +333,18 @@ def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
 
 
 def _delete_pods(namespace: str, action: actions.DeletePods) -> None:
-    core = client.CoreV1Api()
+    api = core()
     grace = 0 if action.force else None
     for pod in action.names:
         try:
-            core.delete_namespaced_pod(
-                pod, namespace, grace_period_seconds=grace, _request_timeout=TIMEOUT
+            _done(
+                api.delete_namespaced_pod(
+                    pod,
+                    namespace,
+                    grace_period_seconds=grace,
+                    _request_timeout=TIMEOUT,
+                    _preload_content=False,
+                )
             )
             log.info("deleted pod %s/%s (%s)", namespace, pod, action.reason)
         except ApiException as err:
@@ -276,26 +360,29 @@ def _event(body: dict[str, Any], event: actions.EmitEvent) -> None:
     # The note is limited to 1024 bytes, not characters.
     note = event.message.encode()[:1024].decode(errors="ignore")
     try:
-        client.EventsV1Api().create_namespaced_event(
-            meta["namespace"],
-            {
-                "metadata": {"name": name, "namespace": meta["namespace"]},
-                "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                "reportingController": f"{GROUP}/operator",
-                "reportingInstance": "kubetrain-operator",
-                "action": "Reconcile",
-                "type": event.type,
-                "reason": event.reason,
-                "note": note,
-                "regarding": {
-                    "apiVersion": f"{GROUP}/{VERSION}",
-                    "kind": "TrainingJob",
-                    "name": meta["name"],
-                    "namespace": meta["namespace"],
-                    "uid": meta["uid"],
+        _done(
+            client.EventsV1Api(api_client()).create_namespaced_event(
+                meta["namespace"],
+                {
+                    "metadata": {"name": name, "namespace": meta["namespace"]},
+                    "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "reportingController": f"{GROUP}/operator",
+                    "reportingInstance": "kubetrain-operator",
+                    "action": "Reconcile",
+                    "type": event.type,
+                    "reason": event.reason,
+                    "note": note,
+                    "regarding": {
+                        "apiVersion": f"{GROUP}/{VERSION}",
+                        "kind": "TrainingJob",
+                        "name": meta["name"],
+                        "namespace": meta["namespace"],
+                        "uid": meta["uid"],
+                    },
                 },
-            },
-            _request_timeout=TIMEOUT,
+                _request_timeout=TIMEOUT,
+                _preload_content=False,
+            )
         )
     except ApiException as err:  # an Event is best effort: never fail a reconcile over it
         log.warning("could not post event %s %s: %s", event.reason, event.message, err.reason)

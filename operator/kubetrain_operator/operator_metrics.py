@@ -33,7 +33,7 @@ RESTARTS = Counter("kubetrain_operator_restarts_total", "Gang restarts by cause"
 RECONCILE = Histogram(
     "kubetrain_operator_reconcile_duration_seconds",
     "Time of one reconcile (observe, decide, act)",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1, 2.5, 5, 10),
 )
 TIME_TO_RUNNING = Histogram(
     "kubetrain_operator_time_to_running_seconds",
@@ -44,6 +44,12 @@ RECOVERY = Histogram(
     "kubetrain_operator_recovery_seconds",
     "From a gang-restart decision to all pods of the next attempt running",
     buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 600),
+)
+API_REQUESTS = Counter(
+    "kubetrain_operator_api_requests_total",
+    "Requests of the reconciler and the pod watch to the Kubernetes API, by HTTP verb"
+    " (kopf's own watches and patches are not counted)",
+    ["verb"],
 )
 NOTIFICATIONS = Counter(
     "kubetrain_operator_notifications_total",

@@ -3,7 +3,8 @@
 kopf filters the pods it watches in the operator process: it would receive, and keep
 state for, every pod of the cluster. This thread asks the API server for pods that
 carry the job label and hands each event's job to the reconciler; memory grows with
-the job pods, not with the cluster.
+the job pods, not with the cluster. Events are read as plain JSON: all this needs of a
+pod is its namespace, labels and resourceVersion, not the client's models.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
+
+from kubetrain_operator import kube
 
 log = logging.getLogger("kubetrain.operator.pods")
 
@@ -48,7 +51,7 @@ class PodWatch:
         self._stop.set()
 
     def _list(self, namespace: str, **kwargs: Any) -> Any:
-        core = client.CoreV1Api()
+        core = client.CoreV1Api(kube.api_client())
         if namespace:
             return core.list_namespaced_pod(namespace, **kwargs)
         return core.list_pod_for_all_namespaces(**kwargs)
@@ -58,25 +61,34 @@ class PodWatch:
         while not self._stop.is_set():
             try:
                 if not version:
-                    listing = self._list(
-                        namespace, label_selector=self.label, _request_timeout=(5, 60)
+                    listing = kube.read_json(
+                        self._list(
+                            namespace,
+                            label_selector=self.label,
+                            _request_timeout=(5, 60),
+                            _preload_content=False,
+                        )
                     )
-                    version = listing.metadata.resource_version
-                    for pod in listing.items:
+                    version = listing["metadata"]["resourceVersion"]
+                    for pod in listing.get("items") or []:
                         self._notify(pod)
+                # deserialize=False: each event is the API server's JSON. (With models,
+                # the client could not tell the lambda's type and handed over dicts.)
                 stream = watch.Watch().stream(
                     lambda **kw: self._list(namespace, **kw),
                     label_selector=self.label,
                     resource_version=version,
                     timeout_seconds=_WATCH_SECONDS,
                     _request_timeout=(5, _WATCH_SECONDS + 30),
+                    deserialize=False,
                 )
                 for event in stream:
                     if self._stop.is_set():
                         return
-                    pod = event["object"]
-                    version = pod.metadata.resource_version or version
-                    self._notify(pod)
+                    pod = event.get("object") or {}
+                    version = (pod.get("metadata") or {}).get("resourceVersion") or version
+                    if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                        self._notify(pod)
             except ApiException as err:
                 if err.status == 410:  # expired: list again
                     version = ""
@@ -89,11 +101,12 @@ class PodWatch:
                 version = ""
                 time.sleep(2)
 
-    def _notify(self, pod: Any) -> None:
-        labels = pod.metadata.labels or {}
-        job = labels.get(self.label)
-        if job:
+    def _notify(self, pod: dict[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        job = (meta.get("labels") or {}).get(self.label)
+        namespace = meta.get("namespace") or ""
+        if job and namespace:
             try:
-                self.on_pod(pod.metadata.namespace, job)
+                self.on_pod(namespace, job)
             except Exception:  # one job's trouble must not stop the watch
-                log.exception("reconciling %s/%s after a pod event", pod.metadata.namespace, job)
+                log.exception("reconciling %s/%s after a pod event", namespace, job)

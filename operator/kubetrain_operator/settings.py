@@ -53,6 +53,10 @@ class Settings:
     restart_backoff_seconds: int = 5
     """First gang-restart delay; doubles with each restart up to restart_backoff_max_seconds."""
     restart_backoff_max_seconds: int = 300
+    workers: int = 16
+    """Threads that run reconciles (KUBETRAIN_WORKERS): kopf's handler threads, and half
+    as many for pod events. A reconcile mostly waits for the API server, so more threads
+    than cores keep the API server busy; one job never holds more than one."""
     progress_timeout_seconds: float = 2.0
     """Timeout of one read of rank 0's /progress."""
     network_policy: bool = True
@@ -95,6 +99,7 @@ class Settings:
             restart_backoff_seconds=_env_int("KUBETRAIN_RESTART_BACKOFF_SECONDS", 5),
             restart_backoff_max_seconds=_env_int("KUBETRAIN_RESTART_BACKOFF_MAX_SECONDS", 300),
             failure_settle_seconds=_env_int("KUBETRAIN_FAILURE_SETTLE_SECONDS", 50),
+            workers=max(1, _env_int("KUBETRAIN_WORKERS", 16)),
             network_policy=env.get("KUBETRAIN_NETWORK_POLICY", "true").lower() != "false",
             metrics_peers=tuple(json.loads(env["KUBETRAIN_METRICS_PEERS"]))
             if env.get("KUBETRAIN_METRICS_PEERS")

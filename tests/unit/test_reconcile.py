@@ -24,7 +24,12 @@ from kubetrain_operator.actions import (
     UpdateConfig,
 )
 from kubetrain_operator.progress import parse_progress
-from kubetrain_operator.reconcile import fail_stored, reconcile
+from kubetrain_operator.reconcile import (
+    FINISHED_RESYNC_SECONDS,
+    fail_stored,
+    reconcile,
+    resync_spacing,
+)
 from kubetrain_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -447,3 +452,19 @@ def test_a_peer_error_counts_as_error_once_the_settle_time_passed() -> None:
     pods = [_on(_pod(0, "Failed", **term), "n1"), _on(_pod(1, "Running"), "n2")]
     later = NOW + timedelta(seconds=SETTINGS.failure_settle_seconds + 1)
     assert _status(_run(job, pods, now=later)).restarts.error == 1
+
+
+def test_resync_spacing_slows_finished_jobs_until_their_ttl_is_due() -> None:
+    now = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    done = (now - timedelta(seconds=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    running = {"state": "Running"}
+    finished = {"state": "Succeeded", "completionTime": done}
+    assert resync_spacing({}, running, now, 3.0) == 3.0
+    assert resync_spacing({}, finished, now, 3.0) == FINISHED_RESYNC_SECONDS
+    assert resync_spacing({}, {"state": "Failed"}, now, 3.0) == FINISHED_RESYNC_SECONDS
+    # TTL of 10 s, finished 30 s ago: due, so the job is passed at the usual pace.
+    assert resync_spacing({"runPolicy": {"ttlSecondsAfterFinished": 10}}, finished, now, 3.0) == 3.0
+    assert (
+        resync_spacing({"runPolicy": {"ttlSecondsAfterFinished": 600}}, finished, now, 3.0)
+        == FINISHED_RESYNC_SECONDS
+    )
