@@ -1,158 +1,65 @@
-"""Recovery on the local cluster: how long a job is down and how much work it loses.
+"""Recovery on the local cluster: per failure class, how long a job is down and how much
+work it loses; and the checkpoint stall of async vs sync uploads.
 
-    make benchmark NAME=recovery
+    make benchmark NAME=recovery ARGS="--repeats 5 --json"
 
 Runs on the harness cluster (real API server, controller-manager, scheduler,
-3 process-kubelet nodes, MinIO) with the operator from source under its own
-RBAC identity. Each scenario is a 2-worker job from examples/trainingjob.yaml
-with a checkpoint every 10 steps:
+4 process-kubelet nodes in two pools, MinIO) with the operator from source under
+its own RBAC identity, one cluster and one operator for every run. Each run is
+one 2-worker job from examples/trainingjob.yaml, 60 steps, a checkpoint every
+10, one line per step in rank 0's log, hurt once by a fault of its class; the
+jobs run one after the other (`--parallel N`: N at a time; node stops keep to
+their own pool of nodes, so they never hit another job). Classes (`--classes`,
+default all but `none`): pod-kill, node-stop, nan-in-process, nan-rollback,
+hang, preemption, none (no fault: the goodput baseline); how each is played and
+what each figure measures: kubetrain_devcluster/recovery_classes.py. Prints a
+table of p50/p95 per class (`--json`: one JSON object with every run's figures,
+p50 and p95).
 
-* node stop: the node of worker 1 is stopped after the second checkpoint. Down
-  time runs from the stop until rank 0 of the next attempt reports a step beyond
-  the checkpoint it resumed from; steps lost = the highest step reached before
-  the stop minus that checkpoint's step.
-* NaN: steps 42-45 give NaN on every attempt; the trainer gives up (exit 65) and
-  the operator rolls back to the newest good checkpoint. Down time runs from
-  rank 0's exit (its container's finishedAt) until the next attempt trains again.
 * checkpoint stall: the training loop's blocked time per checkpoint
   (kubetrain_checkpoint_save_seconds on rank 0, mean over 5 saves after the
   first) with asynchronous uploads vs synchronous ones, same job with a ~150 MB
-  state per rank, same cluster, one after the other (`--only-stall` runs just this).
+  state per rank, same cluster, one after the other (`--stall` adds it,
+  `--only-stall` runs just this).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import re
+import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from kubetrain_devcluster import operator as operator_process
-from kubetrain_devcluster.jobs import (
-    ATTEMPT_LABEL,
-    apply_job,
-    checkpoint_steps,
-    example_job,
-    job_pods,
-    job_status,
-    rank0_progress,
-    wait_state,
-)
+from kubetrain_devcluster.jobs import apply_job, example_job, wait_state
 from kubetrain_devcluster.project import cluster as kubetrain_cluster
-from localkube.cluster import Cluster, default_nodes
+from kubetrain_devcluster.recovery_classes import (
+    CLASSES,
+    FIGURES,
+    POOL_LABEL,
+    run_once,
+    summary,
+)
+from localkube.cluster import Cluster
 from localkube.kubelet import NodeSpec
 from localkube.services import wait_until
 
 NAMESPACE = "bench"
 
 
-def job(name: str, steps: int, *, fault: str | None = None, async_upload: bool = True) -> Any:
+def job(name: str, steps: int, *, async_upload: bool = True) -> Any:
     body = example_job(name, max_steps=steps, eval_steps=steps, eval_batches=2)
     body["spec"]["checkpoint"]["intervalSteps"] = 10
-    body["spec"]["trainer"]["recovery"] |= {
-        "good_after_steps": 5, "max_consecutive_skips": 1, "max_restores": 0,
-    }  # fmt: skip
     body["spec"]["checkpoint"]["asyncUpload"] = async_upload
-    if fault:
-        body["spec"]["env"] = [{"name": "KUBETRAIN_FAULT_INJECT", "value": fault}]
     return body
-
-
-def wait_training_again(cluster: Cluster, name: str, attempt: int, beyond: int) -> float:
-    """Monotonic time when rank 0 of `attempt` first reports a step > `beyond`."""
-    wait_until(
-        lambda: (rank0_progress(cluster, NAMESPACE, name, attempt) or 0) > beyond,
-        timeout=900,
-        what=f"attempt {attempt} of {name} to train past step {beyond}",
-        interval=0.2,
-    )
-    return time.monotonic()
-
-
-def resumed_step(cluster: Cluster, name: str) -> int:
-    log = cluster.pod_log_path(NAMESPACE, f"{name}-0", "trainer").read_text(errors="replace")
-    found = re.findall(rf"resumed from s3://\S+/{name}/step-(\d+)", log)
-    if not found:
-        raise RuntimeError(f"{name}: rank 0 did not log a resume")
-    return int(found[-1])
-
-
-def node_stop(cluster: Cluster, op: operator_process.OperatorProcess) -> dict[str, float]:
-    name = "bench-node-stop"
-    apply_job(cluster, NAMESPACE, job(name, 80))
-    wait_until(
-        lambda: len(checkpoint_steps(cluster, NAMESPACE, name)) >= 2,
-        timeout=600,
-        what="two checkpoints",
-        interval=0.5,
-    )
-    reached = rank0_progress(cluster, NAMESPACE, name, 0) or 0
-    victim = cluster.pod_node(NAMESPACE, f"{name}-1")
-    stopped = time.monotonic()
-    cluster.stop_node(victim)
-    reached = max(reached, rank0_progress(cluster, NAMESPACE, name, 0) or 0)
-    try:
-        wait_until(
-            lambda: job_status(cluster, NAMESPACE, name)["restarts"]["total"] >= 1,
-            timeout=300,
-            what="the restart",
-            interval=0.2,
-        )
-        decided = time.monotonic()
-        status = job_status(cluster, NAMESPACE, name)
-        reached = max(reached, status["recovery"]["highestStep"])
-        resumed = wait_training_again(cluster, name, 1, beyond=0)
-        start = resumed_step(cluster, name)
-        wait_state(cluster, op, NAMESPACE, name, state="Succeeded", timeout=900)
-    finally:
-        cluster.add_node(NodeSpec(f"{victim}-replacement"))
-    return {
-        "stop -> restart decided (s)": decided - stopped,
-        "stop -> training again (s)": resumed - stopped,
-        "steps lost": reached - start,
-        "goodput %": job_status(cluster, NAMESPACE, name)["goodputPercent"],
-    }
-
-
-def rank0_exit_code(cluster: Cluster, name: str, attempt: int) -> int | None:
-    """Exit code of rank 0's container (torchrun) in `attempt`, once it has terminated."""
-    for pod in job_pods(cluster, NAMESPACE, name):
-        meta = pod["metadata"]
-        if meta["name"].endswith("-0") and meta["labels"].get(ATTEMPT_LABEL) == str(attempt):
-            for cs in pod["status"].get("containerStatuses") or []:
-                terminated = (cs.get("state") or {}).get("terminated")
-                if terminated:
-                    return int(terminated["exitCode"])
-    return None
-
-
-def nan_rollback(cluster: Cluster, op: operator_process.OperatorProcess) -> dict[str, float]:
-    name = "bench-nan"
-    apply_job(cluster, NAMESPACE, job(name, 80, fault="nan@step=42,times=4"))
-    # torchrun, the container's process, exits 1 whatever its worker's code; the
-    # trainer's termination message says NaN (asserted through restarts.nan below).
-    wait_until(
-        lambda: rank0_exit_code(cluster, name, 0) is not None,
-        timeout=900,
-        what="rank 0 to exit",
-        interval=0.2,
-    )
-    exited = time.monotonic()
-    resumed = wait_training_again(cluster, name, 1, beyond=0)
-    status = job_status(cluster, NAMESPACE, name)
-    if status["restarts"]["nan"] != 1:
-        raise RuntimeError(f"{name}: expected one NaN rollback, got {status['restarts']}")
-    start = resumed_step(cluster, name)
-    wait_state(cluster, op, NAMESPACE, name, state="Succeeded", timeout=900)
-    return {
-        "NaN exit -> training again (s)": resumed - exited,
-        "steps lost": status["recovery"]["highestStep"] - start,
-        "rolled back to step": start,
-        "goodput %": job_status(cluster, NAMESPACE, name)["goodputPercent"],
-    }
 
 
 # The stall scenario's model: ~12.6 M parameters, ~150 MB of weights and AdamW state
@@ -203,17 +110,81 @@ def stall(cluster: Cluster, op: operator_process.OperatorProcess, async_upload: 
     return (last[0] - first[0]) / (last[1] - first[1])
 
 
-def report(scenario: str, figures: dict[str, float]) -> None:
-    print(scenario)
-    for key, value in figures.items():
-        print(f"  {key:34s} {value:8.1f}", flush=True)
+def loads() -> list[float]:
+    """The 1, 5 and 15 minute load averages of this machine."""
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def run_classes(
+    cluster: Cluster,
+    op: operator_process.OperatorProcess,
+    names: list[str],
+    repeats: int,
+    parallel: int,
+) -> dict[str, Any]:
+    """Every class `repeats` times, round robin, up to `parallel` jobs at a time; node
+    stops one at a time on their own pool of nodes, the other classes on the shared one."""
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+    node_stops = threading.Lock()
+
+    def one(cls: str, i: int) -> None:
+        pool = "victim" if cls == "node-stop" else "shared"
+        try:
+            with node_stops if cls == "node-stop" else contextlib.nullcontext():
+                name = f"rec-{cls}-{i}"
+                figures = run_once(cluster, op, NAMESPACE, CLASSES[cls], name, pool)
+        except Exception as error:  # reported in the output; the other runs go on
+            figures = {"error": f"{type(error).__name__}: {error}"[:2000]}
+        figures["load_1m"] = loads()[0]
+        runs[cls].append(figures)
+        print(f"{cls} #{i}: {json.dumps(figures)}", file=sys.stderr, flush=True)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        done = [pool.submit(one, cls, i) for i in range(repeats) for cls in names]
+        for future in done:
+            future.result()
+    return {n: {"model": CLASSES[n].model, "runs": r, **summary(r)} for n, r in runs.items()}
+
+
+def print_table(result: dict[str, Any]) -> None:
+    heads = ("detection s", "training again s", "steps lost", "goodput %")
+    print(f"{'class':16s}" + "".join(f"{h:>22s}" for h in heads))
+    for cls, res in result["classes"].items():
+        cells = []
+        for key in FIGURES:
+            p50, p95 = res["p50"][key], res["p95"][key]
+            cells.append("-" if p50 is None else f"{p50:.1f} / {p95:.1f}")
+        print(f"{cls:16s}" + "".join(f"{c:>22s}" for c in cells))
+    print(f"(p50 / p95 over {result['repeats']} runs each; load {result['load_1m']})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only-stall", action="store_true", help="skip node stop and NaN")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per class (default 5)")
+    parser.add_argument(
+        "--classes",
+        default=",".join(c for c in CLASSES if c != "none"),
+        help=f"comma-separated, of: {', '.join(CLASSES)}",
+    )
+    parser.add_argument("--parallel", type=int, default=1, help="jobs at a time (default 1)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--stall", action="store_true", help="also the checkpoint stall")
+    parser.add_argument("--only-stall", action="store_true", help="only the checkpoint stall")
     args = parser.parse_args()
-    with kubetrain_cluster(default_nodes(3)) as cluster, tempfile.TemporaryDirectory() as tmp:
+    names = [] if args.only_stall else [c for c in args.classes.split(",") if c]
+    unknown = set(names) - set(CLASSES)
+    if unknown:
+        parser.error(f"unknown classes {sorted(unknown)}; known: {', '.join(CLASSES)}")
+    result: dict[str, Any] = {
+        "repeats": args.repeats,
+        "parallel": args.parallel,
+        "load_before": loads(),
+    }
+    started = time.monotonic()
+    nodes = [NodeSpec(f"node-{i}", labels={POOL_LABEL: "shared"}) for i in range(2)] + [
+        NodeSpec(f"victim-{i}", labels={POOL_LABEL: "victim"}) for i in range(2)
+    ]
+    with kubetrain_cluster(nodes) as cluster, tempfile.TemporaryDirectory() as tmp:
         operator_process.install(cluster)
         cluster.kubectl("create", "namespace", NAMESPACE)
         operator_process.create_s3_secret(cluster, NAMESPACE)
@@ -221,17 +192,31 @@ def main() -> None:
         op.write_kubeconfig()
         op.start()
         try:
-            if not args.only_stall:
-                report("node stop", node_stop(cluster, op))
-                report("NaN rollback", nan_rollback(cluster, op))
-            sync_s = stall(cluster, op, async_upload=False)
-            async_s = stall(cluster, op, async_upload=True)
+            result["classes"] = run_classes(cluster, op, names, args.repeats, args.parallel)
+            if args.stall or args.only_stall:
+                sync_s = stall(cluster, op, async_upload=False)
+                async_s = stall(cluster, op, async_upload=True)
+                result["stall_ms"] = {"sync": sync_s * 1000, "async": async_s * 1000}
         finally:
             op.kill()
+    runs = [r for c in result["classes"].values() for r in c["runs"]]
+    result["load_1m"] = {
+        "min": min((r["load_1m"] for r in runs), default=None),
+        "max": max((r["load_1m"] for r in runs), default=None),
+    }
+    result["load_after"] = loads()
+    result["minutes"] = round((time.monotonic() - started) / 60, 1)
+    if args.json:
+        print(json.dumps(result))
+        return
+    if names:
+        print_table(result)
+    if "stall_ms" in result:
+        sync_ms, async_ms = result["stall_ms"]["sync"], result["stall_ms"]["async"]
         print("checkpoint stall per save (rank 0, mean)")
-        print(f"  synchronous (baseline)             {sync_s * 1000:8.0f} ms")
-        print(f"  asynchronous                       {async_s * 1000:8.0f} ms")
-        print(f"  ratio async/sync                   {async_s / sync_s:8.3f}   (target <= 0.1)")
+        print(f"  synchronous (baseline)             {sync_ms:8.0f} ms")
+        print(f"  asynchronous                       {async_ms:8.0f} ms")
+        print(f"  ratio async/sync                   {async_ms / sync_ms:8.3f}   (target <= 0.1)")
 
 
 if __name__ == "__main__":
