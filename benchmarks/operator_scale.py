@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import tempfile
 import threading
@@ -103,6 +104,12 @@ def rss_mib(pid: int, field: str = "VmHWM") -> float:
 # --- metrics ---------------------------------------------------------------------------
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? ([^ ]+)")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def samples(text: str, name: str) -> Iterator[tuple[dict[str, str], float]]:
@@ -233,6 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             result["bare_pods_seconds"] = round(bare, 2)
             requests_before = operator_requests(cluster)
             reconciler_before = _reconciler_requests(op.metrics())
+            cpu_before = cpu_seconds(pid)
             docs = [training_job(i) for i in range(args.jobs)]
             if args.kwok:
                 _measure_kwok(cluster, docs, args, result)
@@ -252,6 +260,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result[key] = None if value is None else round(value, 4)
             result["reconciles"] = sum(v for _, v in samples(metrics, f"{name}_count"))
             result["operator_peak_rss_mib"] = round(rss_mib(pid), 1)
+            result["operator_cpu_seconds"] = round(cpu_seconds(pid) - cpu_before, 1)
         finally:
             op.kill()
             if kwok is not None:

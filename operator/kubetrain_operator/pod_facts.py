@@ -92,6 +92,34 @@ def pick_failure(pods: list[Obj]) -> tuple[Obj, Cause, TerminationMessage | None
     return pod, cause, message
 
 
+def fingerprint(pod: Obj) -> tuple[object, ...]:
+    """What of a pod the reconcile decides on: phase, deletion, node, IP and each
+    container's state, exit code and restarts. Pod events that change none of it (the
+    scheduler retrying an unschedulable pod, a condition's heartbeat, the ADDED event of
+    a pod just created) need no reconcile; a waiting reason matters only once the startup
+    deadline passed, and the resync timer looks then."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    containers = tuple(
+        (
+            cs.get("name"),
+            tuple(sorted(cs.get("state") or {})),
+            ((cs.get("state") or {}).get("terminated") or {}).get("exitCode"),
+            cs.get("restartCount"),
+        )
+        for cs in [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]
+    )
+    return (
+        phase_of(pod),
+        bool(meta.get("deletionTimestamp")),
+        node_of(pod),
+        status.get("podIP"),
+        containers,
+    )
+
+
 def pending_reason(pod: Obj) -> str:
     """Why a pod is Pending, in its own words: the scheduler's or a container's reason."""
     status = pod.get("status") or {}

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from kubetrain_operator import kube
+from kubetrain_operator import kube, pod_facts
 
 log = logging.getLogger("kubetrain.operator.pods")
 
@@ -26,8 +26,9 @@ _WATCH_SECONDS = 300  # the server ends each watch after this; we start the next
 
 
 class PodWatch:
-    """Calls `on_pod(namespace, job name)` for every event of a pod labelled `label`,
-    in `namespaces` (all when empty), until `stop()`."""
+    """Calls `on_pod(namespace, job name)` for every event of a pod labelled `label`, in
+    `namespaces` (all when empty), that changes what the reconcile decides on (its
+    `fingerprint`) or deletes it, until `stop()`."""
 
     def __init__(
         self, label: str, namespaces: list[str], on_pod: Callable[[str, str], None]
@@ -36,6 +37,7 @@ class PodWatch:
         self.namespaces = namespaces or [""]
         self.on_pod = on_pod
         self._stop = threading.Event()
+        self._seen: dict[str, tuple[object, ...]] = {}  # pod UID -> its last fingerprint
         self._threads: list[threading.Thread] = []
 
     def start(self) -> PodWatch:
@@ -70,7 +72,9 @@ class PodWatch:
                         )
                     )
                     version = listing["metadata"]["resourceVersion"]
-                    for pod in listing.get("items") or []:
+                    pods = listing.get("items") or []
+                    self._forget_gone(namespace, pods)  # deleted while nobody watched
+                    for pod in pods:
                         self._notify(pod)
                 # deserialize=False: each event is the API server's JSON. (With models,
                 # the client could not tell the lambda's type and handed over dicts.)
@@ -88,7 +92,7 @@ class PodWatch:
                     pod = event.get("object") or {}
                     version = (pod.get("metadata") or {}).get("resourceVersion") or version
                     if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                        self._notify(pod)
+                        self._notify(pod, deleted=event.get("type") == "DELETED")
             except ApiException as err:
                 if err.status == 410:  # expired: list again
                     version = ""
@@ -101,10 +105,24 @@ class PodWatch:
                 version = ""
                 time.sleep(2)
 
-    def _notify(self, pod: dict[str, Any]) -> None:
+    def _forget_gone(self, namespace: str, pods: list[dict[str, Any]]) -> None:
+        listed = {(p.get("metadata") or {}).get("uid") for p in pods}
+        for uid, fingerprint in list(self._seen.items()):
+            if uid not in listed and (not namespace or fingerprint[0] == namespace):
+                del self._seen[uid]
+
+    def _notify(self, pod: dict[str, Any], deleted: bool = False) -> None:
         meta = pod.get("metadata") or {}
         job = (meta.get("labels") or {}).get(self.label)
         namespace = meta.get("namespace") or ""
+        uid = str(meta.get("uid") or "")
+        if deleted:
+            self._seen.pop(uid, None)
+        else:
+            seen = (namespace, *pod_facts.fingerprint(pod))
+            if self._seen.get(uid) == seen:
+                return  # nothing the reconcile decides on changed
+            self._seen[uid] = seen
         if job and namespace:
             try:
                 self.on_pod(namespace, job)

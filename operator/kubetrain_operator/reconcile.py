@@ -371,17 +371,24 @@ def _finished(step: Step, pods: list[Obj]) -> None:
         step.actions.append(DeleteJob(f"ttlSecondsAfterFinished ({ttl} s) passed"))
 
 
-# A finished job whose TTL is not due changes only when one of its pods does (a pod
-# event reconciles it then): its timer passes are this far apart, a safety net.
+# A job that is neither running nor restarting changes when one of its pods does (a pod
+# event reconciles it then); its timer passes are a safety net and the clock of its
+# deadlines (startup, active, TTL), this far apart at the least.
+WAITING_RESYNC_SECONDS = 10.0
 FINISHED_RESYNC_SECONDS = 60.0
 
 
 def resync_spacing(spec: Obj, status: Obj, now: datetime, interval: float) -> float:
     """How long after a job's last pass its resync timer may pass again: `interval` while
-    it runs, FINISHED_RESYNC_SECONDS once finished (interval when its TTL is due). At 1,000
-    jobs, resyncs of finished jobs were most of the operator's API requests."""
-    if status.get("state") not in ("Succeeded", "Failed"):
+    it runs or restarts (its progress is read, its backoff ends), WAITING_RESYNC_SECONDS
+    while its pods wait to start, FINISHED_RESYNC_SECONDS once finished (interval when
+    its TTL is due). At 200-1,000 jobs, timer passes of jobs that were not running were
+    most of the operator's API requests."""
+    state = status.get("state")
+    if state in ("Running", "Restarting"):
         return interval
+    if state not in ("Succeeded", "Failed"):
+        return max(interval, WAITING_RESYNC_SECONDS)
     ttl = (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
     done = parse_time(status.get("completionTime"))
     if ttl is not None and done is not None and (now - done).total_seconds() >= ttl:

@@ -26,6 +26,7 @@ from kubetrain_operator.actions import (
 from kubetrain_operator.progress import parse_progress
 from kubetrain_operator.reconcile import (
     FINISHED_RESYNC_SECONDS,
+    WAITING_RESYNC_SECONDS,
     fail_stored,
     reconcile,
     resync_spacing,
@@ -460,6 +461,9 @@ def test_resync_spacing_slows_finished_jobs_until_their_ttl_is_due() -> None:
     running = {"state": "Running"}
     finished = {"state": "Succeeded", "completionTime": done}
     assert resync_spacing({}, running, now, 3.0) == 3.0
+    assert resync_spacing({}, {"state": "Restarting"}, now, 3.0) == 3.0  # its backoff ends
+    assert resync_spacing({}, {"state": "Created"}, now, 3.0) == WAITING_RESYNC_SECONDS
+    assert resync_spacing({}, {}, now, 30.0) == 30.0  # never shorter than the interval
     assert resync_spacing({}, finished, now, 3.0) == FINISHED_RESYNC_SECONDS
     assert resync_spacing({}, {"state": "Failed"}, now, 3.0) == FINISHED_RESYNC_SECONDS
     # TTL of 10 s, finished 30 s ago: due, so the job is passed at the usual pace.
