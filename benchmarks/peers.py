@@ -85,19 +85,30 @@ class Workload:
 
 
 class Clock:
-    """Step-end timestamps; a step's time is the gap to the previous step's end."""
+    """Step-end timestamps; a step's time is the gap to the previous step's end. Also the
+    process's CPU time (all threads) at each step end: waiting for a core shared with
+    other work does not count there, so it varies less than wall time on a busy machine."""
 
     def __init__(self) -> None:
         self.ends = [time.perf_counter()]
+        self.cpu_ends = [time.process_time()]
         self.losses: list[float] = []
+
+    def restart(self) -> None:
+        self.ends, self.cpu_ends = [time.perf_counter()], [time.process_time()]
 
     def tick(self, loss: float | None = None) -> None:
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
         if loss is not None:
             self.losses.append(loss)
 
     def times(self, warmup: int) -> list[float]:
         gaps = [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
+        return gaps[warmup:]
+
+    def cpu_times(self, warmup: int) -> list[float]:
+        gaps = [b - a for a, b in zip(self.cpu_ends, self.cpu_ends[1:], strict=False)]
         return gaps[warmup:]
 
 
@@ -131,7 +142,7 @@ def run_kubetrain(steps: int) -> Clock:
 
     class StepEnd(Callback):
         def on_train_begin(self, state: TrainerState, **kwargs: Any) -> None:
-            clock.ends = [time.perf_counter()]
+            clock.restart()
 
         def on_batch_end(self, state: TrainerState, **kwargs: Any) -> None:
             clock.tick(state.metrics.get("loss"))
@@ -184,7 +195,7 @@ def run_hf_trainer(steps: int) -> Clock:
 
     class StepEnd(TrainerCallback):
         def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
-            clock.ends = [time.perf_counter()]
+            clock.restart()
 
         def on_step_end(self, *args: Any, **kwargs: Any) -> None:
             clock.tick()
@@ -232,7 +243,7 @@ def run_lightning(steps: int) -> Clock:
 
     class StepEnd(pl.Callback):
         def on_train_start(self, *args: Any) -> None:
-            clock.ends = [time.perf_counter()]
+            clock.restart()
 
         def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, *args: Any) -> None:
             clock.tick(float(outputs["loss"]))
@@ -267,6 +278,7 @@ def child(name: str, steps: int, warmup: int) -> None:
         json.dumps(
             {
                 "times": clock.times(warmup),
+                "cpu_times": clock.cpu_times(warmup),
                 "final_loss": clock.losses[-1] if clock.losses else None,
                 "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             }
@@ -286,6 +298,7 @@ def _spawn(name: str, steps: int, warmup: int) -> dict[str, Any]:
 
 def measure(runners: list[str], steps: int, warmup: int, rounds: int) -> dict[str, Any]:
     times: dict[str, list[float]] = {r: [] for r in runners}
+    cpu: dict[str, list[float]] = {r: [] for r in runners}
     round_medians: dict[str, list[float]] = {r: [] for r in runners}
     rss: dict[str, float] = dict.fromkeys(runners, 0.0)
     losses: dict[str, float | None] = {}
@@ -294,6 +307,7 @@ def measure(runners: list[str], steps: int, warmup: int, rounds: int) -> dict[st
         for name in order:
             got = _spawn(name, steps, warmup)
             times[name] += got["times"]
+            cpu[name] += got["cpu_times"]
             round_medians[name].append(statistics.median(got["times"]))
             rss[name] = max(rss[name], got["peak_rss_mib"])
             losses[name] = got["final_loss"]
@@ -304,6 +318,7 @@ def measure(runners: list[str], steps: int, warmup: int, rounds: int) -> dict[st
     for name in runners:
         result[f"{name}_ms"] = statistics.median(times[name]) * 1e3
         result[f"{name}_round_ms"] = [m * 1e3 for m in round_medians[name]]
+        result[f"{name}_cpu_ms"] = statistics.median(cpu[name]) * 1e3
         result[f"{name}_peak_rss_mib"] = rss[name]
         result[f"{name}_final_loss"] = losses[name]
     if "kubetrain" in runners:
@@ -314,6 +329,8 @@ def measure(runners: list[str], steps: int, warmup: int, rounds: int) -> dict[st
             result[f"kubetrain_over_{other}"] = statistics.median(per_round)
             result[f"kubetrain_over_{other}_range"] = [min(per_round), max(per_round)]
             result[f"kubetrain_minus_{other}_ms"] = result["kubetrain_ms"] - result[f"{other}_ms"]
+            cpu_ratio = result["kubetrain_cpu_ms"] / result[f"{other}_cpu_ms"]
+            result[f"kubetrain_over_{other}_cpu"] = cpu_ratio
     return result
 
 
@@ -326,7 +343,8 @@ def report(result: dict[str, Any], runners: list[str]) -> None:
         spread = result[f"{name}_round_ms"]
         print(
             f"{name:11s} {result[f'{name}_ms']:8.2f} ms/step (rounds {min(spread):.2f}-"
-            f"{max(spread):.2f}), peak RSS {result[f'{name}_peak_rss_mib']:6.0f} MiB,"
+            f"{max(spread):.2f}), CPU {result[f'{name}_cpu_ms']:7.2f} ms/step,"
+            f" peak RSS {result[f'{name}_peak_rss_mib']:6.0f} MiB,"
             f" final loss {result[f'{name}_final_loss']}"
         )
     for name in runners:
@@ -335,7 +353,8 @@ def report(result: dict[str, Any], runners: list[str]) -> None:
             low, high = result[f"{key}_range"]
             print(
                 f"kubetrain / {name:10s} {result[key]:.3f} (rounds {low:.3f}-{high:.3f}),"
-                f" {result[f'kubetrain_minus_{name}_ms']:+.2f} ms/step"
+                f" {result[f'kubetrain_minus_{name}_ms']:+.2f} ms/step;"
+                f" CPU time {result[f'kubetrain_over_{name}_cpu']:.3f}"
             )
 
 
