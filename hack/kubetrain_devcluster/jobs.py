@@ -158,3 +158,12 @@ def resumed_at_or_after(
     log = cluster.pod_log_path(namespace, f"{name}-0", "trainer").read_text(errors="replace")
     assert f"resumed from {store_uri(cluster, namespace, name)}/step-" in log
     return seen[0]
+
+
+def rank0_logs(cluster: Cluster, namespace: str, name: str) -> list[str]:
+    """The trainer log of every rank-0 pod the job ever had, on any node, oldest first."""
+    paths: list[Path] = []
+    for kubelet in cluster.kubelets.values():
+        pod_dir = kubelet.pod_log_path(namespace, f"{name}-0", "trainer").parent
+        paths.extend(pod_dir.glob("trainer*.log"))
+    return [p.read_text(errors="replace") for p in sorted(paths, key=lambda p: p.stat().st_mtime)]

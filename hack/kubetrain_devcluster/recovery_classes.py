@@ -33,7 +33,6 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetrain_devcluster.jobs import (
@@ -43,6 +42,7 @@ from kubetrain_devcluster.jobs import (
     job_pods,
     job_status,
     merge,
+    rank0_logs,
     wait_state,
 )
 from localkube.api import ApiError
@@ -213,15 +213,6 @@ class Sampler(threading.Thread):
 
     def first(self, test: Callable[[Sample], bool], after: float = 0.0) -> Sample | None:
         return next((s for s in list(self.samples) if s.t >= after and test(s)), None)
-
-
-def rank0_logs(cluster: Cluster, namespace: str, name: str) -> list[str]:
-    """The trainer log of every rank-0 pod of the job, on any node, oldest first."""
-    paths: list[Path] = []
-    for kubelet in cluster.kubelets.values():
-        folder = kubelet.pod_log_path(namespace, f"{name}-0", "trainer").parent
-        paths.extend(folder.glob("trainer*.log"))
-    return [p.read_text(errors="replace") for p in sorted(paths, key=lambda p: p.stat().st_mtime)]
 
 
 def steps_of(log: str) -> list[int]:

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from kubetrain_core.config import S3Config
-from kubetrain_devcluster.jobs import ROOT, get_job, job_status, store_uri
+from kubetrain_devcluster.jobs import ROOT, get_job, job_status, rank0_logs, store_uri
 from kubetrain_trainer.checkpoint import CheckpointManager, CorruptCheckpoint, LocalStorage
 
 if TYPE_CHECKING:
@@ -55,15 +55,6 @@ def signing_key(cluster: Cluster, namespace: str, job: str) -> bytes:
     """The job's manifest key, from the Secret the operator created for it."""
     body = cluster.api.get(f"/api/v1/namespaces/{namespace}/secrets/{job}-checkpoint-key")
     return base64.b64decode(body["data"]["checkpoint-key"])
-
-
-def rank0_logs(cluster: Cluster, namespace: str, name: str) -> list[str]:
-    """The trainer log of every rank-0 pod the job ever had, on any node, oldest first."""
-    paths: list[Path] = []
-    for kubelet in cluster.kubelets.values():
-        pod_dir = kubelet.pod_log_path(namespace, f"{name}-0", "trainer").parent
-        paths.extend(pod_dir.glob("trainer*.log"))
-    return [p.read_text(errors="replace") for p in sorted(paths, key=lambda p: p.stat().st_mtime)]
 
 
 def resumes(logs: list[str]) -> list[tuple[str, int]]:

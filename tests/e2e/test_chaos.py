@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from tests.e2e.chaos import Scenario, rank0_logs
+from tests.e2e.chaos import Scenario
 
 from kubetrain_devcluster.jobs import (
     apply_job,
@@ -25,6 +25,7 @@ from kubetrain_devcluster.jobs import (
     job_pods,
     job_status,
     merge,
+    rank0_logs,
     store_uri,
     wait_checkpoint,
     wait_state,
