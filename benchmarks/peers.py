@@ -19,6 +19,7 @@ The peers come from the `bench` extra (pip install -e '.[bench]').
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import statistics
@@ -86,13 +87,12 @@ class Workload:
 
 class Clock:
     """Step-end timestamps; a step's time is the gap to the previous step's end. Also the
-    process's CPU time (all threads) at each step end: waiting for a core shared with
-    other work does not count there, so it varies less than wall time on a busy machine."""
+    process's CPU time (all threads) at each step end: it leaves out waiting for a core,
+    but torch's OpenMP threads spin while they wait, so under contention it grows too."""
 
     def __init__(self) -> None:
-        self.ends = [time.perf_counter()]
-        self.cpu_ends = [time.process_time()]
         self.losses: list[float] = []
+        self.restart()
 
     def restart(self) -> None:
         self.ends, self.cpu_ends = [time.perf_counter()], [time.process_time()]
@@ -104,12 +104,14 @@ class Clock:
             self.losses.append(loss)
 
     def times(self, warmup: int) -> list[float]:
-        gaps = [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)]
-        return gaps[warmup:]
+        return _gaps(self.ends)[warmup:]
 
     def cpu_times(self, warmup: int) -> list[float]:
-        gaps = [b - a for a, b in zip(self.cpu_ends, self.cpu_ends[1:], strict=False)]
-        return gaps[warmup:]
+        return _gaps(self.cpu_ends)[warmup:]
+
+
+def _gaps(marks: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(marks)]
 
 
 def run_plain(steps: int) -> Clock:

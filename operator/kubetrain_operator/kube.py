@@ -294,8 +294,7 @@ def apply(namespace: str, name: str, body: dict[str, Any], action: actions.Actio
 
 
 def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
-    shared = api_client()
-    api, net = client.CoreV1Api(shared), client.NetworkingV1Api(shared)
+    api, net = core(), client.NetworkingV1Api(api_client())
     kind, name = obj["kind"], obj["metadata"]["name"]
     create, read = {
         "Pod": (api.create_namespaced_pod, api.read_namespaced_pod),

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
 
 from kubetrain_operator import kube, pod_facts
@@ -53,7 +53,7 @@ class PodWatch:
         self._stop.set()
 
     def _list(self, namespace: str, **kwargs: Any) -> Any:
-        core = client.CoreV1Api(kube.api_client())
+        core = kube.core()
         if namespace:
             return core.list_namespaced_pod(namespace, **kwargs)
         return core.list_pod_for_all_namespaces(**kwargs)
