@@ -186,7 +186,7 @@ def main() -> None:
     ]
     with kubetrain_cluster(nodes) as cluster, tempfile.TemporaryDirectory() as tmp:
         operator_process.install(cluster)
-        cluster.kubectl("create", "namespace", NAMESPACE)
+        cluster.create_namespace(NAMESPACE)
         operator_process.create_s3_secret(cluster, NAMESPACE)
         op = operator_process.OperatorProcess(cluster, Path(tmp))
         op.write_kubeconfig()

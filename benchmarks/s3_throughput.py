@@ -48,7 +48,7 @@ from kubetrain_core.checkpoints.storage import open_storage
 from kubetrain_core.config.schema import S3Config
 from kubetrain_trainer.checkpoint import CheckpointManager, ResumeRequest, RetryingStorage
 from localkube.s3 import new_bucket, running_minio, s3_env
-from localkube.services import MinioServer
+from localkube.services import MinioServer, free_port
 
 MB = 1e6
 Job = Callable[[], object]
@@ -82,19 +82,10 @@ def _dcp_rank(rank: int, spec: dict[str, Any]) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def dcp_file_set(root: Path, d_model: int, n_layers: int) -> None:
     """What 2 ranks stage for one checkpoint, merged into one directory `root`."""
     work = root.parent / "ranks"
-    spec = {"world": 2, "port": _free_port(), "out": str(work), "d_model": d_model}
+    spec = {"world": 2, "port": free_port(), "out": str(work), "d_model": d_model}
     spec["n_layers"] = n_layers
     ranks = [
         subprocess.Popen([sys.executable, __file__, "--dcp-rank", str(r), json.dumps(spec)])

@@ -44,7 +44,7 @@ def install(cluster: Cluster) -> None:
     )
     namespaces = cluster.kubectl("get", "ns", "-o", "name").stdout.split()
     if f"namespace/{NAMESPACE}" not in namespaces:
-        cluster.kubectl("create", "namespace", NAMESPACE)
+        cluster.create_namespace(NAMESPACE)
     cluster.kubectl("apply", "-f", str(RBAC))
     cluster.kubectl("apply", "-f", str(ADMISSION))  # the pod template allow-list
 

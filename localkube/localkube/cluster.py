@@ -400,6 +400,25 @@ class Cluster:
             )
         return result
 
+    def create_namespace(
+        self, name: str, labels: Mapping[str, str] | None = None, timeout: float = 30.0
+    ) -> str:
+        """Create a namespace and wait until pods can go in it: the controller-manager has
+        made its `default` service account and `kube-root-ca.crt` (a pod created before
+        that is refused)."""
+        metadata: dict[str, Any] = {"name": name, "labels": dict(labels or {})}
+        self.api.request("POST", "/api/v1/namespaces", {"metadata": metadata})
+
+        def ready() -> bool:
+            base = f"/api/v1/namespaces/{name}"
+            return all(
+                self.api.get_or_none(f"{base}/{kind}") is not None
+                for kind in ("serviceaccounts/default", "configmaps/kube-root-ca.crt")
+            )
+
+        wait_until(ready, timeout=timeout, what=f"namespace {name} to be ready", interval=0.2)
+        return name
+
     def wait_for_nodes_ready(self, timeout: float = 60.0) -> None:
         self._wait_nodes_ready({spec.name for spec in self.node_specs}, timeout)
 

@@ -15,7 +15,6 @@ import pytest
 
 from localkube.cluster import Cluster, Kubectl, default_nodes
 from localkube.images import Images
-from localkube.services import wait_until
 
 _KEPT_LOGS = pytest.StashKey[str]()
 _STARTUP = pytest.StashKey[float]()
@@ -52,14 +51,7 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
     """A fresh namespace, ready for pods (default service account and root CA present)."""
     base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{base or 't'}-{secrets.token_hex(3)}"
-    cluster.api.request("POST", "/api/v1/namespaces", {"metadata": {"name": name}})
-
-    def ready() -> bool:
-        sa = cluster.api.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default")
-        ca = cluster.api.get_or_none(f"/api/v1/namespaces/{name}/configmaps/kube-root-ca.crt")
-        return sa is not None and ca is not None
-
-    wait_until(ready, timeout=_NAMESPACE_READY_SECONDS, what=f"namespace {name} to be ready")
+    cluster.create_namespace(name, timeout=_NAMESPACE_READY_SECONDS)
     yield name
     # Not waiting for the namespace to go away: its pods die in the background.
     cluster.api.request("DELETE", f"/api/v1/namespaces/{name}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -17,13 +18,37 @@ from typing import Any
 
 from localkube.poller import Poller
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on `host` right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port free on `host` now, for a server started later.
+
+    Chosen below the kernel's ephemeral range, so an outgoing connection made meanwhile
+    (a kubelet's, a trainer's) cannot take it before the server binds, and never handed
+    out twice by this process."""
+    low, high = _ephemeral_range()
+    span = range(10000, low) if low > 11000 else range(high + 1, 65536)
+    for _ in range(200):
+        port = random.choice(span)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
+    raise RuntimeError(f"no free TCP port on {host} outside the ephemeral range {low}-{high}")
 
 
 def _die_with_parent(argv: Sequence[str]) -> list[str]:

@@ -82,17 +82,7 @@ def _restricted_namespace(cluster: Cluster) -> str:
         "pod-security.kubernetes.io/enforce": "restricted",
         "pod-security.kubernetes.io/enforce-version": "latest",
     }
-    cluster.api.request(
-        "POST", "/api/v1/namespaces", {"metadata": {"name": name, "labels": labels}}
-    )
-
-    def ready() -> bool:
-        return (
-            cluster.api.get_or_none(f"/api/v1/namespaces/{name}/serviceaccounts/default")
-            is not None
-        )
-
-    wait_until(ready, timeout=30, what=f"namespace {name} to be ready")
+    cluster.create_namespace(name, labels)
     return name
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,15 +24,9 @@ from tests.integration.trainer_runs import (
 )
 
 from localkube.s3 import new_bucket, s3_env
-from localkube.services import MinioServer
+from localkube.services import MinioServer, free_port
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_checkpoints_go_to_s3_and_a_second_run_resumes_from_them(
