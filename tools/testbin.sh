@@ -29,7 +29,7 @@ JOBS=${KUBETRAIN_TESTBIN_JOBS:-2}
 export GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0
 
 KUBE_NAMES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-OTHER_NAMES=(etcd helm minio kwok)
+OTHER_NAMES=(etcd helm minio kwok kueue)
 
 binaries_py() { "$PYTHON" "$ROOT/localkube/localkube/binaries.py" "$@"; }
 declare -A STATE=() WHERE=()
@@ -103,6 +103,25 @@ build_kwok() { # out-dir
 	(cd "$1" && GOBIN=$1 go install -p 2 -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION")
 }
 
+build_kueue() { # out-dir
+	local pkg=sigs.k8s.io/kueue/pkg/version dir
+	# GitVersion is what kueue logs at start ("Initializing"); it has no --version.
+	(cd "$1" && GOBIN=$1 go install -p 2 -ldflags "-s -w -X $pkg.GitVersion=$KUEUE_VERSION" \
+		"sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION")
+	# The CRDs and webhook configurations of the same release, copied beside the
+	# binary: localkube/localkube/kueue.py installs them from there, so it needs
+	# neither the module cache nor network at test time.
+	dir=$(cd "$1" && go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" |
+		sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+	[[ -d $dir/config/components/crd/bases ]] || die "no config/components/crd/bases in $dir"
+	mkdir -p "$1/manifests/crd"
+	cp "$dir"/config/components/crd/bases/*.yaml "$1/manifests/crd/"
+	# Its patches say which CRDs go through the conversion webhook.
+	cp "$dir/config/components/crd/kustomization.yaml" "$1/manifests/crd-kustomization.yaml"
+	cp "$dir/config/components/webhook/manifests.yaml" "$1/manifests/webhook.yaml"
+	chmod -R u+w "$1/manifests"
+}
+
 version_of() {
 	case $1 in
 	kube-* | kubectl) echo "$KUBERNETES_VERSION" ;;
@@ -110,6 +129,7 @@ version_of() {
 	helm) echo "$HELM_VERSION" ;;
 	minio) echo "$MINIO_VERSION" ;;
 	kwok) echo "$KWOK_VERSION" ;;
+	kueue) echo "$KUEUE_VERSION" ;;
 	esac
 }
 
@@ -139,6 +159,7 @@ ensure() { # name
 		helm) build_helm "$tmp" ;;
 		minio) build_minio "$tmp" ;;
 		kwok) build_kwok "$tmp" ;;
+		kueue) build_kueue "$tmp" ;;
 		esac) >"$log" 2>&1; then
 		fail "$name" "$log" "$tmp"
 		return 1
@@ -198,7 +219,7 @@ main() {
 	for name in "${names[@]}"; do
 		case $name in
 		kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) kube+=("$name") ;;
-		etcd | helm | minio | kwok) other+=("$name") ;;
+		etcd | helm | minio | kwok | kueue) other+=("$name") ;;
 		prometheus | promtool) ;;
 		*) die "unknown binary $name; known: ${KUBE_NAMES[*]} ${OTHER_NAMES[*]} prometheus" ;;
 		esac

@@ -8,7 +8,8 @@ Lookup order for each name, first hit wins:
    ``${KUBETRAIN_CACHE:-~/.cache/kubetrain}/testbin/<name>-<version>/<name>``,
    keyed by the versions in ``tools/versions.env`` (the one place they live).
 3. ``PATH``, if the binary there reports the pinned version (any version for
-   MinIO and for Debian's Prometheus and promtool, which are not pinned).
+   MinIO and for Debian's Prometheus and promtool, which are not pinned; never
+   for kueue, which cannot say its version).
 
 ``tools/testbin.sh`` runs this file as a script to share the same rules::
 
@@ -48,6 +49,8 @@ class _Spec:
     # first group is that version. Empty: any binary of that name will do.
     probe: tuple[str, ...] = ()
     pattern: str = ""
+    # False: a binary of that name on PATH is never used (its version cannot be told).
+    on_path: bool = True
 
 
 _KUBE = _Spec("KUBERNETES_VERSION", ("--version",), r"Kubernetes (v\S+)")
@@ -68,6 +71,8 @@ _SPECS: dict[str, _Spec] = {
     # MinIO's S3 API is stable across releases; any minio on PATH is fine.
     "minio": _Spec("MINIO_VERSION"),
     "kwok": _Spec("KWOK_VERSION", ("--version",), r"version (v\S+)"),
+    # kueue has no --version, and its CRDs come from the cache dir beside it (kueue.py).
+    "kueue": _Spec("KUEUE_VERSION", on_path=False),
     "prometheus": _Spec(None),
     "promtool": _Spec(None),
 }
@@ -143,6 +148,8 @@ def _same_version(a: str, b: str) -> bool:
 def _acceptable_on_path(name: str, path: Path) -> bool:
     spec = _spec(name)
     wanted = pinned_version(name)
+    if not spec.on_path:
+        return False
     if not spec.probe or wanted is None:
         return True
     found = _probe(path, spec.probe, spec.pattern)
@@ -170,7 +177,10 @@ def binary(name: str) -> Path:
     hint = "apt-get install prometheus" if wanted is None else "make testbin"
     places = ["$KUBEBUILDER_ASSETS", *([str(directory)] if directory else []), "PATH"]
     what = f"{name} {wanted}" if wanted else name
-    rejected = f"; {on_path} is another version" if on_path else ""
+    rejected = ""
+    if on_path:
+        why = "another version" if _spec(name).on_path else "not used (no version to check)"
+        rejected = f"; {on_path} is {why}"
     raise MissingBinary(
         f"{name} not found: run `{hint}` (looked for {what} in {', '.join(places)}{rejected})"
     )
