@@ -138,6 +138,22 @@ def quantile(text: str, name: str, q: float) -> float | None:
     return lower
 
 
+WRITE_VERBS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def writes_by_resource(cluster: Cluster) -> dict[str, float]:
+    """Writes the API server answered so far, by resource (`apiserver_request_total`; all
+    clients: in the jobs' phase that is kubectl, the operator and the controllers)."""
+    counts: dict[str, float] = {}
+    for labels, value in samples(cluster.api.get("/metrics"), "apiserver_request_total"):
+        if labels.get("verb") in WRITE_VERBS:
+            key = labels.get("resource", "?") + (
+                "/" + labels["subresource"] if labels.get("subresource") else ""
+            )
+            counts[key] = counts.get(key, 0.0) + value
+    return counts
+
+
 def operator_requests(cluster: Cluster) -> float:
     text = cluster.api.get("/metrics")
     return sum(
@@ -224,7 +240,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cluster.kubectl("cordon", node.name)
         operator_process.install(cluster)
         for ns in (JOBS_NS, PODS_NS):
-            cluster.kubectl("create", "namespace", ns)
+            cluster.create_namespace(ns)
         operator_process.create_s3_secret(cluster, JOBS_NS)
         op = operator_process.OperatorProcess(cluster, Path(tempfile.mkdtemp()))
         op.write_kubeconfig()
@@ -239,6 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             result["bare_pods_seconds"] = round(bare, 2)
             requests_before = operator_requests(cluster)
+            writes_before = writes_by_resource(cluster)
             reconciler_before = _reconciler_requests(op.metrics())
             cpu_before = cpu_seconds(pid)
             docs = [training_job(i) for i in range(args.jobs)]
@@ -253,6 +270,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             requests = operator_requests(cluster) - requests_before
             reconciler = _reconciler_requests(metrics) - reconciler_before
             result["api_requests_per_job"] = round(requests / args.jobs, 1)
+            writes = writes_by_resource(cluster)
+            result["writes_per_job"] = {
+                key: round((value - writes_before.get(key, 0.0)) / args.jobs, 2)
+                for key, value in sorted(writes.items())
+                if value > writes_before.get(key, 0.0)
+            }
             result["reconciler_requests_per_job"] = round(reconciler / args.jobs, 1)
             name = "kubetrain_operator_reconcile_duration_seconds"
             for q, key in ((0.5, "reconcile_p50_seconds"), (0.99, "reconcile_p99_seconds")):

@@ -22,15 +22,19 @@ A `TrainingJob` (short name `tj`) runs `spec.numNodes` worker pods, each
 
 ## How the operator runs a job
 
-- **Objects.** A headless Service `<job>` (publishes not-ready addresses), a
-  ConfigMap `<job>-config` holding `spec.trainer` with `spec.checkpoint` and
-  `spec.monitoring.port` folded in (the one channel of the config to the pods;
-  updated when the spec changes, read by the gang's next attempt), and pods
-  `<job>-<index>` (hostname `<job>-<index>`, subdomain `<job>`), all owned by the
-  job: deleting the job deletes them.
-- **Rendezvous.** Static (`--master-addr=<job>-0.<job> --master-port=29400`),
-  not c10d: the gang is fixed (any failure restarts all of it), and static
-  ranks put global rank 0, which serves `/metrics` and `/progress`, on pod 0.
+- **Objects.** A ConfigMap `<job>-config` holding `spec.trainer` with
+  `spec.checkpoint` and `spec.monitoring.port` folded in (the one channel of the
+  config to the pods; updated when the spec changes, read by the gang's next
+  attempt), a Secret with the checkpoint signing key (unless the job names its own),
+  a NetworkPolicy, pods `<job>-<index>` (hostname `<job>-<index>`, subdomain
+  `<job>`) and, for `numNodes > 1`, a headless Service `<job>` (publishes
+  not-ready addresses), all owned by the job: deleting the job deletes them. The
+  operator writes nothing else to the job than its status (no finalizer, no
+  annotations).
+- **Rendezvous.** Static (`--master-addr=<job>-0.<job> --master-port=29400`; a
+  one-pod job rendezvous on 127.0.0.1 and needs no Service), not c10d: the gang
+  is fixed (any failure restarts all of it), and static ranks put global rank 0,
+  which serves `/metrics` and `/progress`, on pod 0.
 - **Attempts.** Pods carry `kubetrain.io/attempt`. A gang restart (or a
   suspension) patches the status to the next attempt first, then deletes the
   pods; the next attempt's pods are created only once every older pod is

@@ -37,8 +37,11 @@ RESTART_KEYS = {
     Cause.ERROR: "error",
     Cause.NODE_FAILURE: "nodeFailure",
     Cause.HANG: "hang",
-    Cause.PREEMPTED: "error",
+    Cause.PREEMPTED: "preempted",
 }
+# Restarts that are no failure of the job (Kubernetes Jobs' podFailurePolicy ignores
+# DisruptionTarget pods the same way): they spend no part of maxRestarts.
+UNCOUNTED_KEYS = ("nan", "preempted")
 
 
 def classify(exit_code: int, message: TerminationMessage | None) -> Cause:
@@ -109,7 +112,8 @@ def decide(
     if cause is Cause.NAN:
         return _rollback(policy, state, message, rollback_id)
     key = RESTART_KEYS[cause]
-    if state.restarts["total"] - state.restarts["nan"] >= policy.maxRestarts:
+    counted = state.restarts["total"] - sum(state.restarts.get(k, 0) for k in UNCOUNTED_KEYS)
+    if cause is not Cause.PREEMPTED and counted >= policy.maxRestarts:
         return Decision(
             "fail",
             "RestartBudgetExhausted",

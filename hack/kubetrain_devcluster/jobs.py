@@ -167,3 +167,14 @@ def rank0_logs(cluster: Cluster, namespace: str, name: str) -> list[str]:
         pod_dir = kubelet.pod_log_path(namespace, f"{name}-0", "trainer").parent
         paths.extend(pod_dir.glob("trainer*.log"))
     return [p.read_text(errors="replace") for p in sorted(paths, key=lambda p: p.stat().st_mtime)]
+
+
+def evict_pod(cluster: Cluster, namespace: str, pod: str) -> None:
+    """What `kubectl drain` does to a pod: the Eviction API (no PodDisruptionBudget), which
+    marks it DisruptionTarget/EvictionByEvictionAPI and deletes it gracefully."""
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": pod, "namespace": namespace},
+    }
+    cluster.api.request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", body)

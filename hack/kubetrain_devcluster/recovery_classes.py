@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from kubetrain_devcluster.jobs import (
     ATTEMPT_LABEL,
     apply_job,
+    evict_pod,
     example_job,
     job_pods,
     job_status,
@@ -77,13 +78,7 @@ def _stop_node(cluster: Cluster, namespace: str, name: str) -> None:
 
 
 def _evict(cluster: Cluster, namespace: str, name: str) -> None:
-    pod = f"{name}-1"
-    body = {
-        "apiVersion": "policy/v1",
-        "kind": "Eviction",
-        "metadata": {"name": pod, "namespace": namespace},
-    }
-    cluster.api.request("POST", f"/api/v1/namespaces/{namespace}/pods/{pod}/eviction", body)
+    evict_pod(cluster, namespace, f"{name}-1")
 
 
 @dataclass(frozen=True)

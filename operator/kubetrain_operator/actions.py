@@ -28,7 +28,7 @@ class UpdateConfig:
 class DeletePods:
     names: tuple[str, ...]
     reason: str
-    force: bool = False
+    grace_seconds: int | None = None  # None: the pod's own grace period; 0: at once
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ Action = (
 @dataclass(frozen=True)
 class Observed:
     pods: list[Obj]
-    service: bool
+    service: bool  # the headless Service exists (looked up for multi-node jobs only)
     config: dict[str, str] | None  # the ConfigMap's data; None: it does not exist
     now: datetime
     progress: Progress | None = None  # rank 0's /progress; None when not reachable

@@ -217,14 +217,16 @@ def build_configmap(job: TrainingJob, settings: Settings) -> Obj:
 
 def torchrun_command(job: TrainingJob, index: int, settings: Settings) -> list[str]:
     """Static rendezvous on pod 0: the gang is fixed (the operator restarts it whole), and
-    static ranks put global rank 0 (progress, metrics) on pod 0, which c10d does not."""
+    static ranks put global rank 0 (progress, metrics) on pod 0, which c10d does not. A
+    one-pod job rendezvous inside its pod and needs no Service."""
     name = job.metadata.name
+    master = f"{pod_name(name, 0)}.{name}" if job.spec.numNodes > 1 else "127.0.0.1"
     return [
         *settings.torchrun,
         f"--nnodes={job.spec.numNodes}",
         f"--nproc-per-node={job.spec.procs_per_node()}",
         f"--node-rank={index}",
-        f"--master-addr={pod_name(name, 0)}.{name}",
+        f"--master-addr={master}",
         f"--master-port={RDZV_PORT}",
         "-m",
         "kubetrain_trainer",

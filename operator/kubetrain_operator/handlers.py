@@ -1,12 +1,17 @@
 """kopf wiring: every handler on one screen, all logic elsewhere.
 
-Each trigger (create, resume, update, a timer, an event of an owned pod) runs the
-same level-based step: read the job and its pods fresh (kube.py), `reconcile`
-(pure), carry out the actions (kube.py). One reconcile per job at a time: a trigger
-that finds one running marks the job for another pass and returns, so a slow job
-never occupies more than one of kopf's worker threads, and pod events of a job that
-already waits for a thread are folded into that one pass. Handlers return nothing: the
-status schema is strict, and the status is patched explicitly.
+Each trigger (a job that is new to this process or whose spec changed, a resync that
+is due, an event of an owned pod) runs the same level-based step: read the job and its
+pods fresh (kube.py), `reconcile` (pure), carry out the actions (kube.py). One
+reconcile per job at a time: a trigger that finds one running marks the job for another
+pass and returns, so a slow job never occupies more than one worker thread, and pod
+events of a job that already waits for a thread are folded into that one pass.
+
+Jobs are watched with kopf's event handler, not its create/update/timer handlers: those
+need a finalizer and a diff-base annotation on every job (two writes per job, and two
+more watch events) and a timer task per job; the level-based step needs neither. The
+status is patched explicitly (its schema is strict), and the resync loop here spaces
+each job's periodic pass by its state (`resync_spacing`).
 """
 
 from __future__ import annotations
@@ -38,26 +43,28 @@ from kubetrain_operator.spec_limits import spec_problem
 
 SETTINGS = Settings.from_env()
 WATCHED: list[str] = []  # namespaces the operator serves (empty: all)
-_POOL = ThreadPoolExecutor(
-    max_workers=max(1, SETTINGS.workers // 2), thread_name_prefix="pod-events"
-)
-_queued: set[str] = set()  # jobs with a pod-event reconcile waiting for a pool thread
+_POOL = ThreadPoolExecutor(max_workers=SETTINGS.workers, thread_name_prefix="reconciles")
+_queued: set[str] = set()  # jobs with a reconcile waiting for a pool thread
 
 
-def _POOL_SUBMIT(namespace: str, name: str) -> None:  # noqa: N802 (a callback constant)
-    """A pod event: reconcile its job, once per job however many events wait."""
+def submit(namespace: str, name: str) -> None:
+    """Reconcile the job in a pool thread (a pod event, a due resync), once per job
+    however many of these wait."""
     key = f"{namespace}/{name}"
     with _slots_lock:
         if key in _queued:
             return  # the queued pass will read the pods fresh, this event's change too
         _queued.add(key)
-    _POOL.submit(_after_pod_event, namespace, name)
+    _POOL.submit(_queued_pass, namespace, name)
 
 
-def _after_pod_event(namespace: str, name: str) -> None:
+def _queued_pass(namespace: str, name: str) -> None:
     with _slots_lock:
         _queued.discard(f"{namespace}/{name}")  # from now on, a new event queues anew
-    reconcile_job(namespace, name)
+    try:
+        reconcile_job(namespace, name)
+    except Exception:  # a pool thread: nobody else would see it; the resync retries
+        log.exception("reconcile of %s/%s failed", namespace, name)
 
 
 ALLOWED = pod_policy.Allowed.widened(
@@ -68,11 +75,26 @@ NOTIFIER = Sender(SETTINGS)  # spec.notifications, posted off the reconcile path
 log = logging.getLogger("kubetrain.operator")
 
 
+RETRY_SECONDS = 5.0  # a failed pass is tried again after this
+RESYNC_TICK_SECONDS = 1.0  # how often the resync loop looks for due jobs
+
+
 @dataclass
 class _JobSlot:
     lock: threading.Lock = field(default_factory=threading.Lock)
     again: bool = False  # a trigger came while a reconcile ran: run once more
     done_at: float = float("-inf")  # time.monotonic() when the last pass ended
+    tried_at: float = float("-inf")  # ... when the last pass began (failed or not)
+    generation: int | None = -1  # metadata.generation last seen in a job event (-1: none)
+    spec: dict[str, Any] = field(default_factory=dict)  # the job as last seen, for
+    status: dict[str, Any] = field(default_factory=dict)  # ... resync_spacing
+
+    def resync_due(self, now: datetime, monotonic: float) -> bool:
+        interval = SETTINGS.reconcile_interval_seconds
+        if self.lock.locked() or monotonic - self.tried_at < RETRY_SECONDS:
+            return False
+        since = monotonic - self.done_at
+        return since >= interval and since >= resync_spacing(self.spec, self.status, now, interval)
 
 
 _TASKS: list[asyncio.Task[None]] = []  # kept referenced: the loop holds tasks weakly
@@ -82,13 +104,9 @@ _slots_lock = threading.Lock()
 
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Earlier versions used kopf's change handlers and timers: with none left, kopf takes
+    # this finalizer off the jobs that still carry it.
     settings.persistence.finalizer = SETTINGS.finalizer
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix=SETTINGS.annotation_prefix
-    )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=SETTINGS.annotation_prefix, key="last-handled-configuration"
-    )
     settings.posting.level = logging.WARNING  # our own Events say what happened
     settings.execution.max_workers = SETTINGS.workers  # sync handlers run in these threads
     settings.watching.server_timeout = 300
@@ -99,7 +117,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.peering.standalone = True
     kube.load_config()
     # Pods through a server-side label selector, not a kopf watch of every pod.
-    PodWatch(builders.JOB_LABEL, WATCHED, _POOL_SUBMIT).start()
+    PodWatch(builders.JOB_LABEL, WATCHED, submit).start()
+    threading.Thread(target=_resync_loop, daemon=True, name="resync").start()
     HEALTH.ready.set()
 
 
@@ -115,57 +134,63 @@ async def heartbeat(**_: Any) -> None:
     _TASKS.append(asyncio.get_running_loop().create_task(beat()))
 
 
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
-def on_change(namespace: str | None, name: str, **_: Any) -> None:
-    reconcile_job(namespace or "default", name)
-
-
-# The first resync one interval after the job is seen: create and resume ran it already.
-@kopf.timer(
-    GROUP,
-    VERSION,
-    PLURAL,
-    interval=SETTINGS.reconcile_interval_seconds,
-    initial_delay=SETTINGS.reconcile_interval_seconds,
-    sharp=False,
-    backoff=5,
-)
-def resync(
-    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_event(
+    event: kopf.RawEvent, namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> None:
-    # A job that a pod event or an edit reconciled within the spacing needs no resync
-    # yet: at scale, most timer passes were such repeats (docs/benchmarks.md).
-    spacing = resync_spacing(
-        dict(spec), dict(status), datetime.now(UTC), SETTINGS.reconcile_interval_seconds
-    )
-    reconcile_job(namespace or "default", name, fresh_for=spacing)
+    """Every watch event of a job, the initial listing's included (type None)."""
+    namespace = namespace or "default"
+    if event.get("type") == "DELETED":
+        operator_metrics.record_job(namespace, name, None)  # GC deletes the children
+        _forget(f"{namespace}/{name}")
+    elif _remember(f"{namespace}/{name}", body):
+        reconcile_job(namespace, name)
 
 
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def on_delete(namespace: str | None, name: str, **_: Any) -> None:
-    operator_metrics.record_job(namespace or "default", name, None)  # GC deletes the children
-    _forget(f"{namespace or 'default'}/{name}")
+def _remember(key: str, body: kopf.Body) -> bool:
+    """Keep what the resync loop needs of the job; True when the job is new to this
+    process, its spec changed or its deletion began. Its status changing (our own patch)
+    needs no pass."""
+    meta = body.get("metadata") or {}
+    generation = meta.get("generation")
+    with _slots_lock:
+        slot = _slots.setdefault(key, _JobSlot())
+    changed = slot.generation != generation or bool(meta.get("deletionTimestamp"))
+    slot.generation = generation
+    slot.spec, slot.status = dict(body.get("spec") or {}), dict(body.get("status") or {})
+    return changed
+
+
+def _resync_loop() -> None:
+    """The periodic pass of each job (progress reads, backoffs ending, hangs, TTLs), due
+    `resync_spacing` after its last pass ended, RETRY_SECONDS after a failed one began.
+    A job that a pod event or an edit reconciled within the spacing is not passed again:
+    at scale, most periodic passes were such repeats (docs/benchmarks.md)."""
+    while True:
+        time.sleep(RESYNC_TICK_SECONDS)
+        now, monotonic = datetime.now(UTC), time.monotonic()
+        with _slots_lock:
+            due = [key for key, slot in _slots.items() if slot.resync_due(now, monotonic)]
+        for key in due:
+            submit(*key.split("/", 1))
 
 
 # --- the level-based step --------------------------------------------------------------
 
 
-def reconcile_job(namespace: str, name: str, fresh_for: float = 0.0) -> None:
-    """Reconcile the job now, unless a pass ended less than `fresh_for` seconds ago."""
+def reconcile_job(namespace: str, name: str) -> None:
+    """Reconcile the job now (or once more after the pass that is running)."""
     key = f"{namespace}/{name}"
     with _slots_lock:
         slot = _slots.setdefault(key, _JobSlot())
-    if fresh_for and time.monotonic() - slot.done_at < fresh_for:
-        return
     if not slot.lock.acquire(blocking=False):
-        slot.again = True  # the running reconcile passes once more; the timer backs it up
+        slot.again = True  # the running reconcile passes once more
         return
     try:
         slot.again = True
         while slot.again:
             slot.again = False
+            slot.tried_at = time.monotonic()
             with operator_metrics.RECONCILE.time():
                 _reconcile_once(namespace, name)
             slot.done_at = time.monotonic()  # a failed pass is retried, never skipped

@@ -186,7 +186,7 @@ def observe(job: TrainingJob, uid: str, settings: Settings) -> actions.Observed:
     read = progress(job, pods, settings.progress_timeout_seconds)
     return actions.Observed(
         pods=pods,
-        service=_read_owned("Service", namespace, name, uid) is not None,
+        service=job.spec.numNodes > 1 and _read_owned("Service", namespace, name, uid) is not None,
         config=config_data(namespace, f"{name}-config", uid),
         now=now,
         progress=read.progress,
@@ -333,7 +333,7 @@ def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
 
 def _delete_pods(namespace: str, action: actions.DeletePods) -> None:
     api = core()
-    grace = 0 if action.force else None
+    grace = action.grace_seconds
     for pod in action.names:
         try:
             _done(

@@ -17,6 +17,10 @@ from kubetrain_operator.status import parse_time
 
 Obj = dict[str, Any]
 NODE_FAILURE_REASONS = {"Evicted", "NodeLost", "NodeShutdown", "Shutdown", "Terminated"}
+# Why a pod is going away, when it was asked to (DisruptionTarget: the scheduler, the
+# Eviction API; TerminationTarget: Kueue stopping an evicted or preempted workload's pods).
+# The taint manager's and the kubelet's reasons mean the node: NODE_FAILURE.
+PREEMPTION_REASONS = {"PreemptionByScheduler", "PreemptionByKubeScheduler", "EvictionByEvictionAPI"}
 STUCK_TERMINATING = timedelta(seconds=30)  # past the grace period: force-delete
 
 
@@ -74,10 +78,29 @@ def failure_of(pod: Obj) -> tuple[Cause, int, TerminationMessage | None]:
     term = terminated(pod)
     code = int(term.get("exitCode", 1))
     message = TerminationMessage.from_json(term["message"]) if term.get("message") else None
+    cause = classify(code, message) if term else None
+    preempted = preemption_of(pod)
+    if preempted is not None and cause in (None, Cause.ERROR, Cause.PREEMPTED):
+        # Asked to go: whatever the trainer did on the way out (saved, or was cut off).
+        return Cause.PREEMPTED, code, message or TerminationMessage("Preempted", preempted)
     if status.get("reason") in NODE_FAILURE_REASONS or (is_deleting(pod) and not term):
         text = status.get("message") or f"pod {name_of(pod)} lost its node or was evicted"
         return Cause.NODE_FAILURE, code, TerminationMessage("NodeFailure", str(text))
-    return classify(code, message), code, message
+    return cause or classify(code, message), code, message
+
+
+def preemption_of(pod: Obj) -> str | None:
+    """Who asked the pod to go, when it was preempted or evicted on purpose: the text of
+    its DisruptionTarget (scheduler, Eviction API) or TerminationTarget (Kueue) condition."""
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        kind, reason = cond.get("type"), str(cond.get("reason") or "")
+        if (kind == "DisruptionTarget" and reason in PREEMPTION_REASONS) or (
+            kind == "TerminationTarget"
+        ):
+            return f"{reason}: {cond.get('message') or 'preempted'}"[:1024]
+    return None
 
 
 def pick_failure(pods: list[Obj]) -> tuple[Obj, Cause, TerminationMessage | None]:
@@ -97,7 +120,7 @@ def fingerprint(pod: Obj) -> tuple[object, ...]:
     container's state, exit code and restarts. Pod events that change none of it (the
     scheduler retrying an unschedulable pod, a condition's heartbeat, the ADDED event of
     a pod just created) need no reconcile; a waiting reason matters only once the startup
-    deadline passed, and the resync timer looks then."""
+    deadline passed, and the resync loop looks then."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     containers = tuple(
         (

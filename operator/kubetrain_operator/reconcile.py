@@ -131,7 +131,7 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
     if st.state in ("Succeeded", "Failed"):
         _finished(step, pods)
         return
-    if not observed.service:
+    if spec.numNodes > 1 and not observed.service:  # one node rendezvous on 127.0.0.1
         step.actions.append(CreateObject(builders.build_service(job)))
     configmap = builders.build_configmap(job, settings)
     if observed.config is None:
@@ -152,7 +152,7 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
     # (its kubelet can never confirm the deletion): force-delete.
     lost = observed.lost_nodes
     stuck = [p for p in pods if is_deleting(p) and (overdue(p, now) or node_of(p) in lost)]
-    step.delete(stuck, "StuckTerminating", force=True)
+    step.delete(stuck, "StuckTerminating", grace_seconds=0)
 
     if spec.runPolicy.suspend:
         step.delete([p for p in pods if not is_deleting(p)], "Suspended")
@@ -227,6 +227,9 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
         st.startTime = timestamp(now)
     if step.creates:
         step.condition("Created", True, "PodsCreated", f"attempt {attempt}: creating the gang")
+        # Counted Pending now: the pods' first events then change nothing worth a write.
+        made = [a.body for a in step.creates if isinstance(a, CreateObject)]
+        st.workers = counts([*current.values(), *(b for b in made if b["kind"] == "Pod")])
     running = [p for p in live.values() if phase_of(p) == "Running"]
     if len(running) == spec.numNodes:
         _all_running(step, job)
@@ -274,6 +277,15 @@ def _all_running(step: Step, job: TrainingJob) -> None:
         st.recovery.restartTime = None
     if st.progress is not None and new_run:  # the hang clock restarts with each gang
         st.progress.lastStepTime = timestamp(now)
+
+
+HUNG_GRACE_SECONDS = 5
+
+
+def _hung_grace(gang: list[Obj]) -> int:
+    """HUNG_GRACE_SECONDS, or the pods' own grace period when that is shorter."""
+    own = [(p.get("spec") or {}).get("terminationGracePeriodSeconds") for p in gang]
+    return min([HUNG_GRACE_SECONDS, *(int(g) for g in own if g is not None)])
 
 
 def _settling(live: dict[int, Obj], failed: list[Obj], now: datetime, settings: Settings) -> bool:
@@ -336,7 +348,10 @@ def _gang_failed(  # noqa: PLR0917 (one call site per cause)
     step.condition("Restarting", True, decision.reason, detail)
     step.condition("Running", False, decision.reason, "restarting the gang")
     clock.end_progress_baseline(st)
-    step.delete([p for p in gang if not is_deleting(p)], decision.reason)
+    # A hung trainer never reaches the step where it would save on SIGTERM: the pod's
+    # whole grace period (30 s by default) would only delay the restart.
+    grace = _hung_grace(gang) if cause is Cause.HANG else None
+    step.delete([p for p in gang if not is_deleting(p)], decision.reason, grace)
     step.events.append(Observe("restart", 1, decision.cause.value))
 
 

@@ -44,6 +44,7 @@ class Step:
             self.events.append(EmitEvent("Warning" if warn else "Normal", reason, message))
         return changed
 
-    def delete(self, pods: list[Obj], reason: str, force: bool = False) -> None:
+    def delete(self, pods: list[Obj], reason: str, grace_seconds: int | None = None) -> None:
         if pods:
-            self.deletes.append(DeletePods(tuple(name_of(p) for p in pods), reason, force))
+            names = tuple(name_of(p) for p in pods)
+            self.deletes.append(DeletePods(names, reason, grace_seconds))

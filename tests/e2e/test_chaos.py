@@ -1,4 +1,4 @@
-"""The fault suite (`make chaos`, also part of `make test`): ten ways a training run gets
+"""The fault suite (`make chaos`, also part of `make test`): eleven ways a training run gets
 hurt on the local cluster, each played against the example job with the real MinIO.
 
 Every scenario must end with the job Succeeded at exactly its step count, every
@@ -21,6 +21,7 @@ from tests.e2e.chaos import Scenario
 
 from kubetrain_devcluster.jobs import (
     apply_job,
+    evict_pod,
     example_job,
     job_pods,
     job_status,
@@ -438,3 +439,33 @@ def test_10_two_jobs_pointed_at_one_uri(
     assert refused["restarts"]["total"] == 0  # a clear error, never retried
     assert status["restarts"]["total"] == 0
     assert {i.term for i in sc.store.scan()} == {0}  # only the first job ever wrote there
+
+
+def test_11_a_worker_evicted_by_a_drain(
+    cluster: Cluster, operator: OperatorProcess, namespace: str, scenario: Any
+) -> None:
+    """A drain or a preemption signals one pod of the gang: its SIGTERM reaches the peers
+    through the step's all-reduce, the whole gang saves at one step, and the restart
+    resumes there without spending the restart budget (maxRestarts 0)."""
+    name = "evicted"
+    steps = 300
+    job = chaos_job(name, steps=steps, faultTolerance={"maxRestarts": 0})
+    job["spec"]["checkpoint"]["intervalSteps"] = 10_000  # only SIGTERM saves before the end
+    title, fault = "11 worker evicted (drain)", "Eviction API on worker 1 past step 25"
+    with scenario(name, title, fault, steps=steps) as sc:
+        launch(cluster, operator, sc, job)
+        wait_until(
+            lambda: (
+                (job_status(cluster, namespace, name).get("progress") or {}).get("step", 0) >= 25
+            ),
+            timeout=300,
+            what="step 25",
+        )
+        evict_pod(cluster, namespace, f"{name}-1")
+        status = wait_state(cluster, operator, namespace, name, state="Succeeded", timeout=600)
+    survived(sc)
+    assert status["restarts"]["preempted"] == 1 and status["restarts"]["total"] == 1, status
+    first = [step for step, term in committed_dirs(sc) if term == 0]
+    assert len(first) == 1 and 25 <= first[0] < steps, committed_dirs(sc)  # the SIGTERM save
+    claim = Claim.from_json(sc.store.storage.get_bytes(claim_key(1)))
+    assert parse_checkpoint_dir(claim.resumed_from or "") == (first[0], 0)

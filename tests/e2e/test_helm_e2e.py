@@ -241,15 +241,6 @@ def test_chart_installs_runs_the_example_in_a_restricted_namespace_and_uninstall
         releases = _helm(cluster, tmp_path, "list", "-q", "--namespace", namespace, check=False)
         if RELEASE in releases.split():
             _helm(cluster, tmp_path, "uninstall", RELEASE, "--namespace", namespace, check=False)
-        # A TrainingJob outlives the operator (the CRD is kept): drop kopf's finalizer
-        # so that the namespace can go.
-        for tj in cluster.kubectl(
-            "-n", namespace, "get", "tj", "-o", "name", check=False
-        ).stdout.split():
-            cluster.kubectl(
-                "-n", namespace, "patch", tj, "--type=merge",
-                "-p", '{"metadata": {"finalizers": null}}', check=False,
-            )  # fmt: skip
         cluster.api.request("DELETE", f"/api/v1/namespaces/{namespace}")
 
 

@@ -21,6 +21,7 @@ from kubetrain_devcluster.jobs import (
     apply_job,
     checkpoint_steps,
     example_job,
+    get_job,
     job_pods,
     job_status,
     merge,
@@ -97,6 +98,10 @@ def test_example_trains_to_success_survives_an_operator_restart_and_cleans_up(
     time.sleep(10)  # several reconciles (timer 3 s + pod events); then look
     pods = job_pods(cluster, namespace, name)
     assert {p["metadata"]["uid"] for p in pods} == uids
+    # The operator writes the status only: no finalizer, no bookkeeping annotations.
+    meta = get_job(cluster, namespace, name)["metadata"]
+    assert not meta.get("finalizers"), meta
+    assert not [k for k in meta.get("annotations") or {} if k.startswith("kubetrain.io/")]
 
     status = wait_state(cluster, operator, namespace, name, state="Succeeded", timeout=900)
     assert status["completionTime"] and status["startTime"]

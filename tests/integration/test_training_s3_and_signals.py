@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -161,6 +162,48 @@ def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path: Path) -> None:
     message = json.loads(log.read_text())
     assert message["reason"] == "Preempted"
     assert committed_steps(tmp_path / "run" / "checkpoints") == [message["step"]]
+
+
+def _worker_pids(agent: int) -> dict[int, int]:
+    """torchrun's workers by rank: its children, with RANK in their environment."""
+    ranks = {}
+    for child in Path(f"/proc/{agent}/task/{agent}/children").read_text().split():
+        env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        rank = next((e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")), None)
+        if rank is not None:
+            ranks[int(rank)] = int(child)
+    return ranks
+
+
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_one_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """An eviction signals one pod of a gang: its peers must join the save (a collective)."""
+    cfg = tiny_config(
+        tmp_path / "run", training={"max_steps": 100000}, checkpoint={"interval_steps": 100000}
+    )
+    log = tmp_path / "termination.json"
+    path = write_config(tmp_path / "c.yaml", cfg)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "kubetrain_trainer", "train", "--config", str(path)],
+        env=env_with(KUBETRAIN_TERMINATION_LOG=str(log)), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (
+        metrics.exists() and metrics.read_text().count("\n") >= 3
+    ):
+        time.sleep(0.2)
+    workers = _worker_pids(proc.pid)
+    assert sorted(workers) == [0, 1]
+    os.kill(workers[1], signal.SIGTERM)  # rank 1 only; rank 0 hears of it in the all-reduce
+    _, stderr = proc.communicate(timeout=120)
+    message = json.loads(log.read_text())
+    assert message["reason"] == "Preempted", stderr[-3000:]
+    # A checkpoint is committed once every rank wrote its part: rank 0 saved too.
+    assert committed_steps(tmp_path / "run" / "checkpoints") == [message["step"]], stderr[-3000:]
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:

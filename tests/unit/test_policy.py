@@ -43,7 +43,14 @@ def test_errors_restart_until_the_budget_is_spent() -> None:
         state = record(state, d)
     d = decide(policy, state, Cause.NODE_FAILURE, None)
     assert (d.action, d.reason) == ("fail", "RestartBudgetExhausted")
-    assert state.restarts == {"total": 2, "nodeFailure": 0, "nan": 0, "error": 2, "hang": 0}
+    assert state.restarts == {
+        "total": 2,
+        "nodeFailure": 0,
+        "nan": 0,
+        "error": 2,
+        "hang": 0,
+        "preempted": 0,
+    }
 
 
 def test_nan_asks_for_a_good_checkpoint_older_than_the_one_that_failed() -> None:
@@ -111,3 +118,17 @@ def test_restart_causes_and_states_come_from_the_api_models() -> None:
     assert set(RecoveryState().restarts) == set(RestartCounts.model_fields)
     assert {*STATE_PRECEDENCE, "Pending"} == set(JOB_STATES)
     assert set(STATE_PRECEDENCE) <= set(typing.get_args(ConditionType))
+
+
+def test_preemptions_restart_without_spending_the_restart_budget() -> None:
+    policy = FaultToleranceSpec(maxRestarts=1)
+    state = RecoveryState()
+    preempted = TerminationMessage("Preempted", "preempted at step 40", step=40)
+    for _ in range(3):  # a job may be preempted any number of times
+        d = decide(policy, state, Cause.PREEMPTED, preempted)
+        assert (d.action, d.reason) == ("restart", "RestartPreempted")
+        state = record(state, d)
+    assert state.restarts["preempted"] == 3 and state.restarts["total"] == 3
+    # The one crash the budget allows is still there, and then the budget is spent.
+    state = record(state, decide(policy, state, Cause.ERROR, None))
+    assert decide(policy, state, Cause.ERROR, None).reason == "RestartBudgetExhausted"

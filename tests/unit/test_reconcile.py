@@ -319,8 +319,12 @@ def test_progress_is_copied_and_a_stalled_gang_counts_as_hung() -> None:
     assert st.progress is not None and st.progress.step == 10 and st.progress.loss == 2.5
     later = NOW + timedelta(seconds=61)
     stalled = _job(st.model_dump(mode="json"), faultTolerance={"progressDeadlineSeconds": 60})
-    st2 = _status(_run(stalled, pods, now=later, progress=Progress(step=10)))
+    actions = _run(stalled, pods, now=later, progress=Progress(step=10))
+    st2 = _status(actions)
     assert st2.restarts.hang == 1 and st2.state == "Restarting"
+    # SIGKILL 5 s after SIGTERM: a hung trainer cannot reach the step where it saves.
+    hung = [a for a in actions if isinstance(a, DeletePods)]
+    assert [(a.names, a.grace_seconds) for a in hung] == [((f"{NAME}-0", f"{NAME}-1"), 5)]
 
     # The next gang starts its own clock: running at once, later than the old deadline,
     # it is not hung, and resuming below the old step is no stall either.
@@ -337,6 +341,35 @@ def test_evicted_worker_counts_as_node_failure() -> None:
     pods = [_pod(0, "Running"), _pod(1, "Failed", reason="Evicted", message="node gone")]
     st = _status(_run(job, pods))
     assert st.restarts.nodeFailure == 1
+
+
+def test_a_preempted_or_drained_worker_is_a_preemption_and_a_tainted_node_a_node_failure() -> None:
+    def disrupted(kind: str, reason: str, **extra: Any) -> dict[str, Any]:
+        cond = {"type": kind, "status": "True", "reason": reason, "message": "by request"}
+        return _pod(1, "Running", conditions=[cond], **extra) | {
+            "metadata": _pod(1, "Running")["metadata"]
+            | {"deletionTimestamp": "2026-01-01T12:00:00Z"}
+        }
+
+    job = _job(_running_status())
+    cases = {
+        ("DisruptionTarget", "PreemptionByScheduler"): "preempted",
+        ("DisruptionTarget", "EvictionByEvictionAPI"): "preempted",  # kubectl drain
+        ("TerminationTarget", "WorkloadEvicted"): "preempted",  # Kueue
+        ("DisruptionTarget", "DeletionByTaintManager"): "nodeFailure",
+    }
+    for (kind, reason), key in cases.items():
+        st = _status(_run(job, [_pod(0, "Running"), disrupted(kind, reason)]))
+        assert getattr(st.restarts, key) == 1 and st.restarts.total == 1, (kind, reason)
+        assert st.recovery.lastFailure.startswith(
+            f"Restart{'Preempted' if key == 'preempted' else 'NodeFailure'}"
+        )
+    # The trainer's own word wins over the condition when it is not a plain error: NaN.
+    nan = _pod(1, "Failed", **_terminated(65, TerminationMessage("NaNUnrecoverable", "nan")))
+    nan["status"]["conditions"] = [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+    ]
+    assert _status(_run(job, [_pod(0, "Running"), nan])).restarts.nan == 1
 
 
 def test_reconcile_of_a_steady_job_does_nothing() -> None:
@@ -443,7 +476,7 @@ def test_a_peer_error_waits_to_see_whether_a_node_died() -> None:
     st = _status(actions)
     assert st.restarts.nodeFailure == 1 and st.restarts.error == 0
     assert "node n2" in st.recovery.lastFailure
-    assert DeletePods((f"{NAME}-1",), "StuckTerminating", force=True) in actions
+    assert DeletePods((f"{NAME}-1",), "StuckTerminating", grace_seconds=0) in actions
 
 
 def test_a_peer_error_counts_as_error_once_the_settle_time_passed() -> None:
@@ -472,3 +505,18 @@ def test_resync_spacing_slows_finished_jobs_until_their_ttl_is_due() -> None:
         resync_spacing({"runPolicy": {"ttlSecondsAfterFinished": 600}}, finished, now, 3.0)
         == FINISHED_RESYNC_SECONDS
     )
+
+
+def test_a_one_node_job_needs_no_service_and_its_pods_first_event_writes_nothing() -> None:
+    job = _job(numNodes=1)
+    observed = Observed(pods=[], service=False, config=None, now=NOW, signing_key="k3y")
+    actions = reconcile(job, observed, SETTINGS)
+    kinds = [a.body["kind"] for a in actions if isinstance(a, CreateObject)]
+    assert kinds == ["ConfigMap", "Secret", "NetworkPolicy", "Pod"]  # no Service
+    pod = next(a.body for a in actions if isinstance(a, CreateObject) and a.body["kind"] == "Pod")
+    assert "--master-addr=127.0.0.1" in pod["spec"]["containers"][0]["command"]
+    status = _status(actions)
+    assert status.workers.pending == 1  # the pod it creates, counted before it is seen
+    # The pod's first event (it exists, Pending): the same status, so no patch at all.
+    again = _run(_job(status=status.model_dump(mode="json"), numNodes=1), [_pod(0, "Pending")])
+    assert not [a for a in again if isinstance(a, PatchStatus | CreateObject | EmitEvent)]

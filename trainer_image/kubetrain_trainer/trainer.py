@@ -170,8 +170,6 @@ class Trainer:
         callbacks.on_epoch_begin(self.state)
         step_start = time.monotonic()
         while self.step < self.total_steps and not self.state.should_stop:
-            if self._stop_signal is not None:
-                self._preempt()
             self.faults.maybe_fail(self.step)
             if step_in_ranges(self.step, self.skip_ranges):
                 parts.strategy.discard_update()
@@ -181,7 +179,9 @@ class Trainer:
 
             callbacks.on_batch_begin(self.state)
             out = parts.strategy.forward_backward(
-                self.step, poison=self.faults.loss_fault(self.step)
+                self.step,
+                poison=self.faults.loss_fault(self.step),
+                stop=self._stop_signal is not None,
             )
             verdict = self.guard.check(self.step, out.loss, out.grad_norm)
             if verdict is Verdict.RESTORE:
@@ -202,6 +202,8 @@ class Trainer:
             self._report_step(out, verdict, now - step_start)
             step_start, last_loss = now, out.loss
             callbacks.on_batch_end(self.state)
+            if out.stop:  # on every rank after this same step: the flag rode its all-reduce
+                self._preempt()
             if self.step % self.cfg.training.eval_steps == 0:
                 self.validate()
             if self.step % self.cfg.checkpoint.interval_steps == 0:
@@ -389,7 +391,7 @@ class Trainer:
             self.parts.callbacks.on_epoch_begin(self.state)
 
     def _on_sigterm(self, signum: int, _frame: FrameType | None) -> None:
-        self._stop_signal = signum  # act at the next step boundary, where state is consistent
+        self._stop_signal = signum  # told to every rank by the next step's all-reduce
 
     def _preempt(self) -> None:
         self.sinks.message(f"SIGTERM at step {self.step}: saving a checkpoint before exit")

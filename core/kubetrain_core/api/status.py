@@ -94,13 +94,17 @@ class RestartCounts(ApiModel):
     total: int = Field(0, ge=0, le=1_000_000)
     """All gang restarts."""
     nodeFailure: int = Field(0, ge=0, le=1_000_000)
-    """Restarts after a node failed or a pod was evicted."""
+    """Restarts after a node failed, or its kubelet or taint manager evicted a pod."""
     nan: int = Field(0, ge=0, le=1_000_000)
     """Rollbacks after non-finite loss."""
     error: int = Field(0, ge=0, le=1_000_000)
     """Restarts after a worker crashed or was killed."""
     hang: int = Field(0, ge=0, le=1_000_000)
     """Restarts after progress stalled for faultTolerance.progressDeadlineSeconds."""
+    preempted: int = Field(0, ge=0, le=1_000_000)
+    """Restarts after a preemption (the scheduler, Kueue) or an eviction through the
+    Eviction API (a drain): the workers saved on SIGTERM; not counted against
+    faultTolerance.maxRestarts."""
 
 
 # The causes a gang restart is counted under (status.restarts, the operator's metrics).

@@ -40,6 +40,7 @@ class StepOutput:
     grad_norm: float | None
     tokens: int  # tokens processed by all ranks
     samples: int  # sequences processed by all ranks
+    stop: bool = False  # some rank was asked to stop (SIGTERM): every rank stops here
 
 
 class TrainingStrategy(ABC):
@@ -116,8 +117,9 @@ class TrainingStrategy(ABC):
         return torch.autocast(self.dist.device.type, dtype=self.amp_dtype)
 
     @abstractmethod
-    def forward_backward(self, step: int, poison: bool = False) -> StepOutput:
-        """Compute gradients for `step` (poison=True turns the loss into NaN: fault injection)."""
+    def forward_backward(self, step: int, poison: bool = False, stop: bool = False) -> StepOutput:
+        """Compute gradients for `step` (poison=True turns the loss into NaN: fault
+        injection); `stop`: this rank was asked to stop, told to all in `StepOutput.stop`."""
 
     def apply_update(self) -> None:
         self.scaler.step(self.optimizer)
@@ -174,7 +176,7 @@ class TrainingStrategy(ABC):
 class StandardStrategy(TrainingStrategy):
     """Gradient accumulation over micro-batches, AMP, loss scaling and global-norm clipping."""
 
-    def forward_backward(self, step: int, poison: bool = False) -> StepOutput:
+    def forward_backward(self, step: int, poison: bool = False, stop: bool = False) -> StepOutput:
         k = self.cfg.accumulation_steps
         loss_sum = torch.zeros((), device=self.dist.device)
         tokens = samples = 0
@@ -192,12 +194,21 @@ class StandardStrategy(TrainingStrategy):
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.max_grad_norm if self.cfg.max_grad_norm is not None else math.inf
         grad_norm = full_norm(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
-        # One small all-reduce gives every rank the same loss, so all make the same guard decision.
-        stats = mean_across_ranks(torch.stack([loss_sum, grad_norm.float().to(loss_sum.device)]))
-        loss_value, norm_value = stats.tolist()
+        # One small all-reduce gives every rank the same loss, so all make the same guard
+        # decision, and the same stop: a SIGTERM reaches one pod of a gang (an eviction),
+        # and a checkpoint save is a collective that every rank must enter together.
+        flag = torch.tensor(float(stop), device=loss_sum.device)
+        stats = mean_across_ranks(
+            torch.stack([loss_sum, grad_norm.float().to(loss_sum.device), flag])
+        )
+        loss_value, norm_value, stop_value = stats.tolist()
         if self.scaler.is_enabled() and math.isfinite(loss_value) and not math.isfinite(norm_value):
             norm_value = None  # loss scaling overflow: the scaler's business, not a NaN
         w = self.dist.world_size
         return StepOutput(
-            loss=loss_value, grad_norm=norm_value, tokens=tokens * w, samples=samples * w
+            loss=loss_value,
+            grad_norm=norm_value,
+            tokens=tokens * w,
+            samples=samples * w,
+            stop=stop_value > 0,
         )
