@@ -89,8 +89,17 @@ images: ## build both images (needs a Docker engine; not available in CI here)
 kind: ## kind cluster with both images, the chart and the example job (needs Docker, kind)
 	hack/kind/up.sh
 
-bench: venv ## quick: the trainer against HF Trainer, Lightning and a plain loop (full: make benchmark NAME=peers)
+# Every benchmark that runs without the local cluster, at its quick size (does it all
+# run?); make echoes each command before it runs. Figures: make benchmark NAME=... ARGS=...
+# (docs/benchmarks.md). checkpoint_stall and s3_throughput start a MinIO (tools/testbin.sh).
+bench: venv ## quick mode of every benchmark without a cluster (full runs: make benchmark NAME=...)
+	tools/testbin.sh minio
 	$(PY) benchmarks/peers.py --quick
+	$(PY) benchmarks/peers.py --quick --model hf
+	$(PY) benchmarks/ddp_scaling.py --quick
+	$(PY) benchmarks/checkpoint_stall.py --steps 10 --interval 5 --rounds 1
+	$(PY) benchmarks/data_memory.py --sizes 2 4 --batches 20
+	$(PY) benchmarks/s3_throughput.py --quick
 
 benchmark: venv testbin ## one benchmark with the sources on PYTHONPATH: make benchmark NAME=recovery ARGS=...
 	$(PY) benchmarks/$(NAME).py $(ARGS)
