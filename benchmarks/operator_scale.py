@@ -49,6 +49,7 @@ from localkube.kwok import Kwok
 
 JOB_LABEL = "kubetrain.io/job-name"
 JOBS_NS, PODS_NS = "bench-jobs", "bench-pods"
+ALONE_NS = "bench-alone"  # the jobs applied once with no operator running
 TJ_PATH = f"/apis/kubetrain.io/v1alpha1/namespaces/{JOBS_NS}/trainingjobs"
 # The API server's count of dispatched requests by flow schema: the operator's
 # ServiceAccount is the only client of `service-accounts` here (controllers run as
@@ -239,9 +240,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for node in cluster.node_specs:
             cluster.kubectl("cordon", node.name)
         operator_process.install(cluster)
-        for ns in (JOBS_NS, PODS_NS):
+        for ns in (JOBS_NS, PODS_NS, ALONE_NS):
             cluster.create_namespace(ns)
         operator_process.create_s3_secret(cluster, JOBS_NS)
+        if not args.kwok:
+            # What the API server alone takes to accept the jobs (CRD schema, CEL, the
+            # admission policy): the part of all_pods_seconds that is not the operator's.
+            start = time.monotonic()
+            apply(cluster, ALONE_NS, [training_job(i) for i in range(args.jobs)])
+            result["jobs_apply_alone_seconds"] = round(time.monotonic() - start, 2)
+            cluster.kubectl("-n", ALONE_NS, "delete", "trainingjobs", "--all", timeout=300)
         op = operator_process.OperatorProcess(cluster, Path(tempfile.mkdtemp()))
         op.write_kubeconfig()
         op.start()

@@ -144,7 +144,7 @@ def on_event(
         operator_metrics.record_job(namespace, name, None)  # GC deletes the children
         _forget(f"{namespace}/{name}")
     elif _remember(f"{namespace}/{name}", body):
-        reconcile_job(namespace, name)
+        reconcile_job(namespace, name, dict(body))  # the event's body is the job now
 
 
 def _remember(key: str, body: kopf.Body) -> bool:
@@ -178,8 +178,9 @@ def _resync_loop() -> None:
 # --- the level-based step --------------------------------------------------------------
 
 
-def reconcile_job(namespace: str, name: str) -> None:
-    """Reconcile the job now (or once more after the pass that is running)."""
+def reconcile_job(namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+    """Reconcile the job now (or once more after the pass that is running); `body`: the
+    job as a watch event just delivered it, read from the API server when None."""
     key = f"{namespace}/{name}"
     with _slots_lock:
         slot = _slots.setdefault(key, _JobSlot())
@@ -192,7 +193,8 @@ def reconcile_job(namespace: str, name: str) -> None:
             slot.again = False
             slot.tried_at = time.monotonic()
             with operator_metrics.RECONCILE.time():
-                _reconcile_once(namespace, name)
+                _reconcile_once(namespace, name, body)
+            body = None  # a further pass reads the job afresh
             slot.done_at = time.monotonic()  # a failed pass is retried, never skipped
     finally:
         slot.lock.release()
@@ -203,8 +205,8 @@ def _forget(key: str) -> None:
         _slots.pop(key, None)
 
 
-def _reconcile_once(namespace: str, name: str) -> None:
-    body = kube.get_job(namespace, name)
+def _reconcile_once(namespace: str, name: str, body: dict[str, Any] | None) -> None:
+    body = body or kube.get_job(namespace, name)
     if body is None or body["metadata"].get("deletionTimestamp"):
         operator_metrics.record_job(namespace, name, None)
         _forget(f"{namespace}/{name}")

@@ -178,7 +178,11 @@ def config_data(namespace: str, name: str, uid: str) -> dict[str, str] | None:
 def observe(job: TrainingJob, uid: str, settings: Settings) -> actions.Observed:
     """Everything `reconcile` needs to know about the job's world, read fresh."""
     namespace, name = job.metadata.namespace or "default", job.metadata.name
-    pods = list_pods(namespace, name, uid)
+    # A job with no status yet has no pod to list: a pass patches the status before it
+    # creates pods. Its ConfigMap, if a pass was cut short after creating it, answers the
+    # create with 409, which checks the owner all the same (`_create`).
+    unseen = job.status is None
+    pods = [] if unseen else list_pods(namespace, name, uid)
     now = datetime.now(UTC)
     if job.status is not None and job.status.state in ("Succeeded", "Failed"):
         # A finished job's pass only cleans up its pods and counts down its TTL.
@@ -187,7 +191,7 @@ def observe(job: TrainingJob, uid: str, settings: Settings) -> actions.Observed:
     return actions.Observed(
         pods=pods,
         service=job.spec.numNodes > 1 and _read_owned("Service", namespace, name, uid) is not None,
-        config=config_data(namespace, f"{name}-config", uid),
+        config=None if unseen else config_data(namespace, f"{name}-config", uid),
         now=now,
         progress=read.progress,
         progress_error=read.error,

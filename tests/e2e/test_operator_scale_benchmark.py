@@ -44,6 +44,8 @@ def test_harness_mode_creates_every_jobs_pod_and_reports_the_figures() -> None:
     assert set(result) >= KEYS, KEYS - set(result)
     assert result["jobs"] == 3 and result["all_pods_seconds"] > 0  # all 3 pods appeared
     assert result["bare_pods_seconds"] > 0 and result["operator_peak_rss_mib"] > 50
+    assert result["jobs_apply_alone_seconds"] > 0  # the jobs, applied with no operator
+    assert result["writes_per_job"]["trainingjobs"] >= 1  # kubectl's create, counted
     assert result["reconciler_requests_per_job"] >= 5  # Service, ConfigMap, Pod, ... at least
     assert result["reconcile_p50_seconds"] is not None
 

@@ -140,23 +140,33 @@ def test_rank0_serves_metrics_and_progress_while_training(tmp_path: Path) -> Non
         proc.wait()
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path: Path) -> None:
+def _training_until_signalled(
+    tmp_path: Path, launcher: list[str]
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """The trainer under `launcher` with no end and no periodic checkpoint, once it has
+    logged 3 steps; and the path of its termination message. Its stderr: stderr.log."""
     cfg = tiny_config(
         tmp_path / "run", training={"max_steps": 100000}, checkpoint={"interval_steps": 100000}
     )
     log = tmp_path / "termination.json"
     path = write_config(tmp_path / "c.yaml", cfg)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kubetrain_trainer", "train", "--config", str(path)],
-        env=env_with(KUBETRAIN_TERMINATION_LOG=str(log)), cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    with (tmp_path / "stderr.log").open("wb") as stderr:  # the child keeps its own copy
+        proc = subprocess.Popen(
+            [*launcher, "-m", "kubetrain_trainer", "train", "--config", str(path)],
+            env=env_with(KUBETRAIN_TERMINATION_LOG=str(log)), cwd=REPO,
+            stdout=subprocess.DEVNULL, stderr=stderr,
+        )  # fmt: skip
     metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline and not (
         metrics.exists() and metrics.read_text().count("\n") >= 3
     ):
         time.sleep(0.2)
+    return proc, log
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_preempted(tmp_path: Path) -> None:
+    proc, log = _training_until_signalled(tmp_path, [sys.executable])
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     message = json.loads(log.read_text())
@@ -179,27 +189,13 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_one_checkpoi
     tmp_path: Path,
 ) -> None:
     """An eviction signals one pod of a gang: its peers must join the save (a collective)."""
-    cfg = tiny_config(
-        tmp_path / "run", training={"max_steps": 100000}, checkpoint={"interval_steps": 100000}
-    )
-    log = tmp_path / "termination.json"
-    path = write_config(tmp_path / "c.yaml", cfg)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         "-m", "kubetrain_trainer", "train", "--config", str(path)],
-        env=env_with(KUBETRAIN_TERMINATION_LOG=str(log)), cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and not (
-        metrics.exists() and metrics.read_text().count("\n") >= 3
-    ):
-        time.sleep(0.2)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    proc, log = _training_until_signalled(tmp_path, [*torchrun, "--nproc-per-node=2"])
     workers = _worker_pids(proc.pid)
     assert sorted(workers) == [0, 1]
     os.kill(workers[1], signal.SIGTERM)  # rank 1 only; rank 0 hears of it in the all-reduce
-    _, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    stderr = (tmp_path / "stderr.log").read_text(errors="replace")
     message = json.loads(log.read_text())
     assert message["reason"] == "Preempted", stderr[-3000:]
     # A checkpoint is committed once every rank wrote its part: rank 0 saved too.
