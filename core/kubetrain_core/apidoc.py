@@ -55,13 +55,19 @@ A `TrainingJob` (short name `tj`) runs `spec.numNodes` worker pods, each
   fails at once with the trainer's message in the `Failed` condition.
 - **Hangs.** With `faultTolerance.progressDeadlineSeconds`, a running gang
   whose step has not advanced for that long is restarted (cause `Hang`).
+- **Queueing (Kueue).** A job labelled `kueue.x-k8s.io/queue-name: <LocalQueue>`
+  hands each attempt's gang to Kueue as one pod group (`<job>-<attempt>`, its size
+  `numNodes`), admitted all or nothing; until then the pods are gated and the job is
+  `Queued` (the condition's message is Kueue's reason). A preemption by Kueue, the
+  scheduler or a drain is a `Preempted` restart that resumes from the workers'
+  SIGTERM checkpoint and queues again (docs/operations.md).
 - **runPolicy.** `suspend: true` deletes the pods and keeps the checkpoints;
-  `false` starts a new attempt that resumes from them (Kueue-compatible).
+  `false` starts a new attempt that resumes from them.
   `activeDeadlineSeconds` fails the job (`DeadlineExceeded`);
   `cleanPodPolicy` says which pods go when it ends;
   `ttlSecondsAfterFinished` deletes the finished job.
 - **Status.** `state` (printer column) summarises the conditions `Created`,
-  `Running`, `Restarting`, `Suspended`, `Succeeded`, `Failed`; each
+  `Queued`, `Running`, `Restarting`, `Suspended`, `Succeeded`, `Failed`; each
   transition into a condition is also an Event. `progress` is read from rank
   0's `/progress` every reconcile.
 

@@ -59,13 +59,15 @@ RESERVED_ENV_NAMES = (
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
 )  # fmt: skip
 ALLOWED_RESERVED_ENV = ("KUBETRAIN_FAULT_INJECT",)
-RESERVED_LABEL_PREFIXES = (f"{PREFIX}/",)
+# kueue.x-k8s.io/*: the operator makes each attempt's gang one Kueue pod group from the
+# job's own kueue.x-k8s.io/queue-name label; a pod-level label would split the gang.
+RESERVED_LABEL_PREFIXES = (f"{PREFIX}/", "kueue.x-k8s.io/")
 RESERVED_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/component",
     "app.kubernetes.io/managed-by",
 )
-RESERVED_ANNOTATION_PREFIXES = (f"{PREFIX}/",)
+RESERVED_ANNOTATION_PREFIXES = (f"{PREFIX}/", "kueue.x-k8s.io/")
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 RDZV_PORT = 29400  # torchrun's rendezvous on pod 0
 
@@ -182,6 +184,7 @@ def fixed_problems(spec: dict[str, Any]) -> list[str]:
     meta = template.get("metadata") or {}
     found += [
         f"spec.template.metadata.labels.{key}: reserved for the operator"
+        + (" (label the TrainingJob with kueue.x-k8s.io/queue-name)" if "kueue" in key else "")
         for key in meta.get("labels") or {}
         if reserved_label(key)
     ]

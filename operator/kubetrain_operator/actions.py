@@ -93,3 +93,4 @@ class Observed:
     progress_error: str | None = None  # why the read failed (None: it worked or nothing serves)
     lost_nodes: frozenset[str] = frozenset()  # nodes of these pods that are not Ready
     signing_key: str = ""  # fresh random text, for the job's signing Secret if it is created
+    queued: str | None = None  # Kueue holds the current gang back: why, in its words

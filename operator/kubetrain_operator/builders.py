@@ -18,6 +18,7 @@ from kubetrain_core.config import to_yaml
 from kubetrain_core.contract import DEFAULT_TERMINATION_LOG, Env
 from kubetrain_core.job_config import trainer_config
 from kubetrain_core.names import GROUP, KIND, PREFIX, VERSION
+from kubetrain_operator import queueing
 from kubetrain_operator.settings import Settings
 
 Obj = dict[str, Any]
@@ -305,7 +306,8 @@ def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: 
     port = spec.monitoring.port
     labels = {**spec.template.metadata.labels, INDEX_LABEL: str(index)}
     labels[ATTEMPT_LABEL] = str(recovery.attempt)
-    annotations = dict(spec.template.metadata.annotations)
+    labels |= queueing.pod_labels(job, recovery.attempt)  # one Kueue pod group per attempt
+    annotations = {**spec.template.metadata.annotations, **queueing.pod_annotations(job)}
     if index == 0:  # global rank 0 serves /metrics and /progress
         annotations |= {
             "prometheus.io/scrape": "true",

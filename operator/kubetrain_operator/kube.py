@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetrain_core.api import TrainingJob
 from kubetrain_core.names import GROUP, PLURAL, VERSION
-from kubetrain_operator import actions, builders, operator_metrics
+from kubetrain_operator import actions, builders, operator_metrics, queueing
 from kubetrain_operator.pod_facts import attempt_of, index_of, is_deleting, node_of, phase_of
 from kubetrain_operator.progress import ProgressRead, read_progress
 from kubetrain_operator.settings import Settings
@@ -197,7 +197,28 @@ def observe(job: TrainingJob, uid: str, settings: Settings) -> actions.Observed:
         progress_error=read.error,
         lost_nodes=lost_nodes(pods),
         signing_key=secrets.token_urlsafe(32),
+        queued=queued(job, pods),
     )
+
+
+def queued(job: TrainingJob, pods: list[dict[str, Any]]) -> str | None:
+    """Why Kueue holds the current attempt's gang back (its Workload's words), or None
+    when no pod of it is gated."""
+    attempt = job.status.recovery.attempt if job.status else 0
+    if not any(attempt_of(p) == attempt and queueing.gated(p) for p in pods):
+        return None
+    namespace = job.metadata.namespace or "default"
+    name = queueing.group_name(job, attempt)
+    try:
+        workload = custom().get_namespaced_custom_object(
+            queueing.GROUP, "v1beta2", namespace, queueing.WORKLOADS, name,
+            _request_timeout=TIMEOUT,
+        )  # fmt: skip
+    except ApiException as err:
+        if err.status not in (403, 404):  # not made yet; no RBAC for it: say what we know
+            raise
+        workload = None
+    return queueing.waiting_reason(workload)
 
 
 def progress(job: TrainingJob, pods: list[dict[str, Any]], timeout: float) -> ProgressRead:

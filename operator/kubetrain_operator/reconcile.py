@@ -205,7 +205,8 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
         message = TerminationMessage("Hang", f"no step progress for {secs} s")
         _gang_failed(step, pods, list(live.values()), Cause.HANG, message, settings)
         return
-    if _not_starting(step, live, pods):
+    _queued(step, observed.queued)
+    if observed.queued is None and _not_starting(step, live, pods):
         return
 
     # Create what is missing, once every pod of older attempts is gone (same names).
@@ -233,6 +234,15 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
     running = [p for p in live.values() if phase_of(p) == "Running"]
     if len(running) == spec.numNodes:
         _all_running(step, job)
+
+
+def _queued(step: Step, reason: str | None) -> None:
+    """Kueue holds the gang back (`reason`, its words) or has let it go: the Queued
+    condition. A queued gang is waiting its turn, not failing to start."""
+    if reason is not None:
+        step.condition("Queued", True, "WaitingForAdmission", f"Kueue: {reason}")
+    elif any(c.type == "Queued" and c.status == "True" for c in step.status.conditions):
+        step.condition("Queued", False, "Admitted", "Kueue admitted the gang")
 
 
 def _not_starting(step: Step, live: dict[int, Obj], pods: list[Obj]) -> bool:

@@ -307,6 +307,18 @@ CASES = [
         "template.metadata.labels",
     ),
     Case(
+        "kueue-label-in-template",
+        _spec(template={"metadata": {"labels": {"kueue.x-k8s.io/queue-name": "q"}}}),
+        "template.metadata.labels",
+    ),
+    Case(
+        "kueue-annotation-in-template",
+        _spec(
+            template={"metadata": {"annotations": {"kueue.x-k8s.io/pod-group-total-count": "9"}}}
+        ),
+        "template.metadata.annotations",
+    ),
+    Case(
         "label-key",
         _spec(template={"metadata": {"labels": {"no spaces": "x"}}}),
         "qualified name",

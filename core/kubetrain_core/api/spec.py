@@ -165,7 +165,8 @@ class TemplateMetadata(ApiModel):
                 )
                 + ")",
                 "template.metadata.labels: keys must be qualified names and not the operator's"
-                " (kubetrain.io/*, app.kubernetes.io/name, component, managed-by)",
+                " (kubetrain.io/*, app.kubernetes.io/name, component, managed-by) or Kueue's"
+                " (kueue.x-k8s.io/*: label the TrainingJob with kueue.x-k8s.io/queue-name)",
                 fieldPath=".labels",
                 reason="FieldValueForbidden",
             ),
@@ -176,7 +177,7 @@ class TemplateMetadata(ApiModel):
                 + cel.starts_with_any("k", pod_policy.RESERVED_ANNOTATION_PREFIXES)
                 + ")",
                 "template.metadata.annotations: keys must be qualified names and not"
-                " kubetrain.io/*",
+                " kubetrain.io/* or kueue.x-k8s.io/*",
                 fieldPath=".annotations",
                 reason="FieldValueForbidden",
             ),

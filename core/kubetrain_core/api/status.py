@@ -12,10 +12,17 @@ from kubetrain_core.api.base import ApiModel
 from kubetrain_core.api.notifications import NotificationStatus
 
 ConditionType = Literal[
-    "Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended", "ProgressReadable"
+    "Created",
+    "Queued",
+    "Running",
+    "Restarting",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+    "ProgressReadable",
 ]
 JobState = Literal[
-    "Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
+    "Pending", "Created", "Queued", "Running", "Restarting", "Suspended", "Succeeded", "Failed"
 ]
 JOB_STATES: tuple[JobState, ...] = typing.get_args(JobState)
 # The state summarises the conditions: the first of these that is True names it (each is
@@ -26,6 +33,7 @@ STATE_PRECEDENCE: tuple[JobState, ...] = (
     "Suspended",
     "Restarting",
     "Running",
+    "Queued",
     "Created",
 )
 Timestamp = Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})]
