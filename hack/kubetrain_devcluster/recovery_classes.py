@@ -284,6 +284,7 @@ def run_once(  # noqa: PLR0917
     logs = rank0_logs(cluster, namespace, name)
     figures: dict[str, Any] = {
         "job": name,
+        "state": status.get("state"),
         "restarts": status.get("restarts"),
         "cause": (status.get("recovery") or {}).get("lastFailure", "").split(":")[0] or None,
         "goodput_percent": status.get("goodputPercent"),
@@ -321,6 +322,7 @@ def run_once(  # noqa: PLR0917
     for key in ("detection_s", "training_again_s"):
         if isinstance(figures.get(key), float):
             figures[key] = round(figures[key], 2)
+    # No finalizer: the job is gone at once, so read nothing of it after this.
     cluster.kubectl("-n", namespace, "delete", "tj", name, "--wait=false")
     return figures
 

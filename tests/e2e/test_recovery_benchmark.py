@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from kubetrain_devcluster.jobs import job_status
 from kubetrain_devcluster.operator import create_s3_secret
 from kubetrain_devcluster.recovery_classes import (
     CLASSES,
@@ -32,7 +31,7 @@ def test_a_killed_pod_is_measured(
 ) -> None:
     create_s3_secret(cluster, namespace)
     figures = run_once(cluster, operator, namespace, CLASSES["pod-kill"], "rec-pod-kill")
-    assert job_status(cluster, namespace, "rec-pod-kill").get("state") == "Succeeded"
+    assert figures["state"] == "Succeeded", figures
     assert figures["restarts"]["error"] == 1, figures
     assert 0 < figures["detection_s"] < figures["training_again_s"] < 300, figures
     # Killed at step >= 25, resumed from a checkpoint at most one interval back.
