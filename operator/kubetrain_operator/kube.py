@@ -211,7 +211,7 @@ def queued(job: TrainingJob, pods: list[dict[str, Any]]) -> str | None:
     name = queueing.group_name(job, attempt)
     try:
         workload = custom().get_namespaced_custom_object(
-            queueing.GROUP, "v1beta2", namespace, queueing.WORKLOADS, name,
+            queueing.GROUP, queueing.VERSION, namespace, queueing.WORKLOADS, name,
             _request_timeout=TIMEOUT,
         )  # fmt: skip
     except ApiException as err:

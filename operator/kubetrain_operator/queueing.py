@@ -26,7 +26,8 @@ GROUP_LABEL = f"{GROUP}/pod-group-name"
 GROUP_COUNT_ANNOTATION = f"{GROUP}/pod-group-total-count"
 RETRIABLE_ANNOTATION = f"{GROUP}/retriable-in-group"
 ADMISSION_GATE = f"{GROUP}/admission"
-WORKLOADS = "workloads"  # plural, in GROUP/v1beta2
+VERSION = "v1beta2"  # Kueue v0.17's storage version
+WORKLOADS = "workloads"  # plural, in GROUP/VERSION
 
 Obj = dict[str, Any]
 
