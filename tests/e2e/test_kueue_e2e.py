@@ -56,13 +56,13 @@ def test_a_second_job_waits_queued_until_the_first_has_finished(
     wait_state(cluster, operator, namespace, "first", state="Running", timeout=180)
     apply_job(cluster, namespace, second)
 
-    wait_until(
-        lambda: (_queued(cluster, namespace, "second") or {}).get("status") == "True",
-        timeout=120,
-        what="the second job Queued",
-    )
-    waiting = _queued(cluster, namespace, "second")
-    assert waiting is not None and "quota" in waiting["message"], waiting  # Kueue's words
+    def queued_for_quota() -> bool:
+        # Kueue writes its reason on the Workload a moment after making it; the operator
+        # copies it at its next pass (a queued job is resynced every 10 s).
+        cond = _queued(cluster, namespace, "second") or {}
+        return cond.get("status") == "True" and "quota" in cond.get("message", "")
+
+    wait_until(queued_for_quota, timeout=120, what="the second job Queued for quota")
     assert job_status(cluster, namespace, "second")["state"] == "Queued"
     pods = job_pods(cluster, namespace, "second")
     assert len(pods) == 2 and all(  # the whole gang held back, not half of it
