@@ -29,7 +29,7 @@ JOBS=${KUBETRAIN_TESTBIN_JOBS:-2}
 export GOTOOLCHAIN=local GOFLAGS="-trimpath -buildvcs=false" CGO_ENABLED=0
 
 KUBE_NAMES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-OTHER_NAMES=(etcd helm minio kwok kueue)
+OTHER_NAMES=(etcd helm minio kwok kueue scheduler-plugins)
 
 binaries_py() { "$PYTHON" "$ROOT/localkube/localkube/binaries.py" "$@"; }
 declare -A STATE=() WHERE=()
@@ -122,6 +122,56 @@ build_kueue() { # out-dir
 	chmod -R u+w "$1/manifests"
 }
 
+json_field() { # field: its value in the go mod download -json on stdin
+	sed -n "s/^[[:space:]]*\"$1\": \"\(.*\)\",\{0,1\}\$/\1/p"
+}
+
+replace_cloud_provider() { # out-dir modfile
+	# scheduler-plugins pins k8s.io/cloud-provider v0.31.8, which the module
+	# proxy lists without a zip (403); see versions.env.
+	local module=k8s.io/cloud-provider version=$SCHEDULER_PLUGINS_CLOUD_PROVIDER_VERSION info m
+	info=$(cd "$1" && go mod download -json "$module@$version")
+	go mod edit -replace "$module=$module@$version" "$2"
+	# Its k8s.io requirements are raised too (they are replaced by v0.31.8 all
+	# the same), so the go.mod stays consistent: otherwise go loads the whole
+	# module graph, which needs more modules the proxy lacks.
+	for m in $(sed -n "s/^[[:space:]]*\(k8s\.io\/[^ ]*\) $version\( .*\)\{0,1\}\$/\1/p" \
+		"$(json_field GoMod <<<"$info")"); do
+		go mod edit -require "$m@$version" "$2"
+	done
+	# Its go.sum lines by hand: -mod=mod would load that whole graph too.
+	{
+		echo "$module $version $(json_field Sum <<<"$info")"
+		echo "$module $version/go.mod $(json_field GoModSum <<<"$info")"
+	} >>"${2%.mod}.sum"
+}
+
+build_scheduler_plugins() { # out-dir
+	local dir mod=$1/build.mod
+	# Built inside the module, not go installed: its go.mod replaces every
+	# k8s.io staging module (go install refuses replace directives), and
+	# building there honours them. The module cache is read-only, hence -o,
+	# and -modfile: a copy of its go.mod and go.sum that we may edit.
+	dir=$(cd "$1" && go mod download -json "sigs.k8s.io/scheduler-plugins@$SCHEDULER_PLUGINS_VERSION" |
+		json_field Dir)
+	[[ -f $dir/go.mod ]] || die "sigs.k8s.io/scheduler-plugins@$SCHEDULER_PLUGINS_VERSION: no module directory"
+	cp "$dir/go.mod" "$mod"
+	cp "$dir/go.sum" "${mod%.mod}.sum"
+	chmod u+w "$mod" "${mod%.mod}.sum"
+	[[ -z $SCHEDULER_PLUGINS_CLOUD_PROVIDER_VERSION ]] || replace_cloud_provider "$1" "$mod"
+	# Its kube-scheduler main prints this with --version (as its Makefile stamps it).
+	(cd "$dir" && go build -p 2 -modfile "$mod" -o "$1/scheduler-plugins" \
+		-ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$SCHEDULER_PLUGINS_VERSION" \
+		./cmd/scheduler) || die "go build failed"
+	rm -f "$mod" "${mod%.mod}.sum"
+	# The PodGroup CRD of the same release, beside the binary for
+	# localkube/localkube/coscheduling.py (as for Kueue).
+	[[ -f $dir/manifests/coscheduling/crd.yaml ]] || die "no manifests/coscheduling/crd.yaml in $dir"
+	mkdir -p "$1/manifests"
+	cp "$dir/manifests/coscheduling/crd.yaml" "$1/manifests/podgroup-crd.yaml"
+	chmod -R u+w "$1/manifests"
+}
+
 version_of() {
 	case $1 in
 	kube-* | kubectl) echo "$KUBERNETES_VERSION" ;;
@@ -130,6 +180,7 @@ version_of() {
 	minio) echo "$MINIO_VERSION" ;;
 	kwok) echo "$KWOK_VERSION" ;;
 	kueue) echo "$KUEUE_VERSION" ;;
+	scheduler-plugins) echo "$SCHEDULER_PLUGINS_VERSION" ;;
 	esac
 }
 
@@ -152,7 +203,9 @@ ensure() { # name
 	start=$SECONDS
 	log="$CACHE/logs/$name-$version.log"
 	tmp=$(mktemp -d "$CACHE/.build-$name.XXXXXX")
-	# A subshell, so that die in a builder ends the build, not the lane.
+	# A subshell, so that die in a builder ends the build, not the lane. The
+	# binary is checked too: errexit is off in an if condition, so a builder
+	# whose go command failed can still return 0.
 	if ! (case $name in
 		kube-* | kubectl) build_kube "$tmp" "$name" ;;
 		etcd) build_etcd "$tmp" ;;
@@ -160,7 +213,8 @@ ensure() { # name
 		minio) build_minio "$tmp" ;;
 		kwok) build_kwok "$tmp" ;;
 		kueue) build_kueue "$tmp" ;;
-		esac) >"$log" 2>&1; then
+		scheduler-plugins) build_scheduler_plugins "$tmp" ;;
+		esac) >"$log" 2>&1 || [[ ! -x $tmp/$name ]]; then
 		fail "$name" "$log" "$tmp"
 		return 1
 	fi
@@ -219,7 +273,7 @@ main() {
 	for name in "${names[@]}"; do
 		case $name in
 		kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) kube+=("$name") ;;
-		etcd | helm | minio | kwok | kueue) other+=("$name") ;;
+		etcd | helm | minio | kwok | kueue | scheduler-plugins) other+=("$name") ;;
 		prometheus | promtool) ;;
 		*) die "unknown binary $name; known: ${KUBE_NAMES[*]} ${OTHER_NAMES[*]} prometheus" ;;
 		esac

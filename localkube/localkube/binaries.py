@@ -73,6 +73,9 @@ _SPECS: dict[str, _Spec] = {
     "kwok": _Spec("KWOK_VERSION", ("--version",), r"version (v\S+)"),
     # kueue has no --version, and its CRDs come from the cache dir beside it (kueue.py).
     "kueue": _Spec("KUEUE_VERSION", on_path=False),
+    # A kube-scheduler with extra plugins, stamped with its own release
+    # (Kubernetes v0.31.8); its PodGroup CRD is beside it (coscheduling.py).
+    "scheduler-plugins": _Spec("SCHEDULER_PLUGINS_VERSION", ("--version",), r"Kubernetes (v\S+)"),
     "prometheus": _Spec(None),
     "promtool": _Spec(None),
 }
