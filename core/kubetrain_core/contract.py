@@ -39,6 +39,8 @@ class Env:
     RUN_DIR = "KUBETRAIN_RUN_DIR"  # overrides run_dir: each worker pod has its own
     FAULT_INJECT = "KUBETRAIN_FAULT_INJECT"  # e.g. "nan@step=30", "crash@step=20"
     TERMINATION_LOG = "KUBETRAIN_TERMINATION_LOG"  # default /dev/termination-log
+    # Set by torchrun, not by us: how often the workers were restarted in place.
+    WORKER_RESTARTS = "TORCHELASTIC_RESTART_COUNT"
 
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"

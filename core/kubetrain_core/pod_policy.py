@@ -61,13 +61,16 @@ RESERVED_ENV_NAMES = (
 ALLOWED_RESERVED_ENV = ("KUBETRAIN_FAULT_INJECT",)
 # kueue.x-k8s.io/*: the operator makes each attempt's gang one Kueue pod group from the
 # job's own kueue.x-k8s.io/queue-name label; a pod-level label would split the gang.
-RESERVED_LABEL_PREFIXES = (f"{PREFIX}/", "kueue.x-k8s.io/")
+# scheduling.x-k8s.io/* (coscheduling's pod-group label) and scheduling.k8s.io/*
+# (Volcano's group-name annotation): the PodGroup of spec.scheduling.gang.
+GROUP_PREFIXES = ("kueue.x-k8s.io/", "scheduling.x-k8s.io/", "scheduling.k8s.io/")
+RESERVED_LABEL_PREFIXES = (f"{PREFIX}/", *GROUP_PREFIXES)
 RESERVED_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/component",
     "app.kubernetes.io/managed-by",
 )
-RESERVED_ANNOTATION_PREFIXES = (f"{PREFIX}/", "kueue.x-k8s.io/")
+RESERVED_ANNOTATION_PREFIXES = (f"{PREFIX}/", *GROUP_PREFIXES)
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 RDZV_PORT = 29400  # torchrun's rendezvous on pod 0
 
@@ -183,17 +186,25 @@ def fixed_problems(spec: dict[str, Any]) -> list[str]:
     found += _env_problems(spec.get("env") or [], Allowed(secret_env=True))
     meta = template.get("metadata") or {}
     found += [
-        f"spec.template.metadata.labels.{key}: reserved for the operator"
-        + (" (label the TrainingJob with kueue.x-k8s.io/queue-name)" if "kueue" in key else "")
+        f"spec.template.metadata.labels.{key}: reserved for the operator{_instead(key)}"
         for key in meta.get("labels") or {}
         if reserved_label(key)
     ]
     found += [
-        f"spec.template.metadata.annotations.{key}: reserved for the operator"
+        f"spec.template.metadata.annotations.{key}: reserved for the operator{_instead(key)}"
         for key in meta.get("annotations") or {}
         if key.startswith(RESERVED_ANNOTATION_PREFIXES)
     ]
     return found
+
+
+def _instead(key: str) -> str:
+    """What to write instead of a pod group's reserved label or annotation `key`."""
+    if key.startswith("kueue.x-k8s.io/"):
+        return " (label the TrainingJob with kueue.x-k8s.io/queue-name)"
+    if key.startswith(GROUP_PREFIXES):
+        return " (set spec.scheduling.gang: the operator makes the PodGroup)"
+    return ""
 
 
 def problems(spec: dict[str, Any], allowed: Allowed) -> list[str]:

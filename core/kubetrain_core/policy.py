@@ -29,6 +29,7 @@ class Cause(StrEnum):
     NODE_FAILURE = "NodeFailure"
     HANG = "Hang"
     PREEMPTED = "Preempted"
+    STARTUP_TIMEOUT = "StartupTimeout"
 
 
 # status.restarts keys, one budget per cause (design: "Budgets are per cause").
@@ -38,10 +39,12 @@ RESTART_KEYS = {
     Cause.NODE_FAILURE: "nodeFailure",
     Cause.HANG: "hang",
     Cause.PREEMPTED: "preempted",
+    Cause.STARTUP_TIMEOUT: "startupTimeout",
 }
 # Restarts that are no failure of the job (Kubernetes Jobs' podFailurePolicy ignores
 # DisruptionTarget pods the same way): they spend no part of maxRestarts.
-UNCOUNTED_KEYS = ("nan", "preempted")
+# A gang released because it did not start in time waits for capacity, no failure either.
+UNCOUNTED_KEYS = ("nan", "preempted", "startupTimeout")
 
 
 def classify(exit_code: int, message: TerminationMessage | None) -> Cause:
@@ -113,7 +116,7 @@ def decide(
         return _rollback(policy, state, message, rollback_id)
     key = RESTART_KEYS[cause]
     counted = state.restarts["total"] - sum(state.restarts.get(k, 0) for k in UNCOUNTED_KEYS)
-    if cause is not Cause.PREEMPTED and counted >= policy.maxRestarts:
+    if key not in UNCOUNTED_KEYS and counted >= policy.maxRestarts:
         return Decision(
             "fail",
             "RestartBudgetExhausted",

@@ -18,7 +18,7 @@ from kubetrain_core.config import to_yaml
 from kubetrain_core.contract import DEFAULT_TERMINATION_LOG, Env
 from kubetrain_core.job_config import trainer_config
 from kubetrain_core.names import GROUP, KIND, PREFIX, VERSION
-from kubetrain_operator import queueing
+from kubetrain_operator import gang, queueing
 from kubetrain_operator.settings import Settings
 
 Obj = dict[str, Any]
@@ -136,6 +136,11 @@ def build_network_policy(job: TrainingJob, settings: Settings) -> Obj | None:
     }
 
 
+def build_pod_group(job: TrainingJob) -> Obj | None:
+    """The gang scheduler's PodGroup of spec.scheduling.gang (gang.py), or None."""
+    return gang.pod_group(job, _meta(job, gang.group_name(job)))
+
+
 def credentials_secret(job: TrainingJob, settings: Settings) -> str | None:
     if job.spec.checkpoint.s3.credentialsSecretName:
         return job.spec.checkpoint.s3.credentialsSecretName
@@ -229,6 +234,7 @@ def torchrun_command(job: TrainingJob, index: int, settings: Settings) -> list[s
         f"--node-rank={index}",
         f"--master-addr={master}",
         f"--master-port={RDZV_PORT}",
+        f"--max-restarts={job.spec.faultTolerance.inPlaceRestarts}",  # in-place restarts
         "-m",
         "kubetrain_trainer",
         "train",
@@ -307,7 +313,9 @@ def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: 
     labels = {**spec.template.metadata.labels, INDEX_LABEL: str(index)}
     labels[ATTEMPT_LABEL] = str(recovery.attempt)
     labels |= queueing.pod_labels(job, recovery.attempt)  # one Kueue pod group per attempt
+    labels |= gang.pod_labels(job)
     annotations = {**spec.template.metadata.annotations, **queueing.pod_annotations(job)}
+    annotations |= gang.pod_annotations(job)
     if index == 0:  # global rank 0 serves /metrics and /progress
         annotations |= {
             "prometheus.io/scrape": "true",
@@ -360,6 +368,9 @@ def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: 
         if chosen:
             pod_spec["securityContext"][key] = chosen
     pod_spec |= overrides
+    scheduler = gang.scheduler_name(job)
+    if scheduler:
+        pod_spec["schedulerName"] = scheduler
     # The trainer never talks to the API server: no token, unless the job names an
     # identity (an admin allowed serviceAccountName, e.g. for cloud storage access).
     pod_spec.setdefault("automountServiceAccountToken", "serviceAccountName" in overrides)

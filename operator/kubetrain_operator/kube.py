@@ -24,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kubetrain_core.api import TrainingJob
 from kubetrain_core.names import GROUP, PLURAL, VERSION
-from kubetrain_operator import actions, builders, operator_metrics, queueing
+from kubetrain_operator import actions, builders, gang, operator_metrics, queueing
 from kubetrain_operator.pod_facts import attempt_of, index_of, is_deleting, node_of, phase_of
 from kubetrain_operator.progress import ProgressRead, read_progress
 from kubetrain_operator.settings import Settings
@@ -321,13 +321,20 @@ def apply(namespace: str, name: str, body: dict[str, Any], action: actions.Actio
 def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
     api, net = core(), client.NetworkingV1Api(api_client())
     kind, name = obj["kind"], obj["metadata"]["name"]
-    create, read = {
-        "Pod": (api.create_namespaced_pod, api.read_namespaced_pod),
-        "Service": (api.create_namespaced_service, api.read_namespaced_service),
-        "ConfigMap": (api.create_namespaced_config_map, api.read_namespaced_config_map),
-        "Secret": (api.create_namespaced_secret, None),  # may create, never read
-        "NetworkPolicy": (net.create_namespaced_network_policy, net.read_namespaced_network_policy),
-    }[kind]
+    create, read = (
+        _pod_group_calls(obj["apiVersion"])
+        if kind == "PodGroup"
+        else {
+            "Pod": (api.create_namespaced_pod, api.read_namespaced_pod),
+            "Service": (api.create_namespaced_service, api.read_namespaced_service),
+            "ConfigMap": (api.create_namespaced_config_map, api.read_namespaced_config_map),
+            "Secret": (api.create_namespaced_secret, None),  # may create, never read
+            "NetworkPolicy": (
+                net.create_namespaced_network_policy,
+                net.read_namespaced_network_policy,
+            ),
+        }[kind]
+    )
     try:
         # Strict: a field the API server does not know is an error, not silently dropped.
         _done(
@@ -350,10 +357,31 @@ def _create(namespace: str, obj: dict[str, Any], uid: str) -> None:
                     message = f"{kind} {namespace}/{name} exists and is not this job's"
                     raise Rejected("NameConflict", message) from None
             return  # ours already: creates are idempotent
+        if err.status == 404 and kind == "PodGroup":
+            raise Rejected("GangSchedulerMissing", gang.missing_api_message(obj)) from None
         if err.status in _PERMANENT:
             message = f"the API server refused {kind} {name}: {_reason(err)}"
             raise Rejected("CreateRejected", message) from None
         raise
+
+
+def _pod_group_calls(api_version: str) -> tuple[Any, Any]:
+    """create(namespace, body, ...) and read(name, namespace, ...) for a gang scheduler's
+    PodGroups, in the shape of the core API's calls."""
+    group, version = api_version.split("/")
+    api = custom()
+
+    def create(namespace: str, body: dict[str, Any], **kwargs: Any) -> Any:
+        return api.create_namespaced_custom_object(
+            group, version, namespace, gang.PLURAL, body, **kwargs
+        )
+
+    def read(name: str, namespace: str, **kwargs: Any) -> Any:
+        return api.get_namespaced_custom_object(
+            group, version, namespace, gang.PLURAL, name, **kwargs
+        )
+
+    return create, read
 
 
 def _delete_pods(namespace: str, action: actions.DeletePods) -> None:

@@ -68,6 +68,8 @@ def parse_progress(data: Any) -> Progress | None:
     for key, limit in _LIMITS.items():
         values[key] = _number(data.get(key), limit)
     values["lastCheckpoint"] = _checkpoint(data.get("lastCheckpoint"))
+    restarts = bounded_step(data.get("workerRestarts"))
+    values["workerRestarts"] = restarts if restarts is not None and restarts <= 1000 else None
     resumed = data.get("resumedFrom")
     values["resumedFrom"] = resumed if isinstance(resumed, str) and len(resumed) <= 2048 else None
     if values["tokensPerSecond"] is not None and values["tokensPerSecond"] < 0:

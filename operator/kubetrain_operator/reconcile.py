@@ -206,7 +206,7 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
         _gang_failed(step, pods, list(live.values()), Cause.HANG, message, settings)
         return
     _queued(step, observed.queued)
-    if observed.queued is None and _not_starting(step, live, pods):
+    if observed.queued is None and _not_starting(step, live, pods, settings):
         return
 
     # Create what is missing, once every pod of older attempts is gone (same names).
@@ -222,6 +222,7 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
         extras = [
             builders.build_signing_secret(job, observed.signing_key),
             builders.build_network_policy(job, settings),
+            builders.build_pod_group(job),
         ]
         step.creates[:0] = [CreateObject(body) for body in extras if body is not None]
     if step.creates and not st.startTime:
@@ -245,9 +246,10 @@ def _queued(step: Step, reason: str | None) -> None:
         step.condition("Queued", False, "Admitted", "Kueue admitted the gang")
 
 
-def _not_starting(step: Step, live: dict[int, Obj], pods: list[Obj]) -> bool:
+def _not_starting(step: Step, live: dict[int, Obj], pods: list[Obj], settings: Settings) -> bool:
     """A worker still Pending past the startup deadline: say why (the pod's own reason)
-    in the Running condition, and fail the job if the policy says so. True if failed."""
+    in the Running condition, and release the gang or fail the job if the policy says
+    so. True if it did."""
     policy = step.job.spec.faultTolerance
     for pod in sorted(live.values(), key=index_of):
         created = parse_time(pod.get("metadata", {}).get("creationTimestamp"))
@@ -261,6 +263,10 @@ def _not_starting(step: Step, live: dict[int, Obj], pods: list[Obj]) -> bool:
         )
         if policy.onStartupTimeout == "Fail":
             _fail(step, pods, "StartupDeadlineExceeded", text)
+            return True
+        if policy.onStartupTimeout == "Restart":  # what its running members hold, freed
+            message = TerminationMessage("StartupTimeout", text)
+            _gang_failed(step, pods, list(live.values()), Cause.STARTUP_TIMEOUT, message, settings)
             return True
         before = get_condition(step.status.conditions, "Running")
         step.condition("Running", False, "PodsNotStarting", text)

@@ -319,6 +319,23 @@ CASES = [
         "template.metadata.annotations",
     ),
     Case(
+        "pod-group-label-in-template",
+        _spec(template={"metadata": {"labels": {"scheduling.x-k8s.io/pod-group": "g"}}}),
+        "template.metadata.labels",
+    ),
+    Case(
+        "volcano-group-annotation-in-template",
+        _spec(template={"metadata": {"annotations": {"scheduling.k8s.io/group-name": "g"}}}),
+        "template.metadata.annotations",
+    ),
+    Case("gang", _spec(scheduling={"gang": {"podGroup": "Volcano", "volcanoQueue": "q"}}), None),
+    Case("gang-kind", _spec(scheduling={"gang": {"podGroup": "YuniKorn"}}), "podGroup"),
+    Case(
+        "gang-timeout", _spec(scheduling={"gang": {"scheduleTimeoutSeconds": 0}}), "scheduleTimeout"
+    ),
+    Case("gang-queue", _spec(scheduling={"gang": {"volcanoQueue": "Not A Name"}}), "volcanoQueue"),
+    Case("startup-restart", _spec(faultTolerance={"onStartupTimeout": "Restart"}), None),
+    Case(
         "label-key",
         _spec(template={"metadata": {"labels": {"no spaces": "x"}}}),
         "qualified name",

@@ -50,6 +50,7 @@ def test_errors_restart_until_the_budget_is_spent() -> None:
         "error": 2,
         "hang": 0,
         "preempted": 0,
+        "startupTimeout": 0,
     }
 
 

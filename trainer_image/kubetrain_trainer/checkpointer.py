@@ -126,8 +126,8 @@ class Checkpointer:
         the manager from what the store holds and what the operator asked (env)."""
         rt = self.runtime
         request = ResumeRequest(
-            # resume: false starts a new timeline once, on the job's first attempt.
-            fresh=not self.cfg.resume and rt.restart_count == 0,
+            # resume: false starts a new timeline once, on the job's first start.
+            fresh=not self.cfg.resume and rt.earlier_starts == 0,
             rollback_before=rt.rollback_before,
             rollback_id=rt.rollback_id,
         )

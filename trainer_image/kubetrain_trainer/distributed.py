@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.distributed_c10d import PrefixStore, Store
+from torch.distributed.rendezvous import rendezvous
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,23 @@ def init_distributed(device_preference: str) -> DistInfo:
     device = pick_device(device_preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+        dist.init_process_group(
+            backend=backend,
+            store=_incarnation_store(rank, world_size),
+            rank=rank,
+            world_size=world_size,
+            device_id=device if backend == "nccl" else None,
+        )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def _incarnation_store(rank: int, world_size: int) -> Store:
+    """torchrun's store (env://), under a prefix of its own for each in-place restart:
+    restarted workers reach the same store the agent keeps, where the keys of the
+    incarnation before (a dead peer's address) would otherwise answer the new one."""
+    store, _, _ = next(rendezvous("env://", rank=rank, world_size=world_size))
+    restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return PrefixStore(f"kubetrain/incarnation-{restarts}", store)
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -17,7 +17,8 @@ Kinds (grammar in ``contract.parse_faults``):
   arrives late (the fence must refuse it).
 
 For crash, exit, hang and stall, ``times=T`` means "on the first T attempts"
-(restart count < T, from ``KUBETRAIN_RESTART_COUNT``) and no ``times`` means
+(starts before this one < T: ``KUBETRAIN_RESTART_COUNT``, the operator's attempt,
+plus ``TORCHELASTIC_RESTART_COUNT``, torchrun's in-place restarts) and no ``times`` means
 on every attempt: ``crash@step=20,times=1`` is a transient failure that a
 restart cures, ``crash@step=20`` one that exhausts the restart budget.
 ``rank=R`` limits a fault to global rank R.
@@ -64,7 +65,9 @@ class FaultInjector:
         """Faults from ``KUBETRAIN_FAULT_INJECT`` (none when unset); ValueError on bad text."""
         env = os.environ if environ is None else environ
         faults = parse_faults(env.get(Env.FAULT_INJECT, ""))
-        restart_count = int(env.get(Env.RESTART_COUNT, "0") or 0)
+        # Every start counts: the operator's attempts and torchrun's in-place restarts.
+        keys = (Env.RESTART_COUNT, Env.WORKER_RESTARTS)
+        restart_count = sum(int(env.get(k, "0") or 0) for k in keys)
         return cls(faults, rank=rank, restart_count=restart_count)
 
     def __bool__(self) -> bool:

@@ -27,6 +27,7 @@ class Runtime:
     namespace: str = ""
     job_uid: str = ""
     restart_count: int = 0
+    worker_restarts: int = 0  # in-place restarts of this attempt's workers (torchrun's)
     rollback_before: int | None = None  # resume from a good checkpoint before this step
     rollback_id: str | None = None
     skip_ranges: list[tuple[int, int]] = field(default_factory=list)
@@ -55,6 +56,7 @@ class Runtime:
             namespace=e.get(Env.NAMESPACE, ""),
             job_uid=e.get(Env.JOB_UID, ""),
             restart_count=_int(e, Env.RESTART_COUNT, 0) or 0,
+            worker_restarts=_int(e, Env.WORKER_RESTARTS, 0) or 0,
             rollback_before=_int(e, Env.ROLLBACK_BEFORE, None),
             rollback_id=e.get(Env.ROLLBACK_ID) or None,
             skip_ranges=skip,
@@ -64,6 +66,12 @@ class Runtime:
             checkpoint_key=key.encode() if key else None,
             overrides=overrides,
         )
+
+    @property
+    def earlier_starts(self) -> int:
+        """How often this job's workers started before: the operator's attempts plus
+        torchrun's in-place restarts of this attempt."""
+        return self.restart_count + self.worker_restarts
 
     @property
     def owner(self) -> Owner:

@@ -92,7 +92,7 @@ class Trainer:
         self.scratch = Path(tempfile.mkdtemp(prefix=f"kubetrain-rank{dist_info.rank}-"))
         self.metrics = TrainerMetrics()
         self.faults = FaultInjector(
-            parse_faults(runtime.fault_spec), dist_info.rank, runtime.restart_count
+            parse_faults(runtime.fault_spec), dist_info.rank, runtime.earlier_starts
         )
         self.checkpoints = Checkpointer(
             cfg, runtime, dist_info, self.scratch, faults=self.faults, metrics=self.metrics
@@ -299,6 +299,7 @@ class Trainer:
             else None,
             "resumedFrom": resumed.uri if resumed else None,
             "restarts": self.runtime.restart_count,
+            "workerRestarts": self.runtime.worker_restarts,
         }
 
     def close(self) -> None:

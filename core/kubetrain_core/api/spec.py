@@ -118,12 +118,22 @@ class FaultToleranceSpec(ApiModel):
     """A worker pod not running this long after it was created (unschedulable, an image
     that cannot be pulled, a missing Secret or ConfigMap) is reported in the Running
     condition with the pod's own reason; then onStartupTimeout applies."""
-    onStartupTimeout: Literal["Wait", "Fail"] = "Wait"
+    onStartupTimeout: Literal["Wait", "Restart", "Fail"] = "Wait"
     """Wait: keep the pods and keep reporting (the cause may be fixed, capacity may come);
-    Fail: fail the job with reason StartupDeadlineExceeded and delete its pods."""
+    Restart: delete the gang and create it again after the restart backoff, so a gang
+    that only partly scheduled frees the nodes it holds (counted in
+    status.restarts.startupTimeout, not against maxRestarts); Fail: fail the job with
+    reason StartupDeadlineExceeded and delete its pods."""
 
     maxRestarts: int = Field(3, ge=0, le=1000)
     """Gang restarts allowed for infrastructure failures and crashes."""
+    inPlaceRestarts: int = Field(0, ge=0, le=100)
+    """A failed worker process (a crash, an error exit, a peer lost while the pods stay)
+    is restarted inside the running pods this many times per attempt (torchrun
+    --max-restarts): every worker of the gang restarts and resumes from the newest
+    checkpoint, keeping its pod, node and pulled image; only then is the gang recreated.
+    Outcomes the operator must act on (an invalid config, a NaN that needs a rollback, a
+    preemption) end the pod at once; a lost pod or node recreates the gang as before."""
     nan: NaNPolicy = NaNPolicy()
     nodeFailureTolerationSeconds: int = Field(30, ge=0, le=3600)
     """Workers tolerate a NotReady/unreachable node this long before eviction."""
@@ -151,9 +161,11 @@ class TemplateMetadata(ApiModel):
 
     labels: dict[str, LabelValue] = Field(default_factory=dict, max_length=64)
     """Labels added to every worker pod (not kubetrain.io/* nor app.kubernetes.io/name,
-    component, managed-by: the operator's own)."""
+    component, managed-by: the operator's own; nor kueue.x-k8s.io/*, scheduling.x-k8s.io/*,
+    scheduling.k8s.io/*: the pod groups the operator makes)."""
     annotations: dict[str, AnnotationValue] = Field(default_factory=dict, max_length=64)
-    """Annotations added to every worker pod (not kubetrain.io/*)."""
+    """Annotations added to every worker pod (not kubetrain.io/*, kueue.x-k8s.io/*,
+    scheduling.x-k8s.io/*, scheduling.k8s.io/*)."""
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
@@ -165,8 +177,10 @@ class TemplateMetadata(ApiModel):
                 )
                 + ")",
                 "template.metadata.labels: keys must be qualified names and not the operator's"
-                " (kubetrain.io/*, app.kubernetes.io/name, component, managed-by) or Kueue's"
-                " (kueue.x-k8s.io/*: label the TrainingJob with kueue.x-k8s.io/queue-name)",
+                " (kubetrain.io/*, app.kubernetes.io/name, component, managed-by) nor a pod"
+                " group's (kueue.x-k8s.io/*: label the TrainingJob with"
+                " kueue.x-k8s.io/queue-name; scheduling.x-k8s.io/*, scheduling.k8s.io/*: set"
+                " spec.scheduling.gang)",
                 fieldPath=".labels",
                 reason="FieldValueForbidden",
             ),
@@ -177,7 +191,8 @@ class TemplateMetadata(ApiModel):
                 + cel.starts_with_any("k", pod_policy.RESERVED_ANNOTATION_PREFIXES)
                 + ")",
                 "template.metadata.annotations: keys must be qualified names and not"
-                " kubetrain.io/* or kueue.x-k8s.io/*",
+                " kubetrain.io/* nor a pod group's (kueue.x-k8s.io/*, scheduling.x-k8s.io/*,"
+                " scheduling.k8s.io/*)",
                 fieldPath=".annotations",
                 reason="FieldValueForbidden",
             ),
@@ -207,6 +222,32 @@ class PodTemplateOverrides(ApiModel):
     (emptyDir, configMap, persistentVolumeClaim, ephemeral, downwardAPI, projected) and
     volumeMounts (for the trainer container). A cluster admin may allow more
     (docs/security.md)."""
+
+
+class GangScheduling(ApiModel):
+    """All-or-nothing placement: the gang's pods are bound together or not at all, so a
+    half-placed gang never holds nodes that another gang could use. Needs that scheduler
+    in the cluster (docs/operations.md); single-pod jobs need no PodGroup and get none."""
+
+    podGroup: Literal["Coscheduling", "Volcano"] = "Coscheduling"
+    """The PodGroup the operator creates for the job (minMember = numNodes): Coscheduling,
+    the scheduler-plugins coscheduling plugin's (scheduling.x-k8s.io/v1alpha1; pods go to
+    schedulerName scheduler-plugins-scheduler), or Volcano's (scheduling.volcano.sh/v1beta1;
+    schedulerName volcano). spec.template.spec.schedulerName, when set, wins."""
+    scheduleTimeoutSeconds: int = Field(60, ge=1, le=86_400)
+    """Coscheduling: how long the members already placed wait for the rest before all are
+    released and tried again."""
+    volcanoQueue: str | None = Field(None, max_length=253, pattern=DNS1123)
+    """Volcano: the queue of the PodGroup; unset: Volcano's default queue."""
+
+
+class SchedulingSpec(ApiModel):
+    """How the gang is placed."""
+
+    gang: GangScheduling | None = None
+    """Gang scheduling through a PodGroup; unset: the default scheduler places each pod on
+    its own (faultTolerance.startupDeadlineSeconds then reports, or with onStartupTimeout
+    Restart releases, a gang that never fully starts)."""
 
 
 class MonitoringSpec(ApiModel):
@@ -274,6 +315,7 @@ class TrainingJobSpec(ApiModel):
     checkpoint: CheckpointSpec = CheckpointSpec()
     faultTolerance: FaultToleranceSpec = FaultToleranceSpec()
     runPolicy: RunPolicy = RunPolicy()
+    scheduling: SchedulingSpec = SchedulingSpec()
     template: PodTemplateOverrides = PodTemplateOverrides()
     monitoring: MonitoringSpec = MonitoringSpec()
     notifications: NotificationsSpec | None = None

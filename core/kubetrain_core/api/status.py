@@ -88,6 +88,9 @@ class Progress(ApiModel):
     lastCheckpoint: CheckpointRef | None = None
     resumedFrom: str | None = Field(None, max_length=2048)
     """The checkpoint the running attempt started from; empty: it started at step 0."""
+    workerRestarts: int | None = Field(None, ge=0, le=1000)
+    """Times the running attempt's workers were restarted inside their pods
+    (faultTolerance.inPlaceRestarts), as rank 0's torchrun counts them."""
     updateTime: Timestamp | None = None
     """When the operator last read the progress; cleared when the gang stops."""
     lastStepTime: Timestamp | None = None
@@ -113,6 +116,9 @@ class RestartCounts(ApiModel):
     """Restarts after a preemption (the scheduler, Kueue) or an eviction through the
     Eviction API (a drain): the workers saved on SIGTERM; not counted against
     faultTolerance.maxRestarts."""
+    startupTimeout: int = Field(0, ge=0, le=1_000_000)
+    """Gangs released because a worker was not running faultTolerance.startupDeadlineSeconds
+    after it was created (onStartupTimeout Restart); not counted against maxRestarts."""
 
 
 # The causes a gang restart is counted under (status.restarts, the operator's metrics).
