@@ -11,7 +11,8 @@ one 2-worker job from examples/trainingjob.yaml, 60 steps, a checkpoint every
 jobs run one after the other (`--parallel N`: N at a time; node stops keep to
 their own pool of nodes, so they never hit another job). Classes (`--classes`,
 default all but `none`): pod-kill, node-stop, nan-in-process, nan-rollback,
-hang, preemption, none (no fault: the goodput baseline); how each is played and
+hang, preemption, crash-recreate and crash-in-place (a worker crash without and with
+faultTolerance.inPlaceRestarts), none (no fault: the goodput baseline); how each is played and
 what each figure measures: kubetrain_devcluster/recovery_classes.py. Prints a
 table of p50/p95 per class (`--json`: one JSON object with every run's figures,
 p50 and p95).

@@ -121,7 +121,8 @@ def policy_spec() -> dict[str, Any]:
                 "volumeMounts",
                 _mount_rule(),
                 f"'spec.template.spec.volumeMounts: {', '.join(pod_policy.RESERVED_MOUNT_PATHS)}"
-                f" and the volumes {reserved} are the operator\\'s'",
+                f" and the volumes {reserved} are the operator\\'s (for a bigger /dev/shm set"
+                " spec.shmSize)'",
             ),
             _check(
                 "securityContext",

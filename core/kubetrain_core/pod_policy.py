@@ -49,8 +49,8 @@ SECURITY_CONTEXT_FIELDS = (
     "runAsUser",
     "runAsGroup",
 )
-RESERVED_MOUNT_PATHS = ("/etc/kubetrain", "/tmp")
-RESERVED_VOLUMES = ("kubetrain-config", "kubetrain-scratch")
+RESERVED_MOUNT_PATHS = ("/etc/kubetrain", "/tmp", "/dev/shm")  # /dev/shm: spec.shmSize
+RESERVED_VOLUMES = ("kubetrain-config", "kubetrain-scratch", "kubetrain-shm")
 # Env names the operator or torchrun set; the fault injection switch is the tenant's own.
 RESERVED_ENV_PREFIXES = ("KUBETRAIN_", "PET_", "TORCHELASTIC_")
 RESERVED_ENV_NAMES = (
@@ -145,8 +145,9 @@ def _mount_problems(mounts: Any) -> list[str]:
             path == p or path.startswith(f"{p}/") or p.startswith(f"{path}/")
             for p in RESERVED_MOUNT_PATHS
         ):
+            shm = " (for a bigger /dev/shm set spec.shmSize)" if "/dev/shm" in path else ""
             problems.append(
-                f"{where}.mountPath: {path!r} overlaps the operator's {RESERVED_MOUNT_PATHS}"
+                f"{where}.mountPath: {path!r} overlaps the operator's {RESERVED_MOUNT_PATHS}{shm}"
             )
         if mount.get("name") in RESERVED_VOLUMES:
             problems.append(f"{where}.name: {mount['name']!r} is the operator's")

@@ -67,6 +67,7 @@ class Operator(Values):
     restartBackoffSeconds: int = Field(ge=0, le=3600)
     restartBackoffMaxSeconds: Seconds
     failureSettleSeconds: Seconds
+    ncclEnv: dict[str, str]
     healthPort: Port
     metricsPort: Port
     extraEnv: list[Object]

@@ -8,7 +8,8 @@ attempt's log kept by the kubelets) give the exact steps. Figures of one run:
 
 * detection_s: the fault -> the operator's restart decision (status.restarts.total
   first seen at 1), or for NaN handled in process, the fault -> rank 0 reporting the
-  step it restored (its /progress going back);
+  step it restored (its /progress going back), or for a restart in place, the fault ->
+  the restarted rank 0 first answering (its /progress workerRestarts at 1);
 * training_again_s: the fault -> rank 0 (of the new attempt) first reporting a step
   beyond the checkpoint it resumed or restored from;
 * steps_lost: steps trained again: the highest step rank 0 finished before the
@@ -17,7 +18,7 @@ attempt's log kept by the kubelets) give the exact steps. Figures of one run:
 
 The fault's time: the injection call for pod kill, node stop and preemption; the
 first sample of rank 0 at FAULT_STEP (the step the trainer's fault fires at, to
-within TICK) for NaN and hang.
+within TICK) for NaN and hang, at the step before it for a crash.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class FailureClass:
     fault: str | None = None  # else KUBETRAIN_FAULT_INJECT
     spec: dict[str, Any] = field(default_factory=dict)  # merged into the job's spec
     restarts: bool = True  # whether the operator restarts the gang
+    # The last step rank 0 reports before a KUBETRAIN_FAULT_INJECT fault strikes: a NaN
+    # or hang at FAULT_STEP lets that step finish, a crash does not.
+    seen_at: int = FAULT_STEP
 
 
 _NAN_BUDGET = {"max_consecutive_skips": 1, "good_after_steps": 5}
@@ -132,6 +136,21 @@ CLASSES = {
             "worker 1 evicted through the Eviction API at step 25 (graceful: SIGTERM, 30 s grace)",
             inject=_evict,
         ),
+        FailureClass(
+            "crash-recreate",
+            f"worker 1's trainer process exits at step {FAULT_STEP} (first start only); "
+            "inPlaceRestarts 0: the operator recreates the gang's pods",
+            fault=f"crash@step={FAULT_STEP},times=1,rank=1",
+            seen_at=FAULT_STEP - 1,
+        ),
+        FailureClass(
+            "crash-in-place",
+            "the same crash; inPlaceRestarts 1: torchrun restarts the workers in the running pods",
+            fault=f"crash@step={FAULT_STEP},times=1,rank=1",
+            spec={"faultTolerance": {"inPlaceRestarts": 1}},
+            restarts=False,
+            seen_at=FAULT_STEP - 1,
+        ),
         FailureClass("none", "no fault (the baseline for goodput)", restarts=False),
     )
 }
@@ -159,6 +178,7 @@ class Sample:
     attempt: int
     restarts: int
     step: int | None
+    worker_restarts: int = 0  # rank 0's in-place restarts (its /progress)
 
 
 class Sampler(threading.Thread):
@@ -196,15 +216,16 @@ class Sampler(threading.Thread):
                     attempt
                 ):
                     self._rank0 = (attempt, ip) if ip else None
-        step = None
+        step, in_place = None, 0
         if self._rank0 is not None:
             try:
                 url = f"http://{self._rank0[1]}:9090/progress"
                 with urllib.request.urlopen(url, timeout=1) as resp:
-                    step = int(json.loads(resp.read())["step"])
+                    progress = json.loads(resp.read())
+                step, in_place = int(progress["step"]), int(progress.get("workerRestarts") or 0)
             except (OSError, ValueError, KeyError):
                 step = None
-        self.samples.append(Sample(now, attempt, restarts, step))
+        self.samples.append(Sample(now, attempt, restarts, step, in_place))
 
     def first(self, test: Callable[[Sample], bool], after: float = 0.0) -> Sample | None:
         return next((s for s in list(self.samples) if s.t >= after and test(s)), None)
@@ -238,13 +259,16 @@ def restored_in_process(log: str) -> tuple[int, int] | None:
 
 
 def _started(sampler: Sampler, step: int, timeout: float) -> float:
+    def first_start_at(s: Sample) -> bool:  # of the first attempt, not restarted in place
+        return s.attempt == 0 and s.worker_restarts == 0 and (s.step or 0) >= step
+
     wait_until(
-        lambda: sampler.first(lambda s: s.attempt == 0 and (s.step or 0) >= step) is not None,
+        lambda: sampler.first(first_start_at) is not None,
         timeout=timeout,
         what=f"{sampler.name}: rank 0 at step {step}",
         interval=0.05,
     )
-    found = sampler.first(lambda s: s.attempt == 0 and (s.step or 0) >= step)
+    found = sampler.first(first_start_at)
     assert found is not None
     return found.t
 
@@ -271,7 +295,7 @@ def run_once(  # noqa: PLR0917
             fault = time.monotonic()
             cls.inject(cluster, namespace, name)
         elif cls.fault is not None:
-            fault = _started(sampler, FAULT_STEP, RUN_TIMEOUT)
+            fault = _started(sampler, cls.seen_at, RUN_TIMEOUT)
         else:
             fault = applied
         status = wait_state(cluster, op, namespace, name, state="Succeeded", timeout=RUN_TIMEOUT)
@@ -312,7 +336,9 @@ def run_once(  # noqa: PLR0917
             seen.extend([s.step] if s.step is not None else [])
             return False
 
-        detected = sampler.first(went_back, after=fault)
+        # Restarted in place, the new rank 0 may be past its old step by its first answer.
+        detected = sampler.first(lambda s: s.worker_restarts >= 1, after=fault)
+        detected = detected or sampler.first(went_back, after=fault)
         again = None
         if detected is not None:
             again = sampler.first(lambda s: (s.step or 0) > back, after=detected.t)

@@ -34,6 +34,10 @@ CONTAINER = "trainer"
 TRAINER_UID = 65532
 SCRATCH_DIR = "/tmp"  # run dir, checkpoint staging, tempfile, HOME: all under one emptyDir
 SCRATCH_VOLUME = "kubetrain-scratch"
+SHM_VOLUME = "kubetrain-shm"  # spec.shmSize
+# GPU workers: a failed or timed-out NCCL collective tears the process down (so torchrun,
+# the in-place restart or the operator acts) instead of leaving it blocked; NCCL warns.
+NCCL_DEFAULTS = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN"}
 
 
 def pod_name(job_name: str, index: int) -> str:
@@ -269,6 +273,10 @@ def build_env(
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             ref = {"secretKeyRef": {"name": secret, "key": key}}
             env.append({"name": key, "valueFrom": ref})
+    own = {e.get("name") for e in job.spec.env}
+    if job.spec.gpus_per_node():  # the cluster's NCCL settings, unless the job sets its own
+        nccl = {**NCCL_DEFAULTS, **settings.nccl_env}
+        env += [{"name": k, "value": v} for k, v in nccl.items() if k not in own]
     return env + [dict(e) for e in job.spec.env]  # user env last: it may override
 
 
@@ -357,6 +365,10 @@ def build_pod(job: TrainingJob, index: int, recovery: RecoveryStatus, settings: 
         ],
         "tolerations": [*_tolerations(job), *overrides.pop("tolerations", [])],
     }
+    if spec.shmSize:
+        shm = {"medium": "Memory", "sizeLimit": spec.shmSize}
+        pod_spec["volumes"].append({"name": SHM_VOLUME, "emptyDir": shm})
+        container["volumeMounts"].append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     extra_mounts = overrides.pop("volumeMounts", [])  # convenience: mounts for the trainer
     container["volumeMounts"] += extra_mounts
     for key in pod_policy.OPERATOR_FIELDS:

@@ -79,6 +79,10 @@ class Settings:
     this long (KUBETRAIN_FAILURE_SETTLE_SECONDS) for the peers to exit or their node to turn
     NotReady, so a dead node is recorded as NodeFailure and not as the peer's error. Match
     the controller-manager's --node-monitor-grace-period (50 s by default)."""
+    nccl_env: dict[str, str] = field(default_factory=dict)
+    """Environment for the workers of GPU jobs (KUBETRAIN_NCCL_ENV, a JSON object): the
+    cluster's NCCL network facts, e.g. NCCL_SOCKET_IFNAME, NCCL_IB_HCA, NCCL_IB_GID_INDEX;
+    over builders.NCCL_DEFAULTS, under a job's own spec.env."""
     notify_allow_private: bool = False
     """Whether spec.notifications may post to a webhook whose host resolves to a
     loopback, private, link-local or other non-public address
@@ -109,4 +113,7 @@ class Settings:
             extra_volume_types=_env_list("KUBETRAIN_EXTRA_VOLUME_TYPES"),
             allow_secret_env=env.get("KUBETRAIN_ALLOW_SECRET_ENV", "").lower() == "true",
             notify_allow_private=env.get("KUBETRAIN_NOTIFY_ALLOW_PRIVATE", "").lower() == "true",
+            nccl_env={
+                str(k): str(v) for k, v in json.loads(env.get("KUBETRAIN_NCCL_ENV") or "{}").items()
+            },
         )

@@ -329,6 +329,8 @@ CASES = [
         "template.metadata.annotations",
     ),
     Case("gang", _spec(scheduling={"gang": {"podGroup": "Volcano", "volcanoQueue": "q"}}), None),
+    Case("shm-size", _spec(shmSize="8Gi"), None),
+    Case("shm-size-quantity", _spec(shmSize="eight gigs"), "shmSize"),
     Case("gang-kind", _spec(scheduling={"gang": {"podGroup": "YuniKorn"}}), "podGroup"),
     Case(
         "gang-timeout", _spec(scheduling={"gang": {"scheduleTimeoutSeconds": 0}}), "scheduleTimeout"

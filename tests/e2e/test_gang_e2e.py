@@ -94,7 +94,8 @@ def test_a_second_gang_gets_no_pod_until_the_first_is_gone(
     assert pod["spec"]["schedulerName"] == SCHEDULER_NAME
     assert pod["metadata"]["labels"][POD_GROUP_LABEL] == "first"
 
-    second = _on_the_node("second", gang_node, scheduling={"gang": {}})
+    # With a /dev/shm of its own (an emptyDir in memory): the workers train all the same.
+    second = _on_the_node("second", gang_node, scheduling={"gang": {}}, shmSize="256Mi")
     apply_job(cluster, namespace, second)
     wait_until(
         lambda: len(job_pods(cluster, namespace, "second")) == 2,
@@ -110,6 +111,8 @@ def test_a_second_gang_gets_no_pod_until_the_first_is_gone(
     status = wait_state(cluster, operator, namespace, "second", state="Succeeded", timeout=600)
     assert status["progress"]["step"] == second["spec"]["trainer"]["training"]["max_steps"]
     assert status["restarts"]["total"] == 0
+    volumes = job_pods(cluster, namespace, "second")[0]["spec"]["volumes"]
+    assert {"medium": "Memory", "sizeLimit": "256Mi"} in [v.get("emptyDir") for v in volumes]
 
 
 def test_without_gang_scheduling_the_startup_deadline_releases_a_half_placed_gang(

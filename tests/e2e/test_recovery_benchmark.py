@@ -42,6 +42,20 @@ def test_a_killed_pod_is_measured(
     assert stats["p50"]["steps_lost"] == stats["p95"]["steps_lost"] == figures["steps_lost"]
 
 
+def test_a_crashed_worker_restarts_in_place_without_new_pods(
+    cluster: Cluster, operator: OperatorProcess, namespace: str
+) -> None:
+    create_s3_secret(cluster, namespace)
+    figures = run_once(
+        cluster, operator, namespace, CLASSES["crash-in-place"], "rec-crash-in-place"
+    )
+    assert figures["state"] == "Succeeded", figures
+    assert figures["restarts"]["total"] == 0, figures  # no gang restart: the pods stayed
+    # Crashed at step 36, resumed in place from the checkpoint at 30.
+    assert figures["resumed_step"] == 30 and figures["steps_lost"] == 6, figures
+    assert 0 < figures["detection_s"] <= figures["training_again_s"] < 120, figures
+
+
 def test_the_log_readings_and_percentiles() -> None:
     """The parts that read rank 0's logs and summarize runs, without a cluster."""
     line = "step {}/60 | loss 2.0 | ema 2.0 | lr 1e-3 | 100 tok/s\n"

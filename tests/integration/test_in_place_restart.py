@@ -18,7 +18,8 @@ STARTS = "claimed term"  # rank 0, each time the workers start (a term per start
 
 
 def _launch(tmp_path: Path, fault: str, restarts: int = 2) -> subprocess.CompletedProcess[str]:
-    cfg = tiny_config(tmp_path / "run", training={"max_steps": 16, "device": "cpu"})
+    training = {"max_steps": 16, "device": "cpu", "process_group_timeout_seconds": 120}
+    cfg = tiny_config(tmp_path / "run", training=training)
     config = write_config(tmp_path / "c.yaml", cfg)
     log = tmp_path / "termination.log"
     command = [

@@ -49,6 +49,7 @@ REFUSED = [
     (_pod_spec(securityContext={"runAsUser": 0}), "securityContext.runAsUser: must not be 0"),
     (_pod_spec(volumeMounts=[{"name": "v", "mountPath": "/etc"}]), "volumeMounts[0].mountPath"),
     (_pod_spec(volumeMounts=[{"name": "v", "mountPath": "/tmp/x"}]), "volumeMounts[0].mountPath"),
+    (_pod_spec(volumeMounts=[{"name": "v", "mountPath": "/dev/shm"}]), "volumeMounts[0].mountPath"),
     (_pod_spec(volumes=[{"name": "kubetrain-config", "emptyDir": {}}]), "volumes[0].name"),
     ({"env": [{"name": "KUBETRAIN_CHECKPOINT_URI", "value": "s3://b/x"}]}, "spec.env[0].name"),
     ({"env": [{"name": "MASTER_ADDR", "value": "evil"}]}, "spec.env[0].name"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -38,29 +39,33 @@ def pick_device(preference: str, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str) -> DistInfo:
-    """Join the process group torchrun set up (RANK/WORLD_SIZE/MASTER_ADDR in env)."""
+def init_distributed(device_preference: str, timeout_seconds: int | None = None) -> DistInfo:
+    """Join the process group torchrun set up (RANK/WORLD_SIZE/MASTER_ADDR in env);
+    `timeout_seconds` bounds every collective (None: torch's default)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
+        timeout = timedelta(seconds=timeout_seconds) if timeout_seconds else None
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(
             backend=backend,
-            store=_incarnation_store(rank, world_size),
+            store=_incarnation_store(rank, world_size, timeout),
             rank=rank,
             world_size=world_size,
             device_id=device if backend == "nccl" else None,
+            timeout=timeout,
         )
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def _incarnation_store(rank: int, world_size: int) -> Store:
+def _incarnation_store(rank: int, world_size: int, timeout: timedelta | None) -> Store:
     """torchrun's store (env://), under a prefix of its own for each in-place restart:
     restarted workers reach the same store the agent keeps, where the keys of the
     incarnation before (a dead peer's address) would otherwise answer the new one."""
-    store, _, _ = next(rendezvous("env://", rank=rank, world_size=world_size))
+    options = {"timeout": timeout} if timeout else {}
+    store, _, _ = next(rendezvous("env://", rank=rank, world_size=world_size, **options))
     restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return PrefixStore(f"kubetrain/incarnation-{restarts}", store)
 

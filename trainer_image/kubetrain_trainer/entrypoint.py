@@ -43,7 +43,9 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
     from kubetrain_trainer.metrics import print_summary
     from kubetrain_trainer.trainer import NaNUnrecoverable, Preempted, Trainer
 
-    dist_info = distributed.init_distributed(cfg.training.device)
+    dist_info = distributed.init_distributed(
+        cfg.training.device, cfg.training.process_group_timeout_seconds
+    )
     logging.basicConfig(
         level=logging.INFO if dist_info.is_main else logging.WARNING,
         format=f"%(asctime)s rank{dist_info.rank} %(levelname)s %(message)s",

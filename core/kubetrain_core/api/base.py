@@ -26,13 +26,14 @@ AnnotationValue = Annotated[str, Field(max_length=4096)]
 # shape the API server needs (structural, bounded) and core/v1 validates the rest
 # when the pods are created.
 FREE_FORM: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+QUANTITY_PATTERN = (  # resource.Quantity, as core/v1 publishes it
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"  # never negative
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
 _QUANTITY: dict[str, Any] = {
     "anyOf": [{"type": "integer"}, {"type": "string"}],
     "x-kubernetes-int-or-string": True,
-    "pattern": (  # resource.Quantity, as core/v1 publishes it
-        r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"  # never negative
-        r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-    ),
+    "pattern": QUANTITY_PATTERN,
 }
 _QUANTITIES: dict[str, Any] = {
     "type": "object",

@@ -15,6 +15,7 @@ from kubetrain_core.api.base import (
     ENV_VAR_SCHEMA,
     FREE_FORM,
     QUALIFIED_NAME,
+    QUANTITY_PATTERN,
     RESOURCES_SCHEMA,
     AnnotationValue,
     ApiModel,
@@ -307,7 +308,13 @@ class TrainingJobSpec(ApiModel):
     env: list[K8sObject] = Field(
         default_factory=list, max_length=128, json_schema_extra={"items": ENV_VAR_SCHEMA}
     )
-    """Extra core/v1 EnvVar entries for the trainer container."""
+    """Extra core/v1 EnvVar entries for the trainer container; they win over the NCCL
+    settings the operator adds to GPU jobs (docs/operations.md)."""
+    shmSize: str | None = Field(None, max_length=32, pattern=QUANTITY_PATTERN)
+    """A memory-backed /dev/shm of this size in every worker (a resource.Quantity, e.g.
+    8Gi): DataLoader worker processes and NCCL's transport within a node use it, and
+    container runtimes give 64Mi. It counts against the pod's memory. Unset: the
+    runtime's /dev/shm."""
     trainer: TrainingConfig = Field(json_schema_extra=cel.immutable("trainer"))
     """The trainer's config: the document `kubetrain train --config` reads, without what
     the job sets (checkpoint: spec.checkpoint; metrics.port: spec.monitoring.port;

@@ -237,6 +237,10 @@ class TrainingLoopConfig(Section):
     (FSDP2, fully_shard per block) splits parameters, gradients and optimizer state
     across them, for models that do not fit one device. Checkpoints reshard: a run
     saved by N processes resumes with any number. One process trains unwrapped."""
+    process_group_timeout_seconds: int | None = Field(None, ge=10, le=86_400)
+    """How long a collective (and the process group's start) may wait for the other ranks
+    before it fails, so a lost peer ends the attempt instead of hanging it; unset:
+    torch's default (10 min with NCCL, 30 with gloo)."""
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     finetune: FinetuneConfig | None = None
     mlm: MlmConfig | None = None
