@@ -23,6 +23,9 @@ from kubetrain_operator import kube, pod_facts
 log = logging.getLogger("kubetrain.operator.pods")
 
 _WATCH_SECONDS = 300  # the server ends each watch after this; we start the next
+# The fingerprint of a pod nobody has placed yet: Pending, not deleting, no node, no IP,
+# no container.
+UNPLACED: tuple[object, ...] = ("Pending", False, "", None, ())
 
 
 class PodWatch:
@@ -119,10 +122,13 @@ class PodWatch:
         if deleted:
             self._seen.pop(uid, None)
         else:
-            seen = (namespace, *pod_facts.fingerprint(pod))
-            if self._seen.get(uid) == seen:
+            fingerprint = pod_facts.fingerprint(pod)
+            before = self._seen.get(uid)
+            self._seen[uid] = (namespace, *fingerprint)
+            if before == self._seen[uid]:
                 return  # nothing the reconcile decides on changed
-            self._seen[uid] = seen
+            if before is None and fingerprint == UNPLACED:
+                return  # a pod just created: the pass that created it counted it Pending
         if job and namespace:
             try:
                 self.on_pod(namespace, job)
