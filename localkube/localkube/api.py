@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,18 @@ class KubeApi:
                 return None
             raise
 
+    def create_or_replace(self, collection: str, body: dict[str, Any]) -> None:
+        """POST `body` into `collection`; one left there by a harness that was killed is
+        taken over (PUT at its resourceVersion)."""
+        try:
+            self.request("POST", collection, body)
+        except ApiError as err:
+            if err.status != 409:
+                raise
+            path = f"{collection}/{body['metadata']['name']}"
+            body["metadata"]["resourceVersion"] = self.get(path)["metadata"]["resourceVersion"]
+            self.request("PUT", path, body)
+
     def watch(
         self, path: str, query: dict[str, str], *, timeout_seconds: int = 60
     ) -> Iterator[dict[str, Any]]:
@@ -169,3 +181,16 @@ class KubeApi:
             except Exception:  # best effort: the stream may be gone already
                 resp.close()
         self._pool.clear()
+
+
+def condition(obj: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+    """The status condition of type `kind` (a Workload's, a pod's), if any."""
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return None
+
+
+def is_true(obj: Mapping[str, Any] | None, kind: str) -> bool:
+    cond = condition(obj or {}, kind)
+    return cond is not None and cond.get("status") == "True"

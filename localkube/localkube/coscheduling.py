@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from localkube.api import ApiError, KubeApi
+from localkube.api import ApiError, KubeApi, is_true
 from localkube.binaries import MissingBinary, binary, install_dir
 from localkube.services import ManagedProcess, free_port, wait_until
 
@@ -125,11 +125,6 @@ def _https_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _established(crd: Mapping[str, Any] | None) -> bool:
-    conditions = ((crd or {}).get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
-
-
 class Coscheduler:
     """The PodGroup CRD and one scheduler-plugins scheduler; a context manager."""
 
@@ -213,18 +208,10 @@ class Coscheduler:
 
     def _install_crd(self, path: Path, timeout: float) -> None:
         [crd] = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
-        try:
-            self.api.request("POST", _CRDS, crd)
-        except ApiError as err:
-            if err.status != 409:
-                raise
-            # Left by a harness that was killed: take it over at this release.
-            current = self.api.get(f"{_CRDS}/{CRD_NAME}")
-            crd["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            self.api.request("PUT", f"{_CRDS}/{CRD_NAME}", crd)
+        self.api.create_or_replace(_CRDS, crd)  # a killed harness's is taken over
         self._crd_installed = True
         wait_until(
-            lambda: _established(self.api.get(f"{_CRDS}/{CRD_NAME}")),
+            lambda: is_true(self.api.get(f"{_CRDS}/{CRD_NAME}"), "Established"),
             timeout=timeout,
             what="the PodGroup CRD to be established",
         )

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from localkube.api import MERGE_PATCH, ApiError, KubeApi
+from localkube.api import MERGE_PATCH, ApiError, KubeApi, is_true
 from localkube.binaries import binary
 from localkube.kueue_manifests import (
     GROUP,
@@ -57,19 +57,6 @@ WEBHOOK_CONFIGS = {
 METRICS_CERT_DIR = Path("/etc/kueue/metrics/certs")
 _PROBE = "localkube-webhook-probe"  # a ResourceFlavor name, only ever created as a dry run
 _CRDS = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-
-
-def condition(obj: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
-    """The status condition of type `kind` (a Workload's, a pod's), if any."""
-    for cond in (obj.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            return dict(cond)
-    return None
-
-
-def is_true(obj: Mapping[str, Any] | None, kind: str) -> bool:
-    cond = condition(obj or {}, kind)
-    return cond is not None and cond.get("status") == "True"
 
 
 def _object(kind: str, name: str, spec: Mapping[str, Any], namespace: str = "") -> dict[str, Any]:
@@ -208,7 +195,7 @@ class Kueue:
                         "conversionReviewVersions": ["v1"],
                     }
                     crd["spec"]["conversion"] = {"strategy": "Webhook", "webhook": hook}
-                self._apply(_CRDS, name, crd)
+                self.api.create_or_replace(_CRDS, crd)
                 spec = crd["spec"]
                 storage = next(v["name"] for v in spec["versions"] if v["storage"])
                 self._crds[name] = f"/apis/{spec['group']}/{storage}/{spec['names']['plural']}"
@@ -219,22 +206,11 @@ class Kueue:
             what="Kueue's CRDs to be established",
         )
 
-    def _apply(self, collection: str, name: str, body: dict[str, Any]) -> None:
-        try:
-            self.api.request("POST", collection, body)
-        except ApiError as err:
-            if err.status != 409:
-                raise
-            # Left by a harness that was killed: take it over at this release.
-            current = self.api.get(f"{collection}/{name}")
-            body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
-            self.api.request("PUT", f"{collection}/{name}", body)
-
     def _register_webhooks(self, manifests: Path, ca_bundle: bytes, timeout: float) -> None:
         for config in self.webhook_configurations(load(manifests / "webhook.yaml"), ca_bundle):
             collection = f"/apis/admissionregistration.k8s.io/v1/{WEBHOOK_CONFIGS[config['kind']]}"
             self._webhooks.append((collection, config["metadata"]["name"]))
-            self._apply(collection, config["metadata"]["name"], config)
+            self.api.create_or_replace(collection, config)
 
         # The API server loads webhook configurations asynchronously: ready once a
         # dry-run ResourceFlavor comes back with the finalizer Kueue's webhook adds.

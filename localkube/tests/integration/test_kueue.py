@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from localkube.api import condition, is_true
 from localkube.cluster import Cluster, Kubectl
 from localkube.kueue import (
     ADMISSION_GATE,
@@ -18,8 +19,6 @@ from localkube.kueue import (
     QUEUE_LABEL,
     WEBHOOK_CONFIGS,
     Kueue,
-    condition,
-    is_true,
 )
 from localkube.services import wait_until
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from localkube import binaries, kueue
-from localkube.api import KubeApi
+from localkube.api import KubeApi, condition
 
 
 def _hook(name: str, path: str, group: str, resource: str) -> dict[str, Any]:
@@ -133,12 +133,12 @@ def test_converted_crds_are_the_active_patches_only() -> None:
 
 def test_condition_finds_a_status_condition_by_type() -> None:
     workload = {"status": {"conditions": [{"type": "QuotaReserved", "status": "False"}]}}
-    assert kueue.condition(workload, "QuotaReserved") == {
+    assert condition(workload, "QuotaReserved") == {
         "type": "QuotaReserved",
         "status": "False",
     }
-    assert kueue.condition(workload, "Admitted") is None
-    assert kueue.condition({}, "Admitted") is None
+    assert condition(workload, "Admitted") is None
+    assert condition({}, "Admitted") is None
 
 
 def test_a_kueue_on_path_is_never_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
