@@ -65,7 +65,9 @@ def _incarnation_store(rank: int, world_size: int, timeout: timedelta | None) ->
     restarted workers reach the same store the agent keeps, where the keys of the
     incarnation before (a dead peer's address) would otherwise answer the new one."""
     options = {"timeout": timeout} if timeout else {}
-    store, _, _ = next(rendezvous("env://", rank=rank, world_size=world_size, **options))
+    store: Store = next(rendezvous("env://", rank=rank, world_size=world_size, **options))[0]
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return store  # this round's own store (rank 0 serves it): nothing stale in it
     restarts = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     return PrefixStore(f"kubetrain/incarnation-{restarts}", store)
 
