@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +29,7 @@ import yaml
 
 from localkube.api import ApiError, KubeApi, is_true
 from localkube.binaries import MissingBinary, binary, install_dir
-from localkube.services import ManagedProcess, free_port, wait_until
+from localkube.services import ManagedProcess, free_port, http_ok, wait_until
 
 if TYPE_CHECKING:
     from localkube.cluster import Cluster
@@ -112,19 +109,6 @@ def pod_group(
     }
 
 
-def _https_ok(url: str, timeout: float = 2.0) -> bool:
-    # The scheduler serves /healthz with a self-signed certificate, to anyone.
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
-            status: int = resp.status
-            return 200 <= status < 300
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 class Coscheduler:
     """The PodGroup CRD and one scheduler-plugins scheduler; a context manager."""
 
@@ -194,7 +178,7 @@ class Coscheduler:
             )
             self.process.start()
             wait_until(
-                lambda: _https_ok(self.healthz_url),
+                lambda: http_ok(self.healthz_url, verify=False),  # its self-signed cert
                 timeout=timeout,
                 what="scheduler-plugins /healthz",
                 processes=[self.process],

@@ -7,6 +7,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -155,10 +156,16 @@ def wait_until(
         time.sleep(interval)
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    """True when `url` answers 2xx; connection errors and other codes are False."""
+def http_ok(url: str, timeout: float = 2.0, *, verify: bool = True) -> bool:
+    """True when `url` answers 2xx; connection errors and other codes are False.
+    `verify=False`: an https server's certificate is not checked (a self-signed one)."""
+    context = None
+    if not verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             status: int = resp.status
             return 200 <= status < 300
     except (urllib.error.URLError, OSError):
