@@ -50,6 +50,26 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         level=logging.INFO if dist_info.is_main else logging.WARNING,
         format=f"%(asctime)s rank{dist_info.rank} %(levelname)s %(message)s",
     )
+    world = dist_info.world_size
+    planned = cfg.optimization.accumulation_steps * (cfg.optimization.global_batch_ranks or world)
+    cfg = cfg.for_world(world)  # an elastic gang of any size trains the same global batch
+    micro = cfg.optimization.accumulation_steps
+    log.info(
+        "world of %d ranks x %d micro-batches of %d: a global batch of %d sequences",
+        world,
+        micro,
+        cfg.data.batch_size,
+        world * micro * cfg.data.batch_size,
+    )
+    if micro * world != planned:
+        log.warning(
+            "%d ranks cannot split the global batch of %d micro-batches evenly: each runs %d,"
+            " so steps train %d micro-batches until the gang is whole again",
+            world,
+            planned,
+            micro,
+            micro * world,
+        )
     trainer: Trainer | None = None
     try:
         trainer = Trainer(cfg, runtime, dist_info)

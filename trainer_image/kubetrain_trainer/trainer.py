@@ -300,6 +300,10 @@ class Trainer:
             "resumedFrom": resumed.uri if resumed else None,
             "restarts": self.runtime.restart_count,
             "workerRestarts": self.runtime.worker_restarts,
+            "worldSize": self.dist.world_size,
+            "globalBatchSize": self.cfg.data.batch_size
+            * self.cfg.optimization.accumulation_steps
+            * self.dist.world_size,
         }
 
     def close(self) -> None:

@@ -100,6 +100,18 @@ class OptimizationConfig(Section):
     """Clip the global gradient norm to this value; null disables clipping."""
     accumulation_steps: int = Field(1, ge=1, le=4096)
     """Micro-batches whose gradients are summed before each optimizer step."""
+    global_batch_ranks: int | None = Field(None, ge=1, le=65536)
+    """Ranks the global batch is sized for: every optimizer step trains data.batch_size x
+    accumulation_steps x this many sequences whatever the world size, each rank running
+    accumulation_steps x this / world size micro-batches (rounded up where the world
+    size does not divide it, which makes the batch that much larger). An elastic
+    TrainingJob sets it to its largest world, so a smaller gang trains on the same
+    batches; null: the world size."""
+
+    def micro_batches(self, world_size: int) -> int:
+        """Micro-batches per rank and step in a world of `world_size` ranks."""
+        slots = self.accumulation_steps * (self.global_batch_ranks or world_size)
+        return -(-slots // world_size)
 
 
 class S3Config(Section):
@@ -254,6 +266,14 @@ class TrainingConfig(Section):
     recovery: RecoveryConfig = RecoveryConfig()
     extensions: ExtensionsConfig = ExtensionsConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+
+    def for_world(self, world_size: int) -> TrainingConfig:
+        """This config as `world_size` ranks run it: the global batch of
+        optimization.global_batch_ranks kept through the micro-batches per rank."""
+        opt = self.optimization
+        micro = opt.micro_batches(world_size)
+        fitted = opt.model_copy(update={"accumulation_steps": micro, "global_batch_ranks": None})
+        return self.model_copy(update={"optimization": fitted})
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
