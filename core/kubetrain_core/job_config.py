@@ -33,4 +33,6 @@ def trainer_config(
     )
     if metrics_port is not None:
         cfg.metrics.port = metrics_port
+    if job.spec.elastic is not None:  # every size of the gang trains the largest one's batch
+        cfg.optimization.global_batch_ranks = job.spec.numNodes * job.spec.procs_per_node()
     return cfg

@@ -227,23 +227,55 @@ def build_configmap(job: TrainingJob, settings: Settings) -> Obj:
 
 def torchrun_command(job: TrainingJob, index: int, settings: Settings) -> list[str]:
     """Static rendezvous on pod 0: the gang is fixed (the operator restarts it whole), and
-    static ranks put global rank 0 (progress, metrics) on pod 0, which c10d does not. A
-    one-pod job rendezvous inside its pod and needs no Service."""
+    static ranks put global rank 0 (progress, metrics) on pod 0. A one-pod job rendezvous
+    inside its pod and needs no Service. An elastic gang uses c10d instead."""
     name = job.metadata.name
     master = f"{pod_name(name, 0)}.{name}" if job.spec.numNodes > 1 else "127.0.0.1"
+    if job.spec.elastic is None:
+        nodes = str(job.spec.numNodes)
+        rendezvous = [f"--node-rank={index}", f"--master-addr={master}"]
+        rendezvous.append(f"--master-port={RDZV_PORT}")
+    else:
+        nodes = f"{job.spec.min_nodes()}:{job.spec.numNodes}"
+        rendezvous = _elastic_rendezvous(job, index, master)
     return [
         *settings.torchrun,
-        f"--nnodes={job.spec.numNodes}",
+        f"--nnodes={nodes}",
         f"--nproc-per-node={job.spec.procs_per_node()}",
-        f"--node-rank={index}",
-        f"--master-addr={master}",
-        f"--master-port={RDZV_PORT}",
+        *rendezvous,
         f"--max-restarts={job.spec.faultTolerance.inPlaceRestarts}",  # in-place restarts
         "-m",
         "kubetrain_trainer",
         "train",
         "--config",
         str(PurePosixPath(CONFIG_DIR) / CONFIG_FILE),
+    ]
+
+
+# c10d rendezvous of an elastic gang: a member that stops sending keep-alives is out
+# after ELASTIC_KEEP_ALIVE_SECONDS x 3, and a round closes ELASTIC_LAST_CALL_SECONDS
+# after minNodes joined (at once when all numNodes did).
+ELASTIC_KEEP_ALIVE_SECONDS = 2
+ELASTIC_LAST_CALL_SECONDS = 5
+
+
+def _elastic_rendezvous(job: TrainingJob, index: int, host: str) -> list[str]:
+    """torchrun's c10d rendezvous on pod 0's store. c10d ranks the members by address, so
+    each pod names itself by its stable DNS name: pod 0 sorts first and holds global rank
+    0 (progress, metrics) in every round."""
+    name = job.metadata.name
+    conf = {
+        "is_host": str(index == 0).lower(),  # pod 0 serves the store; the rest connect
+        "keep_alive_interval": ELASTIC_KEEP_ALIVE_SECONDS,
+        "keep_alive_max_attempt": 3,
+        "last_call_timeout": ELASTIC_LAST_CALL_SECONDS,
+    }
+    return [
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={host}:{RDZV_PORT}",
+        f"--rdzv-id={name}",
+        "--rdzv-conf=" + ",".join(f"{k}={v}" for k, v in conf.items()),
+        f"--local-addr={pod_name(name, index)}.{name}",
     ]
 
 
@@ -273,6 +305,10 @@ def build_env(
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             ref = {"secretKeyRef": {"name": secret, "key": key}}
             env.append({"name": key, "valueFrom": ref})
+    if job.spec.elastic is not None:
+        # Each round's workers get a store of their own on rank 0's pod: on the agent's
+        # shared store a gang that grows back never learns the new master address.
+        env.append({"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"})
     own = {e.get("name") for e in job.spec.env}
     if job.spec.gpus_per_node():  # the cluster's NCCL settings, unless the job sets its own
         nccl = {**NCCL_DEFAULTS, **settings.nccl_env}

@@ -1,8 +1,9 @@
 """Gang scheduling: the PodGroup of a job's gang and how its pods join it (pure).
 
 With `spec.scheduling.gang` the operator creates one PodGroup per job (minMember =
-numNodes; owned by the job, so deleted with it) and sends the pods to the gang
-scheduler, which binds all of them or none: a gang that does not fit holds no node.
+numNodes, or an elastic job's minNodes; owned by the job, so deleted with it) and sends
+the pods to the gang scheduler, which binds all of them or none: a gang that does not
+fit holds no node.
 Two schedulers are supported, each reading its own PodGroup kind:
 
 - scheduler-plugins' coscheduling plugin: scheduling.x-k8s.io/v1alpha1 PodGroup, pods
@@ -75,7 +76,7 @@ def pod_group(job: TrainingJob, meta: Obj) -> Obj | None:
     kind, gang = kind_of(job), job.spec.scheduling.gang
     if kind is None or gang is None:
         return None
-    spec: Obj = {"minMember": job.spec.numNodes}
+    spec: Obj = {"minMember": job.spec.min_nodes()}
     if gang.podGroup == "Coscheduling":
         spec["scheduleTimeoutSeconds"] = gang.scheduleTimeoutSeconds
     elif gang.volcanoQueue:

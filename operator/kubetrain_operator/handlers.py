@@ -35,9 +35,10 @@ from kubetrain_core.config.base import PLUGINS
 from kubetrain_core.names import GROUP, PLURAL, VERSION
 from kubetrain_operator import builders, kube, operator_metrics
 from kubetrain_operator.actions import Action, Notify, PatchStatus
+from kubetrain_operator.clock import resync_spacing
 from kubetrain_operator.notifier import Sender
 from kubetrain_operator.pod_watch import PodWatch
-from kubetrain_operator.reconcile import fail_stored, reconcile, resync_spacing
+from kubetrain_operator.reconcile import fail_stored, reconcile
 from kubetrain_operator.settings import Settings
 from kubetrain_operator.spec_limits import spec_problem
 

@@ -70,6 +70,9 @@ def parse_progress(data: Any) -> Progress | None:
     values["lastCheckpoint"] = _checkpoint(data.get("lastCheckpoint"))
     restarts = bounded_step(data.get("workerRestarts"))
     values["workerRestarts"] = restarts if restarts is not None and restarts <= 1000 else None
+    for key, most in (("worldSize", 65536), ("globalBatchSize", 2**40)):
+        count = bounded_step(data.get(key))
+        values[key] = count if count is not None and 1 <= count <= most else None
     resumed = data.get("resumedFrom")
     values["resumedFrom"] = resumed if isinstance(resumed, str) and len(resumed) <= 2048 else None
     if values["tokensPerSecond"] is not None and values["tokensPerSecond"] < 0:

@@ -22,7 +22,7 @@ from kubetrain_core.api import (
 )
 from kubetrain_core.contract import TerminationMessage
 from kubetrain_core.policy import Cause, RecoveryState, Rollback, decide, record
-from kubetrain_operator import builders, clock, notifications
+from kubetrain_operator import builders, clock, elastic, notifications
 from kubetrain_operator.actions import (
     Action,
     CreateObject,
@@ -37,6 +37,7 @@ from kubetrain_operator.actions import (
 from kubetrain_operator.pod_facts import (
     attempt_of,
     counts,
+    failure_of,
     finished_at,
     index_of,
     is_deleting,
@@ -184,10 +185,17 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
     live = {i: p for i, p in current.items() if i < spec.numNodes}
     zero = live.get(0)
     if zero is not None and phase_of(zero) == "Succeeded":
-        if all(phase_of(p) in ("Succeeded", "Failed") for p in live.values()):
+        # An elastic gang's member still waiting to be placed never joined: not waited for.
+        ended = ("Succeeded", "Failed", *(("Pending",) if spec.elastic else ()))
+        if all(phase_of(p) in ended for p in live.values()):
             _succeed(step, pods, zero)
         return
     failed = [p for p in live.values() if phase_of(p) == "Failed" or is_deleting(p)]
+    gone = elastic.lost_members(job, live, failed, lost)
+    if gone:  # an elastic gang trains on without them; their pods are made anew
+        _members_lost(step, gone, lost)
+        live = {i: p for i, p in live.items() if p not in gone}
+        failed = [p for p in failed if p not in gone]
     if failed:
         _, cause, message = pick_failure(failed)
         on_lost = [p for p in live.values() if node_of(p) in lost]
@@ -232,9 +240,23 @@ def _run(step: Step, observed: Observed, settings: Settings) -> None:
         # Counted Pending now: the pods' first events then change nothing worth a write.
         made = [a.body for a in step.creates if isinstance(a, CreateObject)]
         st.workers = counts([*current.values(), *(b for b in made if b["kind"] == "Pod")])
-    running = [p for p in live.values() if phase_of(p) == "Running"]
-    if len(running) == spec.numNodes:
-        _all_running(step, job)
+    running = sum(phase_of(p) == "Running" for p in live.values())
+    short = elastic.running_message(job, running)
+    if running == spec.numNodes or short:
+        _running(step, short or f"{spec.numNodes} workers running", short is not None)
+
+
+def _members_lost(step: Step, gone: list[Obj], lost: frozenset[str]) -> None:
+    """Delete an elastic gang's lost members (at once when their node stopped answering:
+    no kubelet will confirm it); the next passes create them anew."""
+    fresh = [p for p in gone if not is_deleting(p)]
+    for pod in fresh:
+        _, _, message = failure_of(pod)
+        why = f"node {node_of(pod)} is not ready" if node_of(pod) in lost else message
+        text = f"{name_of(pod)}: {why}; the gang trains on and grows back when it runs again"
+        step.events.append(EmitEvent("Warning", "WorkerLost", text))
+    step.delete([p for p in fresh if node_of(p) in lost], "WorkerLost", grace_seconds=0)
+    step.delete([p for p in fresh if node_of(p) not in lost], "WorkerLost")
 
 
 def _queued(step: Step, reason: str | None) -> None:
@@ -251,6 +273,9 @@ def _not_starting(step: Step, live: dict[int, Obj], pods: list[Obj], settings: S
     in the Running condition, and release the gang or fail the job if the policy says
     so. True if it did."""
     policy = step.job.spec.faultTolerance
+    running = sum(phase_of(p) == "Running" for p in live.values())
+    if elastic.running_message(step.job, running):
+        return False  # the gang trains; the rest join whenever they can
     for pod in sorted(live.values(), key=index_of):
         created = parse_time(pod.get("metadata", {}).get("creationTimestamp"))
         if phase_of(pod) != "Pending" or is_deleting(pod) or created is None:
@@ -276,12 +301,12 @@ def _not_starting(step: Step, live: dict[int, Obj], pods: list[Obj], settings: S
     return False
 
 
-def _all_running(step: Step, job: TrainingJob) -> None:
-    st, now = step.status, step.now
-    new_run = step.condition(
-        "Running", True, "AllWorkersRunning", f"{job.spec.numNodes} workers running"
-    )
-    step.condition("Restarting", False, "AllWorkersRunning", "the gang is running")
+def _running(step: Step, message: str, short: bool) -> None:
+    """The gang trains: all its workers run, or (`short`) enough of an elastic gang's."""
+    st, now, job = step.status, step.now, step.job
+    reason = "ElasticGangShort" if short else "AllWorkersRunning"
+    new_run = step.condition("Running", True, reason, message)
+    step.condition("Restarting", False, reason, "the gang is running")
     if not st.allRunningTime:
         st.allRunningTime = timestamp(now)
         created = parse_time((job.metadata.model_extra or {}).get("creationTimestamp"))
@@ -400,31 +425,6 @@ def _finished(step: Step, pods: list[Obj]) -> None:
     done = parse_time(step.status.completionTime)
     if ttl is not None and done and (step.now - done).total_seconds() >= ttl:
         step.actions.append(DeleteJob(f"ttlSecondsAfterFinished ({ttl} s) passed"))
-
-
-# A job that is neither running nor restarting changes when one of its pods does (a pod
-# event reconciles it then); its timer passes are a safety net and the clock of its
-# deadlines (startup, active, TTL), this far apart at the least.
-WAITING_RESYNC_SECONDS = 10.0
-FINISHED_RESYNC_SECONDS = 60.0
-
-
-def resync_spacing(spec: Obj, status: Obj, now: datetime, interval: float) -> float:
-    """How long after a job's last pass its resync timer may pass again: `interval` while
-    it runs or restarts (its progress is read, its backoff ends), WAITING_RESYNC_SECONDS
-    while its pods wait to start, FINISHED_RESYNC_SECONDS once finished (interval when
-    its TTL is due). At 200-1,000 jobs, timer passes of jobs that were not running were
-    most of the operator's API requests."""
-    state = status.get("state")
-    if state in ("Running", "Restarting"):
-        return interval
-    if state not in ("Succeeded", "Failed"):
-        return max(interval, WAITING_RESYNC_SECONDS)
-    ttl = (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished")
-    done = parse_time(status.get("completionTime"))
-    if ttl is not None and done is not None and (now - done).total_seconds() >= ttl:
-        return interval
-    return max(interval, FINISHED_RESYNC_SECONDS)
 
 
 def _cleanup(step: Step, pods: list[Obj]) -> None:

@@ -337,6 +337,18 @@ CASES = [
     ),
     Case("gang-queue", _spec(scheduling={"gang": {"volcanoQueue": "Not A Name"}}), "volcanoQueue"),
     Case("startup-restart", _spec(faultTolerance={"onStartupTimeout": "Restart"}), None),
+    Case("elastic", _spec(elastic={"minNodes": 1}, faultTolerance={"inPlaceRestarts": 2}), None),
+    Case(
+        "elastic-min",
+        _spec(elastic={"minNodes": 2}, faultTolerance={"inPlaceRestarts": 2}),
+        "minNodes must be below numNodes",
+    ),
+    Case("elastic-restarts", _spec(elastic={"minNodes": 1}), "inPlaceRestarts >= 1"),
+    Case(
+        "trainer-global-batch-ranks",
+        _trainer(optimization={"global_batch_ranks": 4}),
+        "optimization.global_batch_ranks",
+    ),
     Case(
         "label-key",
         _spec(template={"metadata": {"labels": {"no spaces": "x"}}}),

@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from kubetrain_operator import handlers
-from kubetrain_operator.reconcile import WAITING_RESYNC_SECONDS
+from kubetrain_operator.clock import WAITING_RESYNC_SECONDS
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 INTERVAL = handlers.SETTINGS.reconcile_interval_seconds

@@ -23,14 +23,9 @@ from kubetrain_operator.actions import (
     PatchStatus,
     UpdateConfig,
 )
+from kubetrain_operator.clock import FINISHED_RESYNC_SECONDS, WAITING_RESYNC_SECONDS, resync_spacing
 from kubetrain_operator.progress import parse_progress
-from kubetrain_operator.reconcile import (
-    FINISHED_RESYNC_SECONDS,
-    WAITING_RESYNC_SECONDS,
-    fail_stored,
-    reconcile,
-    resync_spacing,
-)
+from kubetrain_operator.reconcile import fail_stored, reconcile
 from kubetrain_operator.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -251,6 +251,19 @@ class SchedulingSpec(ApiModel):
     Restart releases, a gang that never fully starts)."""
 
 
+class ElasticSpec(ApiModel):
+    """A gang that shrinks and grows: numNodes is its largest size. When a worker pod other
+    than pod 0 or its node is lost, the others re-form the gang without it (torchrun's
+    c10d rendezvous, an in-place restart from the newest checkpoint) and train on while
+    the operator recreates the pod; the gang grows back when that pod runs. Every size
+    trains the same global batch: the ranks run more micro-batches each. Losing pod 0
+    (the rendezvous host) restarts the whole gang."""
+
+    minNodes: int = Field(ge=1, le=1023)
+    """The fewest pods the gang trains with (torchrun --nnodes=minNodes:numNodes); below
+    numNodes."""
+
+
 class MonitoringSpec(ApiModel):
     """Where rank 0 serves its metrics and progress."""
 
@@ -264,6 +277,8 @@ SET_BY_THE_JOB = {
     " keepBest, bestMetric, resume, asyncUpload, s3): move these settings there, in camelCase",
     "metrics.port": "rank 0 serves on spec.monitoring.port: set that instead",
     "run_dir": "kubetrain chooses the run dir (runs/<name> under kubetrain run): remove it",
+    "optimization.global_batch_ranks": "the global batch is numNodes x numProcPerNode ranks'"
+    " (an elastic gang keeps it): remove it",
 }
 
 
@@ -323,6 +338,8 @@ class TrainingJobSpec(ApiModel):
     faultTolerance: FaultToleranceSpec = FaultToleranceSpec()
     runPolicy: RunPolicy = RunPolicy()
     scheduling: SchedulingSpec = SchedulingSpec()
+    elastic: ElasticSpec | None = Field(None, json_schema_extra=cel.immutable("elastic"))
+    """Train on with fewer pods when some are lost; unset: a fixed gang of numNodes."""
     template: PodTemplateOverrides = PodTemplateOverrides()
     monitoring: MonitoringSpec = MonitoringSpec()
     notifications: NotificationsSpec | None = None
@@ -359,6 +376,22 @@ class TrainingJobSpec(ApiModel):
                 reason="FieldValueInvalid",
             ),
             cel.rule(
+                "!has(self.elastic) || self.elastic.minNodes < self.numNodes",
+                "spec.elastic.minNodes must be below numNodes (the largest gang); for a gang"
+                " of fixed size leave spec.elastic out",
+                fieldPath=".elastic.minNodes",
+                reason="FieldValueInvalid",
+            ),
+            cel.rule(
+                "!has(self.elastic) || (has(self.faultTolerance)"
+                " && has(self.faultTolerance.inPlaceRestarts)"
+                " && self.faultTolerance.inPlaceRestarts >= 1)",
+                "spec.elastic needs faultTolerance.inPlaceRestarts >= 1: the pods that remain"
+                " re-form the gang through an in-place restart",
+                fieldPath=".faultTolerance.inPlaceRestarts",
+                reason="FieldValueInvalid",
+            ),
+            cel.rule(
                 f"type(self.numProcPerNode) == string || {_GPU_LIMIT} == 0"
                 f" || {_GPU_LIMIT} >= self.numProcPerNode",
                 "numProcPerNode exceeds the nvidia.com/gpu requested per node;"
@@ -392,6 +425,29 @@ class TrainingJobSpec(ApiModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _elastic_range(self) -> Self:
+        if self.elastic is None:
+            return self
+        problems = []
+        if self.elastic.minNodes >= self.numNodes:
+            problems.append(
+                "spec.elastic.minNodes must be below numNodes (the largest gang); for a gang"
+                " of fixed size leave spec.elastic out"
+            )
+        if self.faultTolerance.inPlaceRestarts < 1:
+            problems.append(
+                "spec.elastic needs faultTolerance.inPlaceRestarts >= 1: the pods that remain"
+                " re-form the gang through an in-place restart"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def min_nodes(self) -> int:
+        """The fewest pods the gang trains with: elastic.minNodes, else numNodes."""
+        return self.elastic.minNodes if self.elastic else self.numNodes
 
     @model_validator(mode="after")
     def _procs_fit_gpus(self) -> Self:

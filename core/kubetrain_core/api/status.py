@@ -91,6 +91,10 @@ class Progress(ApiModel):
     workerRestarts: int | None = Field(None, ge=0, le=1000)
     """Times the running attempt's workers were restarted inside their pods
     (faultTolerance.inPlaceRestarts), as rank 0's torchrun counts them."""
+    worldSize: int | None = Field(None, ge=1, le=65536)
+    """Processes training now: an elastic gang's present size x numProcPerNode."""
+    globalBatchSize: int | None = Field(None, ge=1, le=2**40)
+    """Sequences per optimizer step; an elastic gang keeps it (docs/operations.md)."""
     updateTime: Timestamp | None = None
     """When the operator last read the progress; cleared when the gang stops."""
     lastStepTime: Timestamp | None = None
