@@ -103,6 +103,15 @@ def job_view() -> dashboard.Dashboard:
                 ),
             )
         )
+        .with_panel(
+            single(
+                "World size",
+                "Processes training now: below the gang's full size while an elastic gang"
+                " trains on without a lost pod (spec.elastic).",
+                "short",
+                query(f"max by ({BY}) ({m('kubetrain_world_size')})", "{{trainingjob}}"),
+            )
+        )
         .with_row(dashboard.Row("Optimization"))
         .with_panel(
             graph(

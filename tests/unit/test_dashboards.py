@@ -35,6 +35,7 @@ PANELS = {
         "Goodput",
         "Gang restarts",
         "Gang restarts by cause",
+        "World size",
     },
 }
 

@@ -91,6 +91,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.scratch = Path(tempfile.mkdtemp(prefix=f"kubetrain-rank{dist_info.rank}-"))
         self.metrics = TrainerMetrics()
+        self.metrics.world_size.set(dist_info.world_size)
         self.faults = FaultInjector(
             parse_faults(runtime.fault_spec), dist_info.rank, runtime.earlier_starts
         )

@@ -277,8 +277,8 @@ SET_BY_THE_JOB = {
     " keepBest, bestMetric, resume, asyncUpload, s3): move these settings there, in camelCase",
     "metrics.port": "rank 0 serves on spec.monitoring.port: set that instead",
     "run_dir": "kubetrain chooses the run dir (runs/<name> under kubetrain run): remove it",
-    "optimization.global_batch_ranks": "the global batch is numNodes x numProcPerNode ranks'"
-    " (an elastic gang keeps it): remove it",
+    "optimization.global_batch_ranks": "the operator sets it to numNodes x numProcPerNode"
+    " (the global batch every size of an elastic gang keeps): remove it",
 }
 
 

@@ -52,6 +52,9 @@ class TrainerMetrics(Sink):
 
         self.step_gauge = gauge("step", "Optimizer steps completed.")
         self.total_steps = gauge("total_steps", "Optimizer steps the run will take.")
+        self.world_size = gauge(
+            "world_size", "Processes training now (an elastic gang's present size)."
+        )
         self.epoch = gauge("epoch", "Current pass over the training split.")
         self.loss = gauge("loss", "Training loss of the last logged step.")
         self.loss_ema = gauge("loss_ema", "Exponential moving average of the training loss.")
