@@ -94,6 +94,13 @@ def _trains_as(log: Path, world: int, after: int) -> int | None:
     return later[0][1] if later else None
 
 
+def _seconds_until_trains_as(log: Path, world: int, after: int, what: str) -> float:
+    """Seconds from now until a start after the first `after` trains with `world` ranks."""
+    began = time.monotonic()
+    wait_until(lambda: _trains_as(log, world, after) is not None, timeout=240, what=what)
+    return time.monotonic() - began
+
+
 def test_an_elastic_gang_trains_through_a_node_stop_and_grows_back(
     cluster: Cluster, operator: OperatorProcess, namespace: str, nodes: list[str]
 ) -> None:
@@ -114,14 +121,7 @@ def test_an_elastic_gang_trains_through_a_node_stop_and_grows_back(
     assert _starts(log)[-1][0] == 2
     started = len(_starts(log))
     cluster.stop_node(lost)  # pod 1 and its node are gone
-    stopped = time.monotonic()
-    wait_until(
-        lambda: _trains_as(log, 1, started) is not None,
-        timeout=180,
-        what="pod 0 to train on alone",
-        interval=0.2,
-    )
-    shrunk_s = time.monotonic() - stopped
+    shrunk_s = _seconds_until_trains_as(log, 1, started, "pod 0 to train on alone")
     alone_from = _trains_as(log, 1, started)
     shrunk = len(_starts(log))
 
@@ -142,14 +142,7 @@ def test_an_elastic_gang_trains_through_a_node_stop_and_grows_back(
     assert not _pod(cluster, namespace, f"{NAME}-1")["spec"].get("nodeName"), "still nowhere"
 
     nodes.append(_add_node(cluster, group))  # capacity returns
-    joined = time.monotonic()
-    wait_until(
-        lambda: _trains_as(log, 2, shrunk) is not None,
-        timeout=240,
-        what="the gang to grow back to two",
-        interval=0.2,
-    )
-    grown_s = time.monotonic() - joined
+    grown_s = _seconds_until_trains_as(log, 2, shrunk, "the gang to grow back to two")
     status = wait_state(cluster, operator, namespace, NAME, state="Succeeded", timeout=600)
     assert status["progress"]["step"] == STEPS
     assert status["restarts"]["total"] == 0  # never a gang restart
