@@ -337,6 +337,28 @@ CASES = [
     ),
     Case("gang-queue", _spec(scheduling={"gang": {"volcanoQueue": "Not A Name"}}), "volcanoQueue"),
     Case("startup-restart", _spec(faultTolerance={"onStartupTimeout": "Restart"}), None),
+    Case(
+        "time-step-masking",
+        _trainer(
+            training={
+                "strategy": "pretrain_mlm",
+                "mlm": {"time_steps": {"num_time_steps": 10, "mask_fractions": {0: 0.15, 9: 0.9}}},
+            },
+            model={"causal": False},
+        ),
+        None,
+    ),
+    Case(
+        "time-step-range",
+        _trainer(
+            training={
+                "strategy": "pretrain_mlm",
+                "mlm": {"time_steps": {"num_time_steps": 4, "mask_fractions": {0: 0.1, 7: 0.9}}},
+            },
+            model={"causal": False},
+        ),
+        "must be in [0, num_time_steps)",
+    ),
     Case("elastic", _spec(elastic={"minNodes": 1}, faultTolerance={"inPlaceRestarts": 2}), None),
     Case(
         "elastic-min",

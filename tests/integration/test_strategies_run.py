@@ -70,6 +70,20 @@ def test_masked_lm_resumes_exactly(tmp_path: Path) -> None:
     _resumes_exactly(tmp_path, lambda d: _encoder(d, max_steps=20, eval_steps=10), 20)
 
 
+def test_time_step_masking_trains_and_resumes_exactly(tmp_path: Path) -> None:
+    """Seed 003's time-step masking: each sequence's masked share from a drawn time step."""
+    steps = {"num_time_steps": 10, "mask_fractions": {0: 0.15, 5: 0.5, 9: 0.9}}
+
+    def config(run_dir: Path) -> dict[str, Any]:
+        return _encoder(run_dir, max_steps=20, eval_steps=10, mlm={"time_steps": steps})
+
+    _resumes_exactly(tmp_path, config, 20)
+    plain = _encoder(tmp_path / "plain", max_steps=20, eval_steps=10)
+    train_ok(plain, tmp_path / "plain.yaml")
+    # Other masks than plain masked LM's 15%: other losses from the first step on.
+    assert losses_by_step(tmp_path / "plain")[1] != losses_by_step(tmp_path / "straight")[1]
+
+
 def test_a_bert_model_pretrains_with_masked_lm(tmp_path: Path) -> None:
     bert = {
         "model_type": "bert", "hidden_size": 48, "num_hidden_layers": 2,

@@ -32,6 +32,7 @@ from kubetrain_core.config.training import (
     FinetuneConfig,
     LrScale,
     MlmConfig,
+    TimeStepMasking,
     TrainingLoopConfig,
 )
 
@@ -59,6 +60,7 @@ __all__ = [
     "S3Config",
     "SchedulerConfig",
     "SplitConfig",
+    "TimeStepMasking",
     "TokenizerConfig",
     "TrainingConfig",
     "TrainingLoopConfig",

@@ -88,6 +88,63 @@ class FinetuneConfig(Section):
 
 
 _MLM_FRACTIONS = "training.mlm: mask_fraction + random_fraction must be at most 1"
+_TIME_STEPS = (
+    "training.mlm.time_steps: the time steps of mask_fractions and bins must be in"
+    " [0, num_time_steps)"
+)
+_STEPS = "(has(self.num_time_steps) ? self.num_time_steps : 10)"
+
+
+class TimeStepMasking(Section):
+    """Seed 003's time-step masking: each sequence draws a time step t (uniformly from
+    `bins`) and that share of its tokens is selected for prediction, so the objective's
+    difficulty varies with t, as in a masked-diffusion model. The draw is seeded like
+    the masks: resume is exact."""
+
+    num_time_steps: int = Field(10, ge=1, le=10_000)
+    """Time steps t = 0 .. num_time_steps - 1."""
+    bins: list[Annotated[int, Field(ge=0, le=9_999)]] | None = Field(
+        None, min_length=1, max_length=10_000
+    )
+    """The time steps sequences draw from (the seed's time_step_bins); unset: all."""
+    mask_fractions: dict[int, Annotated[float, Field(gt=0.0, lt=1.0)]] = Field(
+        min_length=1, max_length=64
+    )
+    """Share of a sequence's tokens selected at time step t, by t (the seed's
+    time_step_mask_fractions, e.g. {0: 0.15, 5: 0.5, 9: 0.9}); linear between the time
+    steps named, constant before the first and after the last."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                f"self.mask_fractions.all(k, k.matches('^[0-9]+$') && int(k) < {_STEPS})"
+                f" && (!has(self.bins) || self.bins.all(b, b < {_STEPS}))",
+                _TIME_STEPS,
+                fieldPath=".mask_fractions",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _in_range(self) -> Self:
+        steps = [*self.mask_fractions, *(self.bins or [])]
+        if any(not 0 <= t < self.num_time_steps for t in steps):
+            raise ValueError(_TIME_STEPS)
+        return self
+
+    def fraction(self, time_step: float) -> float:
+        """The share of tokens selected at `time_step` (interpolated)."""
+        known = sorted(self.mask_fractions.items())
+        if time_step <= known[0][0]:
+            return known[0][1]
+        for (t0, f0), (t1, f1) in pairwise(known):
+            if time_step <= t1:
+                return f0 + (f1 - f0) * (time_step - t0) / (t1 - t0)
+        return known[-1][1]
+
+    def time_steps(self) -> list[int]:
+        """The time steps sequences draw from."""
+        return list(self.bins) if self.bins else list(range(self.num_time_steps))
 
 
 class MlmConfig(Section):
@@ -102,6 +159,9 @@ class MlmConfig(Section):
     """Share of the selected tokens replaced by the mask token."""
     random_fraction: float = Field(0.1, ge=0.0, le=1.0)
     """Share of the selected tokens replaced by a random token (the rest are kept)."""
+    time_steps: TimeStepMasking | None = None
+    """Each sequence's selected share set by a time step it draws, in place of
+    mask_probability; unset: mask_probability for every sequence."""
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(

@@ -1,11 +1,12 @@
 """Strategy ``pretrain_mlm`` (training.mlm): BERT's masked language modelling.
 
 Each batch of plain text becomes a masked one: ``mask_probability`` of the tokens are
-selected as targets; of those ``mask_fraction`` are replaced by the mask token,
-``random_fraction`` by a random token and the rest kept; the loss is on the selected
-positions only (every other target is the loss's ignore index). The draw is seeded
-by (seed, split, step, micro-batch, rank), so resume, rollback and evaluation see
-the same masks every time. transformers' DataCollatorForLanguageModeling draws from
+selected as targets (with ``time_steps``, seed 003's time-step masking, each sequence's
+share is that of a time step it draws); of those ``mask_fraction`` are replaced by the
+mask token, ``random_fraction`` by a random token and the rest kept; the loss is on the
+selected positions only (every other target is the loss's ignore index). The draw is
+seeded by (seed, split, step, micro-batch, rank), so resume, rollback and evaluation
+see the same masks every time. transformers' DataCollatorForLanguageModeling draws from
 the global RNG and needs a Hugging Face tokenizer, hence this small function.
 
 The mask token is the tokenizer's own (a BERT tokenizer's [MASK]); tokenizers without
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from kubetrain_core.config import MlmConfig, TrainingLoopConfig
+from kubetrain_core.config import MlmConfig, TimeStepMasking, TrainingLoopConfig
 from kubetrain_trainer.data.base import Batch
 from kubetrain_trainer.data.tokenizers import Tokenizer
 from kubetrain_trainer.strategies.base import StandardStrategy
@@ -39,6 +40,8 @@ def mask_tokens(
     selected, and at least one token is, so the loss is never a mean over nothing."""
     device = ids.device
     probability = torch.full(ids.shape, cfg.mask_probability, device=device)
+    if cfg.time_steps is not None:  # each row's share from the time step it draws
+        probability[:] = time_step_fractions(cfg.time_steps, ids.shape[0], generator)[1].to(device)
     if special_ids:
         probability[torch.isin(ids, torch.tensor(list(special_ids), device=device))] = 0.0
     selected = torch.bernoulli(probability, generator=generator).bool()
@@ -55,6 +58,17 @@ def mask_tokens(
     inputs = torch.where(randomized, random_ids, inputs)
     targets = torch.where(selected, ids, torch.full_like(ids, ignore_index))
     return inputs, targets
+
+
+def time_step_fractions(
+    cfg: TimeStepMasking, rows: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The time step each of `rows` sequences draws and its selected share, (rows, 1)."""
+    choices = torch.tensor(cfg.time_steps())
+    picks = torch.randint(len(choices), (rows,), generator=generator, device=generator.device)
+    steps = choices[picks.cpu()]
+    fractions = torch.tensor([cfg.fraction(int(t)) for t in steps], dtype=torch.float32)
+    return steps, fractions.unsqueeze(1)
 
 
 def _seed(seed: int, key: tuple[str | int, ...]) -> int:
