@@ -17,7 +17,7 @@ from typing import Any
 
 from kubetrain_core.api import TrainingJob
 from kubetrain_core.policy import Cause
-from kubetrain_operator.pod_facts import failure_of, index_of, is_deleting, node_of, phase_of
+from kubetrain_operator.pod_facts import failure_of, index_of, node_of, phase_of
 
 Obj = dict[str, Any]
 
@@ -43,12 +43,6 @@ def lost_members(
     if len(live) - len(gone) < elastic.minNodes:
         return []
     return sorted(gone, key=index_of)
-
-
-def gone_for_good(pod: Obj, lost_nodes: frozenset[str]) -> bool:
-    """A member on a node that stopped answering: its kubelet can never confirm a
-    graceful deletion, so it is deleted at once."""
-    return node_of(pod) in lost_nodes and not is_deleting(pod)
 
 
 def running_message(job: TrainingJob, running: int) -> str | None:
