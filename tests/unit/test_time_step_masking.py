@@ -45,14 +45,14 @@ def test_masking_fractions_per_time_step_match_the_config() -> None:
     assert cfg.time_steps is not None
     rows, length = 4000, 256
     ids = torch.randint(3, 1000, (rows, length), generator=torch.Generator().manual_seed(0))
-    _, targets = mask_tokens(
-        ids,
-        cfg,
-        generator=torch.Generator().manual_seed(11),
-        mask_id=1000,
-        vocab_size=1000,
-        ignore_index=-100,
-    )
+
+    def targets_of_seed(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return mask_tokens(
+            ids, cfg, generator=generator, mask_id=1000, vocab_size=1000, ignore_index=-100
+        )[1]
+
+    targets = targets_of_seed(11)
     # The same generator state draws the same time steps as mask_tokens did first.
     steps, fractions = time_step_fractions(cfg.time_steps, rows, torch.Generator().manual_seed(11))
     share = (targets != -100).float().mean(dim=1)
@@ -64,15 +64,7 @@ def test_masking_fractions_per_time_step_match_the_config() -> None:
         fractions.squeeze(1)[steps == 9], torch.full((int((steps == 9).sum()),), 0.9)
     )
     # A pure function of the seed: the same masks again.
-    again = mask_tokens(
-        ids,
-        cfg,
-        generator=torch.Generator().manual_seed(11),
-        mask_id=1000,
-        vocab_size=1000,
-        ignore_index=-100,
-    )[1]
-    assert torch.equal(targets, again)
+    assert torch.equal(targets, targets_of_seed(11))
 
 
 def test_only_the_drawn_bins_are_used() -> None:
