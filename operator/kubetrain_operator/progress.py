@@ -56,6 +56,10 @@ def _checkpoint(data: Any) -> CheckpointRef | None:
         return None
 
 
+# Counts the trainer reports and the range status takes (Progress's own bounds).
+_COUNTS = {"workerRestarts": (0, 1000), "worldSize": (1, 65536), "globalBatchSize": (1, 2**40)}
+
+
 def parse_progress(data: Any) -> Progress | None:
     """The trainer's JSON -> Progress: unknown keys are ignored, a field that does not
     fit the schema is dropped, and without a valid step there is no progress."""
@@ -68,11 +72,9 @@ def parse_progress(data: Any) -> Progress | None:
     for key, limit in _LIMITS.items():
         values[key] = _number(data.get(key), limit)
     values["lastCheckpoint"] = _checkpoint(data.get("lastCheckpoint"))
-    restarts = bounded_step(data.get("workerRestarts"))
-    values["workerRestarts"] = restarts if restarts is not None and restarts <= 1000 else None
-    for key, most in (("worldSize", 65536), ("globalBatchSize", 2**40)):
+    for key, (least, most) in _COUNTS.items():
         count = bounded_step(data.get(key))
-        values[key] = count if count is not None and 1 <= count <= most else None
+        values[key] = count if count is not None and least <= count <= most else None
     resumed = data.get("resumedFrom")
     values["resumedFrom"] = resumed if isinstance(resumed, str) and len(resumed) <= 2048 else None
     if values["tokensPerSecond"] is not None and values["tokensPerSecond"] < 0:

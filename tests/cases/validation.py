@@ -61,6 +61,12 @@ def _trainer(**trainer: Any) -> dict[str, Any]:
     return _spec(trainer=trainer)
 
 
+def _time_steps(steps: int, fractions: dict[int, float]) -> dict[str, Any]:
+    """pretrain_mlm on the native encoder with seed 003's time-step masking."""
+    mlm = {"time_steps": {"num_time_steps": steps, "mask_fractions": fractions}}
+    return _trainer(training={"strategy": "pretrain_mlm", "mlm": mlm}, model={"causal": False})
+
+
 HF_SCRATCH = {"adapter": "hf_causal_lm", "hf_config": {"model_type": "llama", "hidden_size": 64}}
 HF_BASE = {"adapter": "hf_causal_lm", "pretrained": "/models/base"}
 GPUS = "exceeds the nvidia.com/gpu requested per node"
@@ -337,28 +343,8 @@ CASES = [
     ),
     Case("gang-queue", _spec(scheduling={"gang": {"volcanoQueue": "Not A Name"}}), "volcanoQueue"),
     Case("startup-restart", _spec(faultTolerance={"onStartupTimeout": "Restart"}), None),
-    Case(
-        "time-step-masking",
-        _trainer(
-            training={
-                "strategy": "pretrain_mlm",
-                "mlm": {"time_steps": {"num_time_steps": 10, "mask_fractions": {0: 0.15, 9: 0.9}}},
-            },
-            model={"causal": False},
-        ),
-        None,
-    ),
-    Case(
-        "time-step-range",
-        _trainer(
-            training={
-                "strategy": "pretrain_mlm",
-                "mlm": {"time_steps": {"num_time_steps": 4, "mask_fractions": {0: 0.1, 7: 0.9}}},
-            },
-            model={"causal": False},
-        ),
-        "must be in [0, num_time_steps)",
-    ),
+    Case("time-step-masking", _time_steps(10, {0: 0.15, 9: 0.9}), None),
+    Case("time-step-range", _time_steps(4, {0: 0.1, 7: 0.9}), "must be in [0, num_time_steps)"),
     Case("elastic", _spec(elastic={"minNodes": 1}, faultTolerance={"inPlaceRestarts": 2}), None),
     Case(
         "elastic-min",

@@ -51,7 +51,7 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         format=f"%(asctime)s rank{dist_info.rank} %(levelname)s %(message)s",
     )
     world = dist_info.world_size
-    planned = cfg.optimization.accumulation_steps * (cfg.optimization.global_batch_ranks or world)
+    planned = cfg.optimization.step_micro_batches(world)
     cfg = cfg.for_world(world)  # an elastic gang of any size trains the same global batch
     micro = cfg.optimization.accumulation_steps
     log.info(
@@ -59,7 +59,7 @@ def train_main(config_path: Path, overrides: list[str]) -> int:
         world,
         micro,
         cfg.data.batch_size,
-        world * micro * cfg.data.batch_size,
+        cfg.global_batch(world),
     )
     if micro * world != planned:
         log.warning(

@@ -302,9 +302,7 @@ class Trainer:
             "restarts": self.runtime.restart_count,
             "workerRestarts": self.runtime.worker_restarts,
             "worldSize": self.dist.world_size,
-            "globalBatchSize": self.cfg.data.batch_size
-            * self.cfg.optimization.accumulation_steps
-            * self.dist.world_size,
+            "globalBatchSize": self.cfg.global_batch(self.dist.world_size),
         }
 
     def close(self) -> None:

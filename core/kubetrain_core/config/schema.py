@@ -108,10 +108,13 @@ class OptimizationConfig(Section):
     TrainingJob sets it to its largest world, so a smaller gang trains on the same
     batches; null: the world size."""
 
+    def step_micro_batches(self, world_size: int) -> int:
+        """Micro-batches one optimizer step is planned to train, all ranks together."""
+        return self.accumulation_steps * (self.global_batch_ranks or world_size)
+
     def micro_batches(self, world_size: int) -> int:
         """Micro-batches per rank and step in a world of `world_size` ranks."""
-        slots = self.accumulation_steps * (self.global_batch_ranks or world_size)
-        return -(-slots // world_size)
+        return -(-self.step_micro_batches(world_size) // world_size)
 
 
 class S3Config(Section):
@@ -274,6 +277,10 @@ class TrainingConfig(Section):
         micro = opt.micro_batches(world_size)
         fitted = opt.model_copy(update={"accumulation_steps": micro, "global_batch_ranks": None})
         return self.model_copy(update={"optimization": fitted})
+
+    def global_batch(self, world_size: int) -> int:
+        """Sequences one optimizer step trains in a world of `world_size` ranks."""
+        return self.data.batch_size * self.optimization.micro_batches(world_size) * world_size
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
