@@ -135,6 +135,8 @@ STRATEGIES = Registry(
         "finetune": f"{_P}.strategies.finetune:FinetuneStrategy",
         "pretrain_mlm": f"{_P}.strategies.mlm:MaskedLMStrategy",
         "curriculum": f"{_P}.strategies.curriculum:CurriculumStrategy",
+        "progressive": f"{_P}.strategies.progressive:ProgressiveStrategy",
+        "end_to_end": f"{_P}.strategies.rack:EndToEndStrategy",
     },
 )
 OPTIMIZERS = Registry(

@@ -125,6 +125,15 @@ def job_view() -> dashboard.Dashboard:
         )
         .with_panel(
             graph(
+                "Active stacks",
+                "Stacks the model runs, one more per stage of a progressive run"
+                " (training.strategy progressive); empty for the other strategies.",
+                "short",
+                query(m("kubetrain_active_stacks"), "{{trainingjob}}"),
+            )
+        )
+        .with_panel(
+            graph(
                 "Learning rate",
                 "Learning rate of the last step.",
                 "short",

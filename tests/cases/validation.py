@@ -194,7 +194,7 @@ CASES = [
     Case(
         "mlm-section-needs-strategy",
         _trainer(training={"mlm": {"mask_probability": 0.2}}),
-        "configures the pretrain_mlm strategy",
+        "configures the pretrain_mlm, progressive or end_to_end strategy",
     ),
     Case(
         "mlm-fractions",
@@ -227,6 +227,77 @@ CASES = [
             training={"strategy": "pretrain_mlm"},
         ),
         "reads plain text",
+    ),
+    Case(
+        "progressive",
+        _trainer(training={"strategy": "progressive", "progressive": {"stage_steps": 100}}),
+        None,
+    ),
+    Case(
+        "progressive-masked",
+        _trainer(
+            model={"causal": False},
+            training={
+                "strategy": "progressive",
+                "progressive": {"stage_steps": 100, "trunk_strategy": "scaled_lr"},
+                "mlm": {"time_steps": {"mask_fractions": {0: 0.15, 9: 0.9}}},
+            },
+        ),
+        None,
+    ),
+    Case(
+        "end-to-end-stackwise",
+        _trainer(
+            model={"causal": False},
+            training={
+                "strategy": "end_to_end",
+                "end_to_end": {"scope": "stackwise", "blocks_per_stack": 1},
+                "mlm": {"mask_probability": 0.2},
+            },
+        ),
+        None,
+    ),
+    Case(
+        "end-to-end-section-needs-strategy",
+        _trainer(training={"end_to_end": {"scope": "stackwise"}}),
+        "configures the end_to_end strategy",
+    ),
+    Case(
+        "end-to-end-scope",
+        _trainer(training={"strategy": "end_to_end", "end_to_end": {"scope": "blockwise"}}),
+        "stackwise",
+    ),
+    Case(
+        "progressive-needs-options",
+        _trainer(training={"strategy": "progressive"}),
+        "needs its options in training.progressive",
+    ),
+    Case(
+        "progressive-section-needs-strategy",
+        _trainer(training={"progressive": {"stage_steps": 100}}),
+        "configures the progressive strategy",
+    ),
+    Case(
+        "progressive-not-fsdp",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {"stage_steps": 100},
+                "parallelism": "fsdp",
+            }
+        ),
+        "fsdp's shards cannot follow",
+    ),
+    Case(
+        "progressive-mlm-needs-encoder",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {"stage_steps": 100},
+                "mlm": {"mask_probability": 0.2},
+            }
+        ),
+        "needs a model that reads both sides",
     ),
     Case(
         "curriculum",

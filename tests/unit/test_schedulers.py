@@ -132,3 +132,33 @@ def test_cosine_without_warmup_starts_at_peak() -> None:
     lrs = _lrs(_build("cosine", total=10, min_lr_ratio=0.0), 10)
     assert lrs[0] == pytest.approx(PEAK)
     assert lrs[-1] == pytest.approx(PEAK * 0.5 * (1 + math.cos(math.pi * 0.9)))
+
+
+def test_a_periodic_schedule_restarts_every_period_and_resumes() -> None:
+    """A staged strategy's stages: warmup and cosine over each 10 steps, then again."""
+    cfg = SchedulerConfig(name="cosine", warmup_steps=3, min_lr_ratio=0.1)
+    lrs = _lrs(build_scheduler(_optimizer(), cfg, 40, period=10), 40)
+    one = _lrs(build_scheduler(_optimizer(), cfg, 10), 10)
+    assert lrs == pytest.approx(one * 4)
+    assert lrs[0] < lrs[2] == pytest.approx(PEAK) and lrs[9] < lrs[3]
+    first = build_scheduler(_optimizer(), cfg, 40, period=10)
+    _lrs(first, 13)
+    resumed = build_scheduler(_optimizer(), cfg, 40, period=10)
+    resumed.optimizer.load_state_dict(first.optimizer.state_dict())
+    resumed.load_state_dict(first.state_dict())
+    assert _lrs(resumed, 27) == pytest.approx(lrs[13:])
+
+
+def test_only_a_built_in_schedule_restarts() -> None:
+    from kubetrain_core.config import ConfigError
+
+    class Plain(torch.optim.lr_scheduler.StepLR):
+        def __init__(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+            super().__init__(optimizer, step_size=5)
+
+    with pytest.MonkeyPatch.context() as patch:
+        from kubetrain_core import registry
+
+        patch.setattr(registry.SCHEDULERS, "get", lambda name: Plain)
+        with pytest.raises(ConfigError, match="cannot restart"):
+            build_scheduler(_optimizer(), SchedulerConfig(name="cosine"), 40, period=10)

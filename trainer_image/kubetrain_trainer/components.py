@@ -68,13 +68,26 @@ def build_components(
     strategy_cls.configure_model(raw_model, cfg.training)  # what trains, before wrapping
     if not getattr(raw_model, "is_quantized", False):  # a 4/8-bit base is placed as loaded
         raw_model = raw_model.to(dist_info.device)
-    model = parallelize(raw_model, cfg.training, dist_info)
+    model = parallelize(
+        raw_model,
+        cfg.training,
+        dist_info,
+        find_unused=strategy_cls.leaves_parameters_unused(cfg.training),
+    )
     loss_fn = registry.LOSSES.get(cfg.optimization.loss.name)(cfg.optimization.loss)
     optimizer = build_optimizer(
-        raw_model, cfg.optimization.optimizer, strategy_cls.lr_scales(raw_model, cfg.training)
+        raw_model,
+        cfg.optimization.optimizer,
+        strategy_cls.lr_scales(raw_model, cfg.training),
+        strategy_cls.group_tags(raw_model, cfg.training),
     )
     total_steps = _total_steps(cfg, dataset, dist_info.world_size)
-    scheduler = build_scheduler(optimizer, cfg.optimization.scheduler, total_steps)
+    scheduler = build_scheduler(
+        optimizer,
+        cfg.optimization.scheduler,
+        total_steps,
+        strategy_cls.schedule_period(cfg.training),
+    )
     strategy = strategy_cls(
         model=model,
         adapter=adapter,

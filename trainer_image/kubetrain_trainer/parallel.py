@@ -27,10 +27,13 @@ from kubetrain_core.config import TrainingLoopConfig
 from kubetrain_trainer.distributed import DistInfo
 
 
-def parallelize(raw_model: nn.Module, loop: TrainingLoopConfig, dist_info: DistInfo) -> nn.Module:
+def parallelize(
+    raw_model: nn.Module, loop: TrainingLoopConfig, dist_info: DistInfo, find_unused: bool = False
+) -> nn.Module:
     """The module the strategy trains: `raw_model` sharded in place (fsdp) or wrapped in
     DDP when there is more than one process, compiled when asked. Build the optimizer
-    after this: sharding replaces the parameters."""
+    after this: sharding replaces the parameters. `find_unused`: some steps leave some
+    parameters without a gradient (DDP then finds them each step, at a small cost)."""
     model = raw_model
     if dist_info.distributed and loop.parallelism == "fsdp":
         for unit in shard_units(raw_model):
@@ -40,7 +43,9 @@ def parallelize(raw_model: nn.Module, loop: TrainingLoopConfig, dist_info: DistI
         model = cast(nn.Module, torch.compile(model))
     if dist_info.distributed and loop.parallelism == "ddp":
         device_ids = [dist_info.device.index] if dist_info.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=device_ids)
+        model = DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=find_unused
+        )
     return model
 
 

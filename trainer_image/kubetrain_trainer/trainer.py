@@ -277,6 +277,7 @@ class Trainer:
         directory = write_export(
             parts.raw_model, parts.dataset.tokenizer, self.cfg, self.run_dir / "export", whole
         )
+        parts.strategy.export_parts(whole or parts.raw_model.state_dict(), directory)
         return self.checkpoints.publish(directory) or str(directory)
 
     def save_checkpoint(self) -> None:
@@ -374,6 +375,7 @@ class Trainer:
             grad_norm=out.grad_norm,
             tokens_per_second=out.tokens / seconds if seconds > 0 else 0.0,
             samples_per_second=out.samples / seconds if seconds > 0 else 0.0,
+            **self.parts.strategy.position(self.step - 1),
         )
         self.state.metrics.update(
             loss=record.loss, tokens_per_second=record.tokens_per_second, lr=record.lr

@@ -24,6 +24,7 @@ from kubetrain_core.config.schema import (
     SchedulerConfig,
     TrainingConfig,
 )
+from kubetrain_core.config.stackwise import EndToEndConfig, ProgressiveConfig, RackConfig
 from kubetrain_core.config.tracking import WandbConfig, WebhookConfig
 from kubetrain_core.config.training import (
     CurriculumConfig,
@@ -44,6 +45,7 @@ __all__ = [
     "CurriculumStage",
     "DataConfig",
     "EarlyStoppingConfig",
+    "EndToEndConfig",
     "EvaluationConfig",
     "ExtensionsConfig",
     "FinetuneConfig",
@@ -55,7 +57,9 @@ __all__ = [
     "ModelConfig",
     "OptimizationConfig",
     "OptimizerConfig",
+    "ProgressiveConfig",
     "QuantizationConfig",
+    "RackConfig",
     "RecoveryConfig",
     "S3Config",
     "SchedulerConfig",

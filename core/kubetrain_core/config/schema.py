@@ -233,14 +233,18 @@ _FREEZE_NEEDS_BASE = (
     " freeze_blocks"
 )
 _MLM_NEEDS_ENCODER = (
-    "training.strategy pretrain_mlm needs a model that reads both sides of a masked"
-    " token: model.adapter hf_masked_lm, or the native transformer with model.causal: false"
+    "training.strategy pretrain_mlm (or training.mlm) needs a model that reads both sides"
+    " of a masked token: model.adapter hf_masked_lm, or the native transformer with"
+    " model.causal: false"
 )
 _ENCODER_NEEDS_MLM = (
     "model.adapter hf_masked_lm and model.causal: false see the very token they would"
-    " predict next: train them with training.strategy pretrain_mlm"
+    " predict next: train them with training.strategy pretrain_mlm (or training.mlm)"
 )
-_MLM_DATA = "training.strategy pretrain_mlm reads plain text: data.adapter text_file or jsonl_text"
+_MLM_DATA = (
+    "training.strategy pretrain_mlm (or training.mlm) reads plain text: data.adapter"
+    " text_file or jsonl_text"
+)
 _STAGE_TOO_LONG = "training.curriculum.stages: a stage's seq_len must be at most data.seq_len"
 _QUANTIZED_NOT_SHARDED = (
     "model.quantization (a 4/8-bit base) cannot be sharded by training.parallelism fsdp:"
@@ -248,6 +252,11 @@ _QUANTIZED_NOT_SHARDED = (
 )
 
 
+# CEL for TrainingLoopConfig.masks.
+_MASKED_OBJECTIVE = (
+    "(has(self.training.strategy) && self.training.strategy == 'pretrain_mlm')"
+    " || has(self.training.mlm)"
+)
 # CEL for ModelConfig.reads_both_sides.
 _MASKED_MODEL = (
     "(has(self.model) && has(self.model.adapter) && self.model.adapter == 'hf_masked_lm')"
@@ -319,19 +328,17 @@ class TrainingConfig(Section):
                 fieldPath=".training.finetune",
             ),
             cel.rule(
-                "!has(self.training.strategy) || self.training.strategy != 'pretrain_mlm'"
-                f" || ({_MASKED_MODEL})",
+                f"!({_MASKED_OBJECTIVE}) || ({_MASKED_MODEL})",
                 _MLM_NEEDS_ENCODER,
                 fieldPath=".training.strategy",
             ),
             cel.rule(
-                f"!({_MASKED_MODEL})"
-                " || (has(self.training.strategy) && self.training.strategy == 'pretrain_mlm')",
+                f"!({_MASKED_MODEL}) || {_MASKED_OBJECTIVE}",
                 _ENCODER_NEEDS_MLM,
                 fieldPath=".training.strategy",
             ),
             cel.rule(
-                "!has(self.training.strategy) || self.training.strategy != 'pretrain_mlm'"
+                f"!({_MASKED_OBJECTIVE})"
                 f" || !has(self.data.adapter) || self.data.adapter in {sorted(TEXT_ADAPTERS)}",
                 _MLM_DATA,
                 fieldPath=".data.adapter",
@@ -390,7 +397,7 @@ class TrainingConfig(Section):
         loop, model = self.training, self.model
         if loop.freezes and model.pretrained is None:
             raise ValueError(_FREEZE_NEEDS_BASE)
-        mlm = loop.strategy == "pretrain_mlm"
+        mlm = loop.masks
         if mlm != model.reads_both_sides:
             raise ValueError(_MLM_NEEDS_ENCODER if mlm else _ENCODER_NEEDS_MLM)
         if mlm and self.data.adapter not in TEXT_ADAPTERS:

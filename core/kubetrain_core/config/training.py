@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from kubetrain_core import cel, registry
 from kubetrain_core.config.base import MetricMode, MetricName, Name, Section, registered
+from kubetrain_core.config.stackwise import EndToEndConfig, ProgressiveConfig
 
 ParamPattern = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9_.*?]+$")]
 """A shell-style pattern (fnmatch: * and ?) over parameter names as the model's
@@ -230,15 +231,32 @@ _FSDP_FP16 = (
     "training.precision fp16 needs loss scaling that agrees across shards, which fsdp"
     " does not do: use bf16 (same memory, no scaling) or parallelism: ddp"
 )
-# The built-in strategies whose options have a section of their own.
-STRATEGY_SECTIONS = {"finetune": "finetune", "pretrain_mlm": "mlm", "curriculum": "curriculum"}
-REQUIRED_SECTIONS = ("finetune", "curriculum")
+# The built-in strategies' option sections: which strategies read each one, and the
+# strategies that cannot run without theirs.
+SECTION_STRATEGIES = {
+    "finetune": ("finetune",),
+    "mlm": ("pretrain_mlm", "progressive", "end_to_end"),
+    "curriculum": ("curriculum",),
+    "progressive": ("progressive",),
+    "end_to_end": ("end_to_end",),
+}
+REQUIRED_SECTIONS = {
+    "finetune": "finetune",
+    "curriculum": "curriculum",
+    "progressive": "progressive",
+}
+_FSDP_PROGRESSIVE = (
+    "training.strategy progressive changes which parameters train at each stage, which"
+    " fsdp's shards cannot follow: use parallelism: ddp"
+)
 
 
-def _misplaced(strategy: str, section: str) -> str:
+def _misplaced(section: str) -> str:
+    strategies = SECTION_STRATEGIES[section]
+    named = " or ".join(filter(None, (", ".join(strategies[:-1]), strategies[-1])))
     return (
-        f"training.{section} configures the {strategy} strategy: set training.strategy:"
-        f" {strategy}, or remove training.{section}"
+        f"training.{section} configures the {named} strategy: set"
+        f" training.strategy: {strategies[0]}, or remove training.{section}"
     )
 
 
@@ -250,11 +268,11 @@ def _section_rules() -> list[dict[str, str]]:
     """Each built-in strategy's section only with it; the required ones always with it."""
     rules = [
         cel.rule(
-            f"!has(self.{section}) || (has(self.strategy) && self.strategy == '{strategy}')",
-            _misplaced(strategy, section),
+            f"!has(self.{section}) || (has(self.strategy) && self.strategy in {list(strategies)})",
+            _misplaced(section),
             fieldPath=f".{section}",
         )
-        for strategy, section in STRATEGY_SECTIONS.items()
+        for section, strategies in SECTION_STRATEGIES.items()
     ]
     return rules + [
         cel.rule(
@@ -262,8 +280,7 @@ def _section_rules() -> list[dict[str, str]]:
             _missing(strategy, section),
             fieldPath=f".{section}",
         )
-        for strategy, section in STRATEGY_SECTIONS.items()
-        if strategy in REQUIRED_SECTIONS
+        for strategy, section in REQUIRED_SECTIONS.items()
     ]
 
 
@@ -273,7 +290,8 @@ class TrainingLoopConfig(Section):
     strategy: Annotated[Name, registered(registry.STRATEGIES)] = "standard"
     """Training strategy (registry ``training strategy``): standard, finetune (options
     in training.finetune), pretrain_mlm (training.mlm), curriculum (training.curriculum),
-    or a plugin's."""
+    progressive and end_to_end (seed 003's stack-wise training: training.progressive,
+    training.end_to_end; with training.mlm for a masked objective), or a plugin's."""
     max_steps: int | None = Field(None, ge=1, le=1_000_000_000)
     """Optimizer steps to run; if null, computed from num_epochs."""
     num_epochs: float | None = Field(None, gt=0.0, le=1_000_000)
@@ -305,6 +323,8 @@ class TrainingLoopConfig(Section):
     finetune: FinetuneConfig | None = None
     mlm: MlmConfig | None = None
     curriculum: CurriculumConfig | None = None
+    progressive: ProgressiveConfig | None = None
+    end_to_end: EndToEndConfig | None = None
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
@@ -317,6 +337,12 @@ class TrainingLoopConfig(Section):
                 " || !has(self.precision) || self.precision != 'fp16'",
                 _FSDP_FP16,
                 fieldPath=".precision",
+            ),
+            cel.rule(
+                "!has(self.parallelism) || self.parallelism != 'fsdp'"
+                " || !has(self.strategy) || self.strategy != 'progressive'",
+                _FSDP_PROGRESSIVE,
+                fieldPath=".parallelism",
             ),
             *_section_rules(),
         )
@@ -332,17 +358,24 @@ class TrainingLoopConfig(Section):
     def _fsdp_precision(self) -> Self:
         if self.parallelism == "fsdp" and self.precision == "fp16":
             raise ValueError(_FSDP_FP16)
+        if self.parallelism == "fsdp" and self.strategy == "progressive":
+            raise ValueError(_FSDP_PROGRESSIVE)
         return self
 
     @model_validator(mode="after")
     def _strategy_sections(self) -> Self:
-        for strategy, section in STRATEGY_SECTIONS.items():
-            present = getattr(self, section) is not None
-            if present and self.strategy != strategy:
-                raise ValueError(_misplaced(strategy, section))
-            if not present and self.strategy == strategy and strategy in REQUIRED_SECTIONS:
-                raise ValueError(_missing(strategy, section))
+        for section, strategies in SECTION_STRATEGIES.items():
+            if getattr(self, section) is not None and self.strategy not in strategies:
+                raise ValueError(_misplaced(section))
+        required = REQUIRED_SECTIONS.get(self.strategy)
+        if required is not None and getattr(self, required) is None:
+            raise ValueError(_missing(self.strategy, required))
         return self
+
+    @property
+    def masks(self) -> bool:
+        """Whether the objective is masked language modelling (it needs an encoder)."""
+        return self.strategy == "pretrain_mlm" or self.mlm is not None
 
     @property
     def freezes(self) -> bool:

@@ -56,6 +56,8 @@ class TrainerMetrics(Sink):
             "world_size", "Processes training now (an elastic gang's present size)."
         )
         self.epoch = gauge("epoch", "Current pass over the training split.")
+        self.stage = gauge("stage", "Stage of a staged strategy (progressive: the stack grown).")
+        self.active_stacks = gauge("active_stacks", "Stacks the model runs (strategy progressive).")
         self.loss = gauge("loss", "Training loss of the last logged step.")
         self.loss_ema = gauge("loss_ema", "Exponential moving average of the training loss.")
         self.val_loss = gauge("val_loss", "Loss of the last validation.")
@@ -124,6 +126,10 @@ class TrainerMetrics(Sink):
     def step(self, record: StepRecord) -> None:
         self.step_gauge.set(record.step)
         self.epoch.set(record.epoch)
+        if record.stage is not None:
+            self.stage.set(record.stage)
+        if record.active_stacks is not None:
+            self.active_stacks.set(record.active_stacks)
         self.loss.set(record.loss)
         if record.loss_ema is not None:  # None until the first healthy step
             self.loss_ema.set(record.loss_ema)

@@ -34,13 +34,18 @@ class StepRecord:
     grad_norm: float | None
     tokens_per_second: float
     samples_per_second: float
+    # Where the step is in a staged strategy (progressive): None for the others.
+    stage: int | None = None
+    active_stacks: int | None = None
 
     @property
     def perplexity(self) -> float:
         return perplexity(self.loss)
 
     def fields(self) -> dict[str, Any]:
-        return {**asdict(self), "perplexity": self.perplexity}
+        staged = ("stage", "active_stacks")
+        own = {k: v for k, v in asdict(self).items() if k not in staged or v is not None}
+        return {**own, "perplexity": self.perplexity}
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from kubetrain_core import registry
+from kubetrain_core.config import ConfigError
 from kubetrain_core.config.model import ModelConfig
 from kubetrain_trainer.data.base import Batch
 
@@ -51,6 +52,28 @@ class ModelAdapter(ABC):
         loss: torch.Tensor = loss_fn(logits, batch["targets"])
         return loss
 
+    def set_depth(self, model: nn.Module, blocks: int) -> None:
+        """Make the forward run only the first `blocks` blocks (strategy progressive)."""
+        del model, blocks
+        raise self._not_stackable("run part of its blocks")
+
+    def read_out_stacks(self, model: nn.Module, blocks: int) -> None:
+        """Make the training forward return the logits read out every `blocks` blocks,
+        ``[stacks, B, T, V]``, each stack cut from the gradient of those above
+        (strategy end_to_end stackwise)."""
+        del model, blocks
+        raise self._not_stackable("read out each stack")
+
+    def _not_stackable(self, what: str) -> ConfigError:
+        return ConfigError(
+            "training.strategy",
+            [
+                f"stack-wise training needs a model that can {what}; model.adapter"
+                f" {self.cfg.adapter!r} cannot (use the native transformer: model.adapter"
+                " standard)"
+            ],
+        )
+
     def count_tokens(self, batch: Batch) -> int:
         """Tokens processed, for throughput; read from the shape so it never syncs a GPU."""
         return batch["input_ids"].numel()
@@ -80,3 +103,13 @@ class StandardModelAdapter(ModelAdapter):
         cls = registry.MODELS.get(self.cfg.architecture)
         model: nn.Module = cls(self.cfg, self.vocab_size)
         return model
+
+    def set_depth(self, model: nn.Module, blocks: int) -> None:
+        if not hasattr(model, "depth"):  # a registered architecture of a plugin's
+            super().set_depth(model, blocks)
+        setattr(model, "depth", blocks)  # noqa: B010 - nn.Module's setattr types modules only
+
+    def read_out_stacks(self, model: nn.Module, blocks: int) -> None:
+        if not hasattr(model, "read_out_every"):
+            super().read_out_stacks(model, blocks)
+        setattr(model, "read_out_every", blocks)  # noqa: B010

@@ -87,6 +87,13 @@ class Transformer(nn.Module):
         self.vocab_size = vocab_size
         self.max_seq_len = cfg.max_seq_len
         self.gradient_checkpointing = cfg.gradient_checkpointing
+        # How many blocks the forward runs (None: all): a model grown stack by stack
+        # (strategy progressive) goes from the embeddings through its first blocks to the head.
+        self.depth: int | None = None
+        # Every this many blocks, while training, the stream is read out (final norm, head)
+        # and cut from the blocks above (strategy end_to_end stackwise: each stack learns
+        # from its own loss); None: only the last block's output is.
+        self.read_out_every: int | None = None
         self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.max_seq_len, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -119,9 +126,16 @@ class Transformer(nn.Module):
         positions = torch.arange(t, device=input_ids.device)
         x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(positions))
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block in self.blocks:
+        every = self.read_out_every if self.training else None
+        outputs = []
+        for i, block in enumerate(self.blocks[: self.depth]):
             # Non-reentrant checkpointing restores the RNG, so dropout masks match on recompute.
             x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
+            if every and (i + 1) % every == 0:
+                outputs.append(x)
+                x = x.detach()
+        if outputs:  # [stacks, B, T, vocab]
+            return torch.stack([self.head(self.ln_f(out)) for out in outputs])
         logits: torch.Tensor = self.head(self.ln_f(x))
         return logits
 

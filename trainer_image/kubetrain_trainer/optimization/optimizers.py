@@ -74,33 +74,43 @@ def rmsprop(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: OptimizerConfig, lr_scales: dict[str, float] | None = None
+    model: nn.Module,
+    cfg: OptimizerConfig,
+    lr_scales: dict[str, float] | None = None,
+    tags: dict[str, int] | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer ``cfg.name`` names (built-in or registered by an extension);
-    ``lr_scales`` (parameter name -> LR multiplier, the finetune strategy's) splits its
-    groups further."""
+    ``lr_scales`` (parameter name -> LR multiplier, the finetune strategy's) and ``tags``
+    (parameter name -> a group's "tag", for a strategy that changes a group's LR as it
+    goes: the progressive one's stacks) split its groups further."""
     builder = registry.OPTIMIZERS.get(cfg.name)
     optimizer: torch.optim.Optimizer = builder(model, cfg)
-    if lr_scales and any(scale != 1.0 for scale in lr_scales.values()):
-        _split_by_scale(optimizer, model, lr_scales)
+    scaled = bool(lr_scales) and any(scale != 1.0 for scale in (lr_scales or {}).values())
+    if scaled or tags:
+        _split(optimizer, model, lr_scales or {}, tags or {})
     return optimizer
 
 
-def _split_by_scale(
-    optimizer: torch.optim.Optimizer, model: nn.Module, lr_scales: dict[str, float]
+def _split(
+    optimizer: torch.optim.Optimizer,
+    model: nn.Module,
+    lr_scales: dict[str, float],
+    tags: dict[str, int],
 ) -> None:
     """Each group of the freshly built `optimizer` becomes one group per LR multiplier
-    (its other settings kept), ordered by multiplier, before any state exists. Done on
+    and tag (its other settings kept), in that order, before any state exists. Done on
     the optimizer, not in each builder, so a plugin optimizer gets it too."""
     names = {id(p): name for name, p in model.named_parameters()}
     groups = optimizer.param_groups
     optimizer.param_groups = []
     for group in groups:
-        by_scale: dict[float, list[nn.Parameter]] = {}
+        by_key: dict[tuple[float, int], list[nn.Parameter]] = {}
         for param in group["params"]:
-            by_scale.setdefault(lr_scales.get(names[id(param)], 1.0), []).append(param)
-        for scale, params in sorted(by_scale.items()):
+            name = names[id(param)]
+            by_key.setdefault((lr_scales.get(name, 1.0), tags.get(name, 0)), []).append(param)
+        for (scale, tag), params in sorted(by_key.items()):
             settings = {k: v for k, v in group.items() if k != "params"}
+            extra = {"tag": tag} if tags else {}
             optimizer.add_param_group(
-                {**settings, "params": params, "lr": group["lr"] * scale, "lr_scale": scale}
+                {**settings, "params": params, "lr": group["lr"] * scale, "lr_scale": scale} | extra
             )

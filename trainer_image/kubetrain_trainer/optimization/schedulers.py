@@ -19,12 +19,13 @@ update ``s`` (0-based) is ``peak * multiplier(s)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from kubetrain_core import registry
+from kubetrain_core.config import ConfigError
 from kubetrain_core.config.schema import SchedulerConfig
 
 
@@ -37,8 +38,13 @@ class Multiplier:
     """
 
     warmup_steps: int
+    # Restart every this many steps (a staged strategy's stages: each new stack gets
+    # its own warmup and decay); None: one schedule over the run.
+    period: int | None = field(default=None, kw_only=True)
 
     def __call__(self, step: int) -> float:
+        if self.period:
+            step %= self.period
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
         return self.decay(step - self.warmup_steps)
@@ -110,13 +116,26 @@ def exponential(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: SchedulerConfig, total_steps: int
+    optimizer: torch.optim.Optimizer,
+    cfg: SchedulerConfig,
+    total_steps: int,
+    period: int | None = None,
 ) -> LRScheduler:
-    """Build the schedule ``cfg.name`` names over ``total_steps`` optimizer steps."""
+    """Build the schedule ``cfg.name`` names over ``total_steps`` optimizer steps or,
+    with `period`, over `period` steps, restarted every `period` steps."""
     if total_steps < 1:
         raise ValueError(f"total_steps must be >= 1, got {total_steps}")
     builder = registry.SCHEDULERS.get(cfg.name)
-    scheduler: LRScheduler = builder(optimizer, cfg, total_steps)
+    scheduler: LRScheduler = builder(optimizer, cfg, period or total_steps)
+    if period is not None:
+        multipliers = getattr(scheduler, "lr_lambdas", [])
+        if not multipliers or not all(isinstance(m, Multiplier) for m in multipliers):
+            raise ConfigError(
+                "optimization.scheduler.name",
+                [f"{cfg.name!r} cannot restart at each stage: use a built-in schedule"],
+            )
+        for multiplier in multipliers:
+            multiplier.period = period  # step 0's LR, already set, is the same
     return scheduler
 
 

@@ -16,6 +16,7 @@ import contextlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -90,6 +91,36 @@ class TrainingStrategy(ABC):
         """LR multipliers by parameter name (missing: 1), for the optimizer's groups."""
         return {}
 
+    @classmethod
+    def group_tags(cls, model: nn.Module, loop: TrainingLoopConfig) -> dict[str, int]:
+        """Optimizer groups split by a tag per parameter name (the groups carry it), for
+        a strategy that changes some groups' LR as it goes; default: no split."""
+        return {}
+
+    @classmethod
+    def schedule_period(cls, loop: TrainingLoopConfig) -> int | None:
+        """Steps after which the LR schedule restarts (a staged strategy's stage);
+        None: one schedule over the run."""
+        return None
+
+    @classmethod
+    def leaves_parameters_unused(cls, loop: TrainingLoopConfig) -> bool:
+        """Whether some steps give some trainable parameters no gradient (DDP must
+        then look for them: find_unused_parameters)."""
+        return False
+
+    # ---- what the loop reports and exports ----------------------------------------
+
+    def position(self, step: int) -> dict[str, int]:
+        """Where step index `step` is in the strategy's own schedule (stage, ...), for
+        the metrics; default: nothing to say."""
+        return {}
+
+    def export_parts(self, weights: dict[str, torch.Tensor], directory: Path) -> None:
+        """Write what the strategy adds to the exported model directory (`weights`: the
+        whole state dict); default: nothing."""
+        del weights, directory  # nothing to add
+
     # ---- the data of a step -------------------------------------------------------
 
     def train_batch(self, step: int, micro: int) -> Batch:
@@ -122,10 +153,14 @@ class TrainingStrategy(ABC):
         injection); `stop`: this rank was asked to stop, told to all in `StepOutput.stop`."""
 
     def apply_update(self) -> None:
-        self.scaler.step(self.optimizer)
+        self.step_optimizer()
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
+
+    def step_optimizer(self) -> None:
+        """The optimizer's step on this step's gradients (the scaler skips an overflow)."""
+        self.scaler.step(self.optimizer)
 
     def discard_update(self) -> None:
         """Drop this step's gradients; the schedule still advances (LR is a function of step)."""

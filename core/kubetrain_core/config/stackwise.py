@@ -1,0 +1,65 @@
+"""`training.progressive` and `training.end_to_end`: seed 003's stack-wise training.
+
+A model is a rack of stacks, a stack is `blocks_per_stack` consecutive Transformer
+blocks (the modules the model names in _no_split_modules). Strategy ``progressive``
+trains the rack one stack more per stage: stage k (from 0) runs stacks 0..k and
+trains stack k on top of the others (the trunk). The stage is a function of the step
+alone, so a resumed or rolled-back run is in the stage it left. Strategy
+``end_to_end`` trains every stack at once: each on its own objective (``stackwise``)
+or the rack as one model (``rackwise``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from kubetrain_core.config.base import Section
+
+
+class RackConfig(Section):
+    """How the model's blocks form stacks, and which of them the export writes apart."""
+
+    blocks_per_stack: int = Field(1, ge=1, le=256)
+    """Transformer blocks per stack (the seed's block_size); must divide the model's
+    blocks (model.n_layers for the native transformer)."""
+    save_stacks: bool = True
+    """The export also holds each stack's weights on its own: stacks/stack-<k>.safetensors."""
+    save_rack: bool = False
+    """The export also holds the rack (every block, no embeddings or head) as
+    rack.safetensors."""
+
+
+class EndToEndConfig(RackConfig):
+    """Strategy ``end_to_end``: every stack trains at every step."""
+
+    scope: Literal["stackwise", "rackwise"] = "rackwise"
+    """``stackwise``: each stack learns from its own loss (the shared final norm and head
+    read its output; its input is the stack below's output, detached), so no gradient
+    crosses a stack boundary; the reported loss is the mean over stacks, validation the
+    last stack's. ``rackwise``: the rack as one model, the standard step."""
+
+
+class ProgressiveConfig(RackConfig):
+    """Strategy ``progressive``: grow the model a stack per stage (the seed's
+    target_stacks is the model's blocks / blocks_per_stack)."""
+
+    stage_steps: int = Field(ge=1, le=1_000_000_000)
+    """Optimizer steps per stage: stage k runs from step k * stage_steps; the last
+    stage (the whole rack) runs to the end of training."""
+    trunk_strategy: Literal["frozen", "scaled_lr"] = "frozen"
+    """What the stacks below the new one do: ``frozen`` (no gradients, no dropout: a fixed
+    feature extractor, with the embeddings before them; a head tied to the embeddings
+    freezes with them), or ``scaled_lr`` (they keep training at trunk_lr_scale times
+    the learning rate)."""
+    trunk_lr_scale: float = Field(0.1, gt=0.0, le=1.0)
+    """LR multiplier of the trunk with trunk_strategy scaled_lr."""
+    restart_schedule: bool = True
+    """The LR schedule (optimization.scheduler: its warmup and decay) runs over each
+    stage and restarts at the next, so every new stack gets its warmup and its anneal;
+    false: one schedule over the whole run."""
+
+    def stage_at(self, step: int, stacks: int) -> int:
+        """The stage (0-based) step `step` trains in, of a rack of `stacks` stacks."""
+        return min(step // self.stage_steps, stacks - 1)
