@@ -102,6 +102,7 @@ bench: venv ## quick mode of every benchmark without a cluster (full runs: make 
 	$(PY) benchmarks/checkpoint_stall.py --steps 10 --interval 5 --rounds 1
 	$(PY) benchmarks/data_memory.py --sizes 2 4 --batches 20
 	$(PY) benchmarks/s3_throughput.py --quick
+	$(PY) benchmarks/activation_cache.py --quick
 
 benchmark: venv testbin ## one benchmark with the sources on PYTHONPATH: make benchmark NAME=recovery ARGS=...
 	$(PY) benchmarks/$(NAME).py $(ARGS)

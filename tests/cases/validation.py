@@ -268,6 +268,20 @@ CASES = [
         "stackwise",
     ),
     Case(
+        "progressive-cache-needs-frozen",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {
+                    "stage_steps": 100,
+                    "trunk_strategy": "scaled_lr",
+                    "cache": {"max_mib": 64},
+                },
+            }
+        ),
+        "only a frozen trunk keeps constant",
+    ),
+    Case(
         "progressive-needs-options",
         _trainer(training={"strategy": "progressive"}),
         "needs its options in training.progressive",

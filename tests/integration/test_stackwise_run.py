@@ -5,6 +5,9 @@ end_to_end stackwise resumes exactly and writes its stacks."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -67,13 +70,20 @@ def _progressive(run_dir: Path, **progressive: Any) -> dict[str, Any]:
     )
 
 
-def test_a_run_resumed_mid_stage_retraces_the_uninterrupted_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "trunk",
+    [{"trunk_strategy": "scaled_lr"}, {"trunk_strategy": "frozen", "cache": {"max_mib": 16}}],
+    ids=["scaled-lr", "frozen-cached"],
+)
+def test_a_run_resumed_mid_stage_retraces_the_uninterrupted_one(
+    tmp_path: Path, trunk: dict[str, Any]
+) -> None:
     """Crashed in stage 1 and resumed from its checkpoint at step 8 (or 4, if that one
-    was still uploading): stacks 2 and 3 never trained yet. It computes the
-    uninterrupted run's losses through all four stages."""
-    straight = _progressive(tmp_path / "straight", trunk_strategy="scaled_lr")
+    was still uploading): stacks 2 and 3 never trained yet, the activation cache starts
+    empty. It computes the uninterrupted run's losses through all four stages."""
+    straight = _progressive(tmp_path / "straight", **trunk)
     train_ok(straight, tmp_path / "straight.yaml")
-    split = _progressive(tmp_path / "split", trunk_strategy="scaled_lr")
+    split = _progressive(tmp_path / "split", **trunk)
     path = write_config(tmp_path / "split.yaml", split)
     crashed = kubetrain(
         "train", "--config", str(path), env=env_with(KUBETRAIN_FAULT_INJECT="crash@step=9")
@@ -127,3 +137,19 @@ def test_stackwise_end_to_end_resumes_exactly_and_writes_its_stacks(tmp_path: Pa
     ]
     rack = load_file(str(export / "rack.safetensors"))
     assert {name.split(".")[1] for name in rack} == {"0", "1", "2", "3"}
+
+
+def test_the_activation_cache_benchmark_reports_its_figures() -> None:
+    """benchmarks/activation_cache.py --quick: both runs measured, the cache hit, and
+    it changed nothing that was learned. Timings are not asserted."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "activation_cache.py"), "--quick", "--json"],
+        env=env_with(), capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("cached_steps_per_second", "uncached_steps_per_second", "speedup",
+                "cached_peak_rss_mib", "uncached_peak_rss_mib"):  # fmt: skip
+        assert figures[key] > 0, key
+    assert len(figures["per_stage_cached"]) == 4 and 0 < figures["hit_rate"] < 1
+    assert figures["cached_val_loss"] == pytest.approx(figures["uncached_val_loss"], rel=1e-4)

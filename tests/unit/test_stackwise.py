@@ -6,26 +6,32 @@ standard step."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 from kubetrain_core.config import (
     ConfigError,
+    MlmConfig,
     OptimizationConfig,
     ProgressiveConfig,
     TrainingLoopConfig,
 )
 from kubetrain_core.config.model import ModelConfig
 from kubetrain_trainer.distributed import DistInfo
-from kubetrain_trainer.metrics.records import StepRecord
+from kubetrain_trainer.metrics.console import summary_table
+from kubetrain_trainer.metrics.records import EvalRecord, StepRecord
+from kubetrain_trainer.metrics.stages import StageTally
 from kubetrain_trainer.models.adapters import StandardModelAdapter
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss
 from kubetrain_trainer.optimization.optimizers import build_optimizer
 from kubetrain_trainer.optimization.schedulers import build_scheduler
 from kubetrain_trainer.strategies import StandardStrategy
+from kubetrain_trainer.strategies.activation_cache import ActivationCache
 from kubetrain_trainer.strategies.progressive import ProgressiveStrategy
 from kubetrain_trainer.strategies.rack import EndToEndStrategy
 
@@ -237,3 +243,91 @@ def test_rackwise_is_the_standard_step() -> None:
         assert a.loss == b.loss and a.grad_norm == b.grad_norm
         rackwise.apply_update()
         standard.apply_update()
+
+
+class CycledBatches(FixedBatches):
+    """Two batches in turn: every row comes back, as in a stage of several epochs."""
+
+    def train_batch(self, step: int, micro: int, **kw: Any) -> dict[str, torch.Tensor]:
+        return super().train_batch(step % 2, micro, **kw)
+
+    def eval_batches(self, split: str, n: int, **_: Any) -> list[dict[str, torch.Tensor]]:
+        return [super(CycledBatches, self).train_batch(1000 + i, 0) for i in range(n)]
+
+
+def _cached(cache: bool) -> ProgressiveStrategy:
+    options: dict[str, Any] = {"cache": {"max_mib": 1}} if cache else {}
+    strategy = _built(ProgressiveStrategy, _loop(**options), dropout=0.3)
+    strategy.dataset = CycledBatches()  # type: ignore[assignment]
+    return strategy
+
+
+def test_the_activation_cache_runs_the_trunk_once_per_row_with_the_same_losses() -> None:
+    cached, plain = _cached(True), _cached(False)
+    for step in range(4 * STAGE):
+        torch.manual_seed(step)  # the same dropout masks for both (stage 0 has no trunk)
+        a = cached.forward_backward(step)
+        torch.manual_seed(step)
+        b = plain.forward_backward(step)
+        assert a.loss == pytest.approx(b.loss, rel=1e-5), step
+        cached.apply_update()
+        plain.apply_update()
+    assert cached.cache is not None
+    # Stages 1-3 each see the same 2 batches of 2 rows: 4 rows through the trunk each,
+    # the stage's other step served from the cache (its trunk is another each stage).
+    assert cached.trunk_rows == 3 * 4
+    assert (cached.cache.misses, cached.cache.hits) == (12, 3 * 2)
+    val_a, val_b = cached.evaluate("val", 2), plain.evaluate("val", 2)
+    assert val_a == pytest.approx(val_b, rel=1e-5) and cached.trunk_rows == 3 * 4 + 4
+    assert cached.evaluate("val", 2) == val_a and cached.trunk_rows == 3 * 4 + 4  # all hits
+
+
+def test_the_activation_cache_keeps_to_its_size_dropping_the_oldest_rows() -> None:
+    cache = ActivationCache(max_bytes=3 * 8 * 4)  # three rows of 8 floats
+    calls: list[int] = []
+
+    def trunk(ids: torch.Tensor) -> torch.Tensor:
+        calls.append(len(ids))
+        return ids.float().repeat_interleave(2, dim=1)
+
+    first = torch.arange(12).view(3, 4)
+    out = cache.hidden(first, trunk)
+    assert torch.equal(out, trunk(first)) and calls == [3, 3]
+    cache.hidden(first[:1], trunk)  # a hit: row 0 becomes the most recent
+    cache.hidden(torch.arange(100, 104).view(1, 4), trunk)  # evicts row 1, the oldest
+    assert calls == [3, 3, 1] and cache.bytes == 3 * 8 * 4
+    cache.hidden(first, trunk)
+    assert calls == [3, 3, 1, 1]  # only row 1 ran again
+
+
+@pytest.mark.parametrize("per_sequence", [True, False])
+def test_per_sequence_masks_depend_on_the_sequence_and_time_step_alone(per_sequence: bool) -> None:
+    """What lets the cache hit in training: the same row at the same time step (one
+    bin here) is masked the same at any step, where per-step masks differ."""
+    time_steps = {"mask_fractions": {0: 0.5}, "bins": [3], "per_sequence": per_sequence}
+    loop = _loop().model_copy(update={"mlm": MlmConfig(time_steps=time_steps)})  # type: ignore[arg-type]
+    strategy = _built(ProgressiveStrategy, loop)
+    strategy.dataset.tokenizer = SimpleNamespace(mask_id=None, vocab_size=V - 1, special_ids=())  # type: ignore[attr-defined]
+    batch = FixedBatches().train_batch(0, 0)
+    one, other = (strategy.prepare(batch, ("train", step, 0, 0)) for step in (0, 7))
+    same = torch.equal(one["input_ids"], other["input_ids"])
+    assert same is per_sequence
+    assert torch.equal(one["targets"] != -100, other["targets"] != -100) is per_sequence
+
+
+def test_the_run_summary_shows_each_stages_steps_throughput_and_validation() -> None:
+    tally = StageTally()
+    for step in range(1, 7):  # stage 0: steps 1-3, stage 1: steps 4-6
+        stage = (step - 1) // 3
+        tally.step(StepRecord(step, 0.0, 2.0, None, 0.1, 1.0, 100.0 * step, 1.0, stage, stage + 1))
+        if step in (2, 3, 5, 6):
+            tally.evaluation(EvalRecord("val", step, 3.0 - step / 10))
+    tally.evaluation(EvalRecord("test", 6, 0.5))  # not a validation
+    rows = tally.rows()
+    assert [(r["stage"], r["first_step"], r["last_step"]) for r in rows] == [(0, 1, 3), (1, 4, 6)]
+    assert rows[1]["tokens_per_second"] == pytest.approx(500.0)
+    assert (rows[1]["first_val_loss"], rows[1]["last_val_loss"]) == pytest.approx((2.5, 2.4))
+    console = Console(record=True, width=140)
+    console.print(summary_table({"steps": 6, "stages": rows}))
+    text = console.export_text()
+    assert "stage 1 (2 stacks)" in text and "steps 4-6 | val loss 2.5000 -> 2.4000" in text

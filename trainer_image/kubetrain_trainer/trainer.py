@@ -38,6 +38,7 @@ from kubetrain_trainer.metrics import (
     TrainerMetrics,
     build_sinks,
 )
+from kubetrain_trainer.metrics.stages import StageTally
 from kubetrain_trainer.models.lora import parameter_counts
 from kubetrain_trainer.optimization import current_lr, scale_lr
 from kubetrain_trainer.parallel import full_state_dict, is_sharded
@@ -77,6 +78,7 @@ class RunSummary:
     export: str | None = None  # where the loadable model went (rank 0)
     parameters: int = 0
     trainable_parameters: int = 0  # all of them, or the LoRA adapters'
+    stages: list[dict[str, Any]] | None = None  # a staged strategy's figures per stage
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "run_dir": str(self.run_dir)}
@@ -129,6 +131,8 @@ class Trainer:
             job_name=runtime.job_name,
             config=cfg.model_dump(mode="json"),
         )
+        self.stage_tally = StageTally()
+        self.sinks.sinks.append(self.stage_tally)
         self.generation = build_generation(
             cfg,
             dataset=parts.dataset,
@@ -240,6 +244,7 @@ class Trainer:
             export=exported,
             parameters=self.parameters,
             trainable_parameters=self.trainable_parameters,
+            stages=self.stage_tally.rows() or None,
         )
 
     # ------------------------------------------------------------------ verbs

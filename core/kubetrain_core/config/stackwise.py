@@ -11,10 +11,11 @@ or the rack as one model (``rackwise``).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
+from kubetrain_core import cel
 from kubetrain_core.config.base import Section
 
 
@@ -41,6 +42,22 @@ class EndToEndConfig(RackConfig):
     last stack's. ``rackwise``: the rack as one model, the standard step."""
 
 
+class ActivationCacheConfig(Section):
+    """Seed 003's activation cache (its cache_mode rack): the frozen trunk's output per
+    input row, kept for the stage, so a row seen again skips the trunk's forward."""
+
+    max_mib: int = Field(512, ge=1, le=1_048_576)
+    """Memory the cached activations may take, on the device that computed them (the
+    seed's time_step_cache_size and store_all_time_steps, as a size); the least
+    recently used rows go first."""
+
+
+_CACHE_NEEDS_FROZEN = (
+    "training.progressive.cache keeps the trunk's activations, which only a frozen trunk"
+    " keeps constant: set trunk_strategy: frozen, or remove cache"
+)
+
+
 class ProgressiveConfig(RackConfig):
     """Strategy ``progressive``: grow the model a stack per stage (the seed's
     target_stacks is the model's blocks / blocks_per_stack)."""
@@ -55,10 +72,29 @@ class ProgressiveConfig(RackConfig):
     the learning rate)."""
     trunk_lr_scale: float = Field(0.1, gt=0.0, le=1.0)
     """LR multiplier of the trunk with trunk_strategy scaled_lr."""
+    cache: ActivationCacheConfig | None = None
+    """Cache the frozen trunk's output per input row (needs trunk_strategy frozen);
+    unset: the trunk runs at every step."""
     restart_schedule: bool = True
     """The LR schedule (optimization.scheduler: its warmup and decay) runs over each
     stage and restarts at the next, so every new stack gets its warmup and its anneal;
     false: one schedule over the whole run."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel.rules(
+            cel.rule(
+                "!has(self.cache) || !has(self.trunk_strategy) || self.trunk_strategy == 'frozen'",
+                _CACHE_NEEDS_FROZEN,
+                fieldPath=".cache",
+            )
+        )
+    )
+
+    @model_validator(mode="after")
+    def _cache_needs_frozen(self) -> Self:
+        if self.cache is not None and self.trunk_strategy != "frozen":
+            raise ValueError(_CACHE_NEEDS_FROZEN)
+        return self
 
     def stage_at(self, step: int, stacks: int) -> int:
         """The stage (0-based) step `step` trains in, of a rack of `stacks` stacks."""

@@ -114,6 +114,10 @@ class TimeStepMasking(Section):
     """Share of a sequence's tokens selected at time step t, by t (the seed's
     time_step_mask_fractions, e.g. {0: 0.15, 5: 0.5, 9: 0.9}); linear between the time
     steps named, constant before the first and after the last."""
+    per_sequence: bool = False
+    """Draw a sequence's mask at time step t from the sequence and t alone (not the
+    step), so a sequence drawn again at the same t is the same input: what lets
+    training.progressive.cache hit in training, not only in evaluation."""
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(

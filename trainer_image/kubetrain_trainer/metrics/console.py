@@ -173,6 +173,13 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     if total and trainable is not None:
         share = f"{trainable:,} trainable ({100 * trainable / total:.1f}%)"
         table.add_row("parameters", f"{total:,}, {share}")
+    for stage in get("stages") or []:  # a staged strategy (progressive)
+        val = f"{_num(stage['first_val_loss'], '.4f')} -> {_num(stage['last_val_loss'], '.4f')}"
+        table.add_row(
+            f"stage {stage['stage']} ({stage['active_stacks']} stacks)",
+            f"steps {stage['first_step']}-{stage['last_step']} | val loss {val}"
+            f" | {_num(stage['tokens_per_second'], ',.0f')} tok/s",
+        )
     table.add_row("checkpoints written", str(get("checkpoints", "-")))
     table.add_row("NaN events / restores", f"{get('nan_events', '-')} / {get('restores', '-')}")
     if get("resumed_from") is not None:

@@ -47,15 +47,23 @@ class ModelAdapter(ABC):
         """A freshly initialised model on the CPU (the loop moves and wraps it)."""
 
     def compute_loss(self, model: nn.Module, batch: Batch, loss_fn: nn.Module) -> torch.Tensor:
-        """Mean loss over the batch's non-ignored targets."""
-        logits = model(batch["input_ids"])
+        """Mean loss over the batch's non-ignored targets; a batch carrying `hidden` (a
+        cached frozen trunk's output, strategy progressive) starts the forward there."""
+        hidden = batch.get("hidden")
+        logits = model(batch["input_ids"]) if hidden is None else model(batch["input_ids"], hidden)
         loss: torch.Tensor = loss_fn(logits, batch["targets"])
         return loss
 
-    def set_depth(self, model: nn.Module, blocks: int) -> None:
-        """Make the forward run only the first `blocks` blocks (strategy progressive)."""
-        del model, blocks
+    def set_depth(self, model: nn.Module, blocks: int, cached: int = 0) -> None:
+        """Make the forward run only the first `blocks` blocks (strategy progressive),
+        starting after the first `cached` when a batch carries their output."""
+        del model, blocks, cached
         raise self._not_stackable("run part of its blocks")
+
+    def trunk(self, model: nn.Module, input_ids: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The stream after the embeddings and the first `blocks` blocks."""
+        del model, input_ids, blocks
+        raise self._not_stackable("run its trunk alone")
 
     def read_out_stacks(self, model: nn.Module, blocks: int) -> None:
         """Make the training forward return the logits read out every `blocks` blocks,
@@ -104,10 +112,18 @@ class StandardModelAdapter(ModelAdapter):
         model: nn.Module = cls(self.cfg, self.vocab_size)
         return model
 
-    def set_depth(self, model: nn.Module, blocks: int) -> None:
+    def set_depth(self, model: nn.Module, blocks: int, cached: int = 0) -> None:
         if not hasattr(model, "depth"):  # a registered architecture of a plugin's
-            super().set_depth(model, blocks)
+            super().set_depth(model, blocks, cached)
         setattr(model, "depth", blocks)  # noqa: B010 - nn.Module's setattr types modules only
+        setattr(model, "hidden_blocks", cached)  # noqa: B010
+
+    def trunk(self, model: nn.Module, input_ids: torch.Tensor, blocks: int) -> torch.Tensor:
+        run = getattr(model, "trunk", None)
+        if run is None:
+            return super().trunk(model, input_ids, blocks)
+        out: torch.Tensor = run(input_ids, blocks)
+        return out
 
     def read_out_stacks(self, model: nn.Module, blocks: int) -> None:
         if not hasattr(model, "read_out_every"):

@@ -90,6 +90,9 @@ class Transformer(nn.Module):
         # How many blocks the forward runs (None: all): a model grown stack by stack
         # (strategy progressive) goes from the embeddings through its first blocks to the head.
         self.depth: int | None = None
+        # The blocks a `hidden` given to forward has been through (a progressive run's
+        # cached frozen trunk): the forward goes on from the next one.
+        self.hidden_blocks = 0
         # Every this many blocks, while training, the stream is read out (final norm, head)
         # and cut from the blocks above (strategy end_to_end stackwise: each stack learns
         # from its own loss); None: only the last block's output is.
@@ -119,16 +122,32 @@ class Transformer(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=_INIT_STD)
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         _, t = input_ids.shape
         if t > self.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds model.max_seq_len ({self.max_seq_len})")
         positions = torch.arange(t, device=input_ids.device)
-        x = self.dropout(self.tok_emb(input_ids) + self.pos_emb(positions))
+        x: torch.Tensor = self.dropout(self.tok_emb(input_ids) + self.pos_emb(positions))
+        return x
+
+    def trunk(self, input_ids: torch.Tensor, blocks: int) -> torch.Tensor:
+        """The stream after the embeddings and the first `blocks` blocks."""
+        x = self.embed(input_ids)
+        for block in self.blocks[:blocks]:
+            x = block(x)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """`hidden`: the stream after the first `hidden_blocks` blocks, when a frozen
+        trunk's output was cached; the forward goes on from there."""
+        start = self.hidden_blocks if hidden is not None else 0
+        x = hidden if hidden is not None else self.embed(input_ids)
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         every = self.read_out_every if self.training else None
         outputs = []
         for i, block in enumerate(self.blocks[: self.depth]):
+            if i < start:
+                continue
             # Non-reentrant checkpointing restores the RNG, so dropout masks match on recompute.
             x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
             if every and (i + 1) % every == 0:

@@ -6,8 +6,11 @@ share is that of a time step it draws); of those ``mask_fraction`` are replaced 
 mask token, ``random_fraction`` by a random token and the rest kept; the loss is on the
 selected positions only (every other target is the loss's ignore index). The draw is
 seeded by (seed, split, step, micro-batch, rank), so resume, rollback and evaluation
-see the same masks every time. transformers' DataCollatorForLanguageModeling draws from
-the global RNG and needs a Hugging Face tokenizer, hence this small function.
+see the same masks every time; with ``time_steps.per_sequence`` a row's mask is seeded
+by the row and its time step instead, so the same sequence at the same time step is
+the same input wherever it comes (what an activation cache can reuse).
+transformers' DataCollatorForLanguageModeling draws from the global RNG and needs a
+Hugging Face tokenizer, hence this small function.
 
 The mask token is the tokenizer's own (a BERT tokenizer's [MASK]); tokenizers without
 one (char, bpe) get an extra id after their vocabulary, which the model embeds.
@@ -86,17 +89,50 @@ class MaskedLMStrategy(StandardStrategy):
         return 0 if tokenizer.mask_id is not None else 1
 
     def prepare(self, batch: Batch, key: tuple[str | int, ...]) -> Batch:
-        ids, tokenizer = batch["input_ids"], self.dataset.tokenizer
-        generator = torch.Generator(device=ids.device)
-        generator.manual_seed(_seed(self.loop.seed, key))
+        ids = batch["input_ids"]
+        generator = _generator(ids.device, self.loop.seed, key)
+        cfg = self.loop.mlm or MlmConfig()
+        steps = cfg.time_steps
+        if steps is None or not steps.per_sequence:
+            inputs, targets = self._mask(ids, cfg, generator)
+        else:  # the step draws each row's time step, the row and its time step its mask
+            drawn = time_step_fractions(steps, ids.shape[0], generator)[0].tolist()
+            masked = [
+                self._mask(
+                    row[None],
+                    cfg.model_copy(
+                        update={"time_steps": None, "mask_probability": steps.fraction(t)}
+                    ),
+                    _generator(ids.device, self.loop.seed, ("sequence", _digest(row), t)),
+                )
+                for row, t in zip(ids, drawn, strict=True)
+            ]
+            inputs = torch.cat([m[0] for m in masked])
+            targets = torch.cat([m[1] for m in masked])
+        return {**batch, "input_ids": inputs, "targets": targets}
+
+    def _mask(
+        self, ids: torch.Tensor, cfg: MlmConfig, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        tokenizer = self.dataset.tokenizer
         own_mask = tokenizer.mask_id
-        inputs, targets = mask_tokens(
+        return mask_tokens(
             ids,
-            self.loop.mlm or MlmConfig(),
+            cfg,
             generator=generator,
             mask_id=own_mask if own_mask is not None else tokenizer.vocab_size,
             vocab_size=tokenizer.vocab_size,  # random replacements: real tokens only
             ignore_index=self.cfg.loss.ignore_index,
             special_ids=tokenizer.special_ids,
         )
-        return {**batch, "input_ids": inputs, "targets": targets}
+
+
+def _generator(device: torch.device, seed: int, key: tuple[str | int, ...]) -> torch.Generator:
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_seed(seed, key))
+    return generator
+
+
+def _digest(row: torch.Tensor) -> str:
+    """A row's token ids as a short stable name."""
+    return hashlib.sha256(row.cpu().numpy().tobytes()).hexdigest()[:16]

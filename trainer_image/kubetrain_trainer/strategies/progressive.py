@@ -26,6 +26,8 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
 from kubetrain_core.config import ConfigError, ProgressiveConfig, TrainingLoopConfig
+from kubetrain_trainer.data.base import Batch
+from kubetrain_trainer.strategies.activation_cache import ActivationCache
 from kubetrain_trainer.strategies.base import StepOutput
 from kubetrain_trainer.strategies.rack import RackStrategy
 
@@ -74,6 +76,9 @@ class ProgressiveStrategy(RackStrategy):
         super().__init__(**kwargs)
         self.options = self.rack_options(self.loop)
         self.stage: int | None = None  # the stage the model is set up for
+        cache = self.options.cache
+        self.cache = ActivationCache(cache.max_mib * 2**20) if cache else None
+        self.trunk_rows = 0  # rows the trunk's forward ran on for the cache
         # Every parameter gets its optimizer state now, as DCP gives it at a resume, so
         # that every checkpoint holds all of it; a stage's first step makes its stack's
         # state fresh (_refresh), so a stack starts like a new optimizer either way.
@@ -92,7 +97,11 @@ class ProgressiveStrategy(RackStrategy):
         frozen = self.options.trunk_strategy == "frozen"
         changed = stage != self.stage
         if changed:
-            self.adapter.set_depth(self.raw, (stage + 1) * self.rack.blocks_per_stack)
+            per_stack = self.rack.blocks_per_stack
+            cached = stage * per_stack if self.cache is not None else 0
+            self.adapter.set_depth(self.raw, (stage + 1) * per_stack, cached)
+            if self.cache is not None:
+                self.cache.clear()  # another trunk
             if frozen:
                 trunk = self.rack.trunk(stage)
                 for name, param in self.raw.named_parameters():
@@ -104,6 +113,18 @@ class ProgressiveStrategy(RackStrategy):
             self.raw.training = True  # the root's own flag: gradient checkpointing reads it
             for block in self.rack.stack_blocks(stage):
                 block.train()
+
+    def prepare(self, batch: Batch, key: tuple[str | int, ...]) -> Batch:
+        batch = super().prepare(batch, key)
+        if self.cache is None or not self.stage:
+            return batch
+        return {**batch, "hidden": self.cache.hidden(batch["input_ids"], self._trunk)}
+
+    def _trunk(self, ids: torch.Tensor) -> torch.Tensor:
+        """The frozen trunk's output for `ids`, as the model's own forward computes it."""
+        self.trunk_rows += ids.shape[0]
+        with torch.no_grad(), self.autocast():
+            return self.adapter.trunk(self.raw, ids, (self.stage or 0) * self.rack.blocks_per_stack)
 
     def forward_backward(self, step: int, poison: bool = False, stop: bool = False) -> StepOutput:
         stage = self.stage_at(step)
