@@ -78,7 +78,6 @@ class ProgressiveStrategy(RackStrategy):
         self.stage: int | None = None  # the stage the model is set up for
         cache = self.options.cache
         self.cache = ActivationCache(cache.max_mib * 2**20) if cache else None
-        self.trunk_rows = 0  # rows the trunk's forward ran on for the cache
         # Every parameter gets its optimizer state now, as DCP gives it at a resume, so
         # that every checkpoint holds all of it; a stage's first step makes its stack's
         # state fresh (_refresh), so a stack starts like a new optimizer either way.
@@ -122,7 +121,6 @@ class ProgressiveStrategy(RackStrategy):
 
     def _trunk(self, ids: torch.Tensor) -> torch.Tensor:
         """The frozen trunk's output for `ids`, as the model's own forward computes it."""
-        self.trunk_rows += ids.shape[0]
         with torch.no_grad(), self.autocast():
             return self.adapter.trunk(self.raw, ids, (self.stage or 0) * self.rack.blocks_per_stack)
 
