@@ -50,7 +50,7 @@ testbin: ## build the test control plane (kube-*, etcd, helm, minio, prometheus)
 test: ## every test: lint, unit, integration (MinIO, torchrun), e2e (local cluster)
 	@# the virtualenv and the Go builds side by side: on a fresh machine they take ~9 and ~18 min
 	$(MAKE) --no-print-directory -j2 lint testbin
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=40
 
 chaos: lint testbin ## the fault suite on the local cluster; rows in runs/chaos.json
 	$(PY) -m pytest -m chaos -v tests/e2e/test_chaos.py
