@@ -66,7 +66,7 @@ def _progressive(run_dir: Path, **progressive: Any) -> dict[str, Any]:
             "strategy": "progressive",
             "progressive": {"stage_steps": 5, **progressive},
         },
-        checkpoint={"interval_steps": 4},
+        checkpoint={"interval_steps": 4, "async_upload": False},
     )
 
 
@@ -78,9 +78,10 @@ def _progressive(run_dir: Path, **progressive: Any) -> dict[str, Any]:
 def test_a_run_resumed_mid_stage_retraces_the_uninterrupted_one(
     tmp_path: Path, trunk: dict[str, Any]
 ) -> None:
-    """Crashed in stage 1 and resumed from its checkpoint at step 8 (or 4, if that one
-    was still uploading): stacks 2 and 3 never trained yet, the activation cache starts
-    empty. It computes the uninterrupted run's losses through all four stages."""
+    """Crashed in stage 1 and resumed from its checkpoint at step 8: the trunk it froze
+    comes back from that checkpoint, stacks 2 and 3 never trained yet, the activation
+    cache starts empty. It computes the uninterrupted run's losses through all four
+    stages, and its last checkpoint exports the model it trained."""
     straight = _progressive(tmp_path / "straight", **trunk)
     train_ok(straight, tmp_path / "straight.yaml")
     split = _progressive(tmp_path / "split", **trunk)
@@ -89,9 +90,16 @@ def test_a_run_resumed_mid_stage_retraces_the_uninterrupted_one(
         "train", "--config", str(path), env=env_with(KUBETRAIN_FAULT_INJECT="crash@step=9")
     )
     assert crashed.returncode != 0
-    assert committed_steps(tmp_path / "split" / "checkpoints")[-1] in (4, 8)
+    assert committed_steps(tmp_path / "split" / "checkpoints")[-1] == 8
     train_ok(split, path)
     assert losses_by_step(tmp_path / "split") == losses_by_step(tmp_path / "straight")
+    out = tmp_path / "exported"
+    made = kubetrain("export", str(tmp_path / "split" / "checkpoints"), str(out))
+    assert made.returncode == 0, made.stderr[-2000:]
+    trained = load_file(str(tmp_path / "split" / "export" / "model.safetensors"))
+    exported = load_file(str(out / "model.safetensors"))
+    assert trained.keys() == exported.keys()
+    assert all(torch.equal(t, exported[n]) for n, t in trained.items())
 
 
 def test_two_ddp_processes_train_a_frozen_trunk_like_one(tmp_path: Path) -> None:

@@ -107,6 +107,7 @@ class Checkpointer:
             collectives=group_collectives(),
             on_done=self._done,
             before_commit=faults.stall_commit,
+            omit_frozen=self.base is not None,
         )
         self.health = HealthTracker(cfg.recovery.good_after_steps)
         self.last: CheckpointInfo | None = None  # the newest committed (or loaded) one
@@ -160,7 +161,9 @@ class Checkpointer:
     def load(self, point: LoadedCheckpoint, *, resuming: bool) -> None:
         """Put the checkpoint's state into the attached components (a collective)."""
         model, optimizer = self._attached()
-        extra = read_state(point.path, model, optimizer, self.dist.rank)
+        extra = read_state(
+            point.path, model, optimizer, self.dist.rank, omit_frozen=self.base is not None
+        )
         if "loop" not in extra:  # written by kubetrain 0.1: the loop's fields at the top
             extra = {**extra, "loop": extra}
         for name, state in self._states.items():

@@ -115,6 +115,7 @@ class AsyncCheckpointer:
         on_done: Callable[[SaveResult], None] | None = None,
         retry: Mapping[str, Any] | None = None,
         before_commit: Callable[[int], None] | None = None,
+        omit_frozen: bool = False,
     ) -> None:
         self._group = collectives
         gather = collectives.all_gather_object if collectives else None
@@ -131,7 +132,7 @@ class AsyncCheckpointer:
         self._inflight_step: int | None = None
         self._good_after_commit: set[int] = set()
         self._finished: list[SaveResult] = []
-        self._stager = StateStager()
+        self._stager = StateStager(omit_frozen=omit_frozen)  # see state.write_state
 
     @property
     def busy(self) -> bool:

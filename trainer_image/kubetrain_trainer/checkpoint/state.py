@@ -66,10 +66,12 @@ CONFIG_FILE = "kubetrain-config.yaml"  # the whole trainer config (also in an ex
 HF_CONFIG_FILE = "hf-config.json"  # a transformers model's own config
 
 
-# Frozen parameters (a LoRA base) are not saved: the model is rebuilt from its reference
-# (model.pretrained, checked by sha256) and only what trains comes from the checkpoint.
-# DCP still fails a load that misses any trainable key; `strict` only lets the frozen be.
-_SAVE = StateDictOptions(ignore_frozen_params=True)
+# With `omit_frozen`, frozen parameters (a LoRA base) are not saved: the model is rebuilt
+# from its reference (model.pretrained, checked by sha256) and only what trains comes
+# from the checkpoint. Only a run that names such a base may omit them: a weight frozen
+# for a while (a progressive run's trunk) exists nowhere else. DCP still fails a load
+# that misses any key it was given; `strict` only lets the omitted frozen ones be.
+_SAVE = {True: StateDictOptions(ignore_frozen_params=True), False: StateDictOptions()}
 _LOAD = StateDictOptions(strict=False)
 
 
@@ -89,14 +91,14 @@ def _address(value: Any) -> int | None:
 
 
 def _model_state(model: torch.nn.Module) -> dict[str, Any]:
-    return _without_frozen(model, get_model_state_dict(model, options=_SAVE))
+    return _without_frozen(model, get_model_state_dict(model, options=_SAVE[True]))
 
 
 def _training_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, omit_frozen: bool
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    model_state, optim_state = get_state_dict(model, optimizer, options=_SAVE)
-    return _without_frozen(model, model_state), optim_state
+    model_state, optim_state = get_state_dict(model, optimizer, options=_SAVE[omit_frozen])
+    return (_without_frozen(model, model_state) if omit_frozen else model_state), optim_state
 
 
 def rng_file(rank: int) -> str:
@@ -176,10 +178,14 @@ def _serialized(obj: Any) -> bytes:
 
 
 def _capture(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, extra: dict[str, Any], rank: int
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    extra: dict[str, Any],
+    rank: int,
+    omit_frozen: bool,
 ) -> tuple[dict[str, Any], Snapshot]:
     """The live model/optimizer state dict, and a Snapshot whose `tensors` are still it."""
-    model_state, optim_state = _training_state(model, optimizer)
+    model_state, optim_state = _training_state(model, optimizer, omit_frozen)
     live = {"model": model_state, "optimizer": optim_state}
     extra_bytes = _serialized(extra) if rank == 0 else None
     return live, Snapshot(rank, live, _serialized(capture_rng()), extra_bytes)
@@ -195,8 +201,9 @@ class StateStager:
     the next only once the previous has been written. Use it from one thread.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, omit_frozen: bool = False) -> None:
         self._stager: DefaultStager | None = None
+        self.omit_frozen = omit_frozen  # see write_state
 
     def _torch_stager(self, model: torch.nn.Module) -> DefaultStager:
         if self._stager is None:
@@ -219,7 +226,7 @@ class StateStager:
         rank: int,
     ) -> Snapshot:
         """Copy this rank's state (model, optimizer, RNG, and `extra` on rank 0) now."""
-        live, snapshot = _capture(model, optimizer, extra, rank)
+        live, snapshot = _capture(model, optimizer, extra, rank, self.omit_frozen)
         staged = self._torch_stager(model).stage(live)
         if not isinstance(staged, dict):  # a Future only with use_async_staging
             raise TypeError(f"DCP staging returned {type(staged).__name__}, not a dict")
@@ -267,6 +274,8 @@ def write_state(
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any],
     rank: int,
+    *,
+    omit_frozen: bool = False,
 ) -> None:
     """Write this rank's part of a checkpoint into the local `directory` (a collective
     when a process group is initialised: every rank must call it), without a copy.
@@ -274,8 +283,10 @@ def write_state(
     Use a fresh directory per rank and step (outside the checkpoint URI): the manager
     uploads everything in it. `extra` may hold tensors, python scalars, strings and
     lists/tuples/dicts of them (it is read back with torch.load(weights_only=True)).
+    `omit_frozen`: leave out the frozen parameters, for a run whose frozen weights come
+    from a base it names (model.pretrained); read it back with the same flag.
     """
-    write_snapshot(directory, _capture(model, optimizer, extra, rank)[1])
+    write_snapshot(directory, _capture(model, optimizer, extra, rank, omit_frozen)[1])
 
 
 def read_state(
@@ -283,6 +294,8 @@ def read_state(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     rank: int,
+    *,
+    omit_frozen: bool = False,
 ) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG in place from a local checkpoint
     directory (a collective like write_state); returns the loop's `extra` dict.
@@ -291,7 +304,7 @@ def read_state(
     """
     directory = Path(directory)
     # get_state_dict gives the optimizer its (lazy) state, so DCP has tensors to fill.
-    model_state, optim_state = _training_state(model, optimizer)
+    model_state, optim_state = _training_state(model, optimizer, omit_frozen)
     state: dict[str, Any] = {"model": model_state, "optimizer": optim_state}
     _quiet_single_process()
     dcp_load(state, checkpoint_id=directory / DCP_DIR, no_dist=_no_dist())
