@@ -282,6 +282,72 @@ CASES = [
         "only a frozen trunk keeps constant",
     ),
     Case(
+        "progressive-quantised-trunk-adapters",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {
+                    "stage_steps": 100,
+                    "trunk_precision": "bf16",
+                    "trunk_adapters": {"r": 4, "alpha": 8, "lr_scale": 2.0},
+                },
+            }
+        ),
+        None,
+    ),
+    Case(
+        "progressive-precision-needs-frozen",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {
+                    "stage_steps": 100,
+                    "trunk_strategy": "scaled_lr",
+                    "trunk_precision": "fp16",
+                },
+            }
+        ),
+        "which only a frozen trunk can be",
+    ),
+    Case(
+        "progressive-adapters-need-frozen",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {
+                    "stage_steps": 100,
+                    "trunk_strategy": "scaled_lr",
+                    "trunk_adapters": {"r": 4},
+                },
+            }
+        ),
+        "adapt a frozen trunk",
+    ),
+    Case(
+        "progressive-adapters-exclude-cache",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {
+                    "stage_steps": 100,
+                    "trunk_adapters": {"r": 4},
+                    "cache": {"max_mib": 64},
+                },
+            }
+        ),
+        "cannot be cached",
+    ),
+    Case(
+        "progressive-trunk-precision-kind",
+        _trainer(
+            training={
+                "strategy": "progressive",
+                "progressive": {"stage_steps": 100, "trunk_precision": "int3"},
+            }
+        ),
+        "bf16",
+    ),
+    Case(
         "progressive-needs-options",
         _trainer(training={"strategy": "progressive"}),
         "needs its options in training.progressive",

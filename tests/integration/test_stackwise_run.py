@@ -72,15 +72,19 @@ def _progressive(run_dir: Path, **progressive: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     "trunk",
-    [{"trunk_strategy": "scaled_lr"}, {"trunk_strategy": "frozen", "cache": {"max_mib": 16}}],
-    ids=["scaled-lr", "frozen-cached"],
+    [
+        {"trunk_strategy": "scaled_lr"},
+        {"trunk_strategy": "frozen", "cache": {"max_mib": 16}},
+        {"trunk_precision": "bf16", "trunk_adapters": {"r": 4, "dropout": 0.1}},
+    ],
+    ids=["scaled-lr", "frozen-cached", "bf16-trunk-adapters"],
 )
 def test_a_run_resumed_mid_stage_retraces_the_uninterrupted_one(
     tmp_path: Path, trunk: dict[str, Any]
 ) -> None:
     """Crashed in stage 1 and resumed from its checkpoint at step 8: the trunk it froze
-    comes back from that checkpoint, stacks 2 and 3 never trained yet, the activation
-    cache starts empty. It computes the uninterrupted run's losses through all four
+    (stored in bf16, with its adapters) comes back from that checkpoint, stacks 2 and 3
+    never trained yet, the activation cache starts empty. It computes the uninterrupted run's losses through all four
     stages, and its last checkpoint exports the model it trained."""
     straight = _progressive(tmp_path / "straight", **trunk)
     train_ok(straight, tmp_path / "straight.yaml")

@@ -26,7 +26,7 @@ from kubetrain_trainer.distributed import DistInfo
 from kubetrain_trainer.metrics.console import summary_table
 from kubetrain_trainer.metrics.records import EvalRecord, StepRecord
 from kubetrain_trainer.metrics.stages import StageTally
-from kubetrain_trainer.models.adapters import StandardModelAdapter
+from kubetrain_trainer.models.adapters import ModelAdapter, StandardModelAdapter
 from kubetrain_trainer.optimization.losses import LanguageModelingLoss
 from kubetrain_trainer.optimization.optimizers import build_optimizer
 from kubetrain_trainer.optimization.schedulers import build_scheduler
@@ -57,9 +57,14 @@ def _loop(**progressive: Any) -> TrainingLoopConfig:
     return TrainingLoopConfig(max_steps=4 * STAGE, strategy="progressive", progressive=options)  # type: ignore[arg-type]
 
 
-def _built(cls: type[StrategyT], loop: TrainingLoopConfig, dropout: float = 0.0) -> StrategyT:
+def _built(
+    cls: type[StrategyT],
+    loop: TrainingLoopConfig,
+    dropout: float = 0.0,
+    adapter: ModelAdapter | None = None,
+) -> StrategyT:
     torch.manual_seed(0)
-    adapter = StandardModelAdapter(
+    adapter = adapter or StandardModelAdapter(
         ModelConfig(
             d_model=32, n_layers=4, n_heads=4, max_seq_len=16, dropout=dropout, tie_embeddings=False
         ),
@@ -68,7 +73,9 @@ def _built(cls: type[StrategyT], loop: TrainingLoopConfig, dropout: float = 0.0)
     model = adapter.build_model()
     cls.configure_model(model, loop)
     cfg = OptimizationConfig()
-    optimizer = build_optimizer(model, cfg.optimizer, tags=cls.group_tags(model, loop))
+    optimizer = build_optimizer(
+        model, cfg.optimizer, cls.lr_scales(model, loop), cls.group_tags(model, loop)
+    )
     return cls(
         model=model,
         adapter=adapter,

@@ -161,7 +161,9 @@ def export_checkpoint(target: str, out: Path, key: bytes | None) -> tuple[Checkp
         tokenizer = Tokenizer.load(local / TOKENIZER_FILE)
         model = _skeleton(cfg, tokenizer, local)
         read_model(local, model)
-        return info, write_export(model, tokenizer, cfg, out)
+        strategy = registry.STRATEGIES.get(cfg.training.strategy)
+        weights = strategy.export_weights(model, cfg.training, None)
+        return info, write_export(model, tokenizer, cfg, out, weights)
 
 
 def _store_and_checkpoint(target: str) -> tuple[str, tuple[int, int] | None]:
@@ -197,4 +199,6 @@ def _skeleton(cfg: TrainingConfig, tokenizer: Tokenizer, local: Path) -> nn.Modu
         return model
     adapter = registry.MODEL_ADAPTERS.get(cfg.model.adapter)(cfg.model, tokenizer.vocab_size)
     built: nn.Module = adapter.build_model()
+    # The modules the strategy adds (a progressive trunk's adapters) hold weights too.
+    registry.STRATEGIES.get(cfg.training.strategy).configure_model(built, cfg.training)
     return built

@@ -276,7 +276,9 @@ class Trainer:
         copies it into the checkpoint store; returns where it is. Every rank calls it:
         a sharded model's weights are gathered first."""
         parts = self.parts
-        whole = full_state_dict(parts.raw_model)
+        whole = parts.strategy.export_weights(
+            parts.raw_model, self.cfg.training, full_state_dict(parts.raw_model)
+        )
         if not self.dist.is_main:
             return None
         directory = write_export(
@@ -348,6 +350,7 @@ class Trainer:
         self.counters["restores"] += 1
         self.parts.optimizer.zero_grad(set_to_none=True)  # the bad step's gradients must not leak
         bad = self.guard.batches_to_skip()
+        self.parts.strategy.before_restore()
         point = self.checkpoints.restore()
         if point is None:
             raise NaNUnrecoverable(self.step, self._all_skip_ranges())

@@ -24,7 +24,12 @@ from kubetrain_core.config.schema import (
     SchedulerConfig,
     TrainingConfig,
 )
-from kubetrain_core.config.stackwise import EndToEndConfig, ProgressiveConfig, RackConfig
+from kubetrain_core.config.stackwise import (
+    EndToEndConfig,
+    ProgressiveConfig,
+    RackConfig,
+    TrunkAdaptersConfig,
+)
 from kubetrain_core.config.tracking import WandbConfig, WebhookConfig
 from kubetrain_core.config.training import (
     CurriculumConfig,
@@ -68,6 +73,7 @@ __all__ = [
     "TokenizerConfig",
     "TrainingConfig",
     "TrainingLoopConfig",
+    "TrunkAdaptersConfig",
     "WandbConfig",
     "WebhookConfig",
     "apply_overrides",

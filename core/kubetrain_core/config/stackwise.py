@@ -52,10 +52,41 @@ class ActivationCacheConfig(Section):
     recently used rows go first."""
 
 
+class TrunkAdaptersConfig(Section):
+    """Seed 003's QLoRA: LoRA adapters (peft) on every linear layer of a frozen trunk, in
+    full precision over the trunk's stored weights; a stack's adapters train from the
+    stage its stack joins the trunk, and the export folds them into its weights."""
+
+    r: int = Field(8, ge=1, le=1024)
+    """Rank of each adapter (the seed's qlora.rank)."""
+    alpha: float = Field(16.0, gt=0.0, le=4096.0)
+    """Scale: an adapter adds (alpha / r) * B A to its layer's weight."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapters' input while training."""
+    lr_scale: float = Field(1.0, gt=0.0, le=100.0)
+    """The adapters' learning rate as a multiple of optimization.optimizer.lr (the
+    seed's qlora.lr)."""
+
+
 _CACHE_NEEDS_FROZEN = (
     "training.progressive.cache keeps the trunk's activations, which only a frozen trunk"
     " keeps constant: set trunk_strategy: frozen, or remove cache"
 )
+_PRECISION_NEEDS_FROZEN = (
+    "training.progressive.trunk_precision stores the trunk's weights in lower precision,"
+    " which only a frozen trunk can be: set trunk_strategy: frozen, or trunk_precision: fp32"
+)
+_ADAPTERS_NEED_FROZEN = (
+    "training.progressive.trunk_adapters adapt a frozen trunk: set trunk_strategy: frozen,"
+    " or remove trunk_adapters"
+)
+_ADAPTERS_CHANGE_CACHE = (
+    "training.progressive.trunk_adapters train the trunk, so its activations change and"
+    " cannot be cached: remove cache or trunk_adapters"
+)
+
+
+_FROZEN = "(!has(self.trunk_strategy) || self.trunk_strategy == 'frozen')"
 
 
 class ProgressiveConfig(RackConfig):
@@ -72,6 +103,14 @@ class ProgressiveConfig(RackConfig):
     the learning rate)."""
     trunk_lr_scale: float = Field(0.1, gt=0.0, le=1.0)
     """LR multiplier of the trunk with trunk_strategy scaled_lr."""
+    trunk_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """How a frozen trunk's stacks hold their weights (the seed's backbone_quantized and
+    quantization_type): ``fp32`` as trained; ``bf16`` or ``fp16``: cast when the stack
+    joins the trunk (half the memory), its blocks then compute in that precision, on
+    CPUs and GPUs alike. Needs trunk_strategy frozen. The embeddings and head stay."""
+    trunk_adapters: TrunkAdaptersConfig | None = None
+    """LoRA adapters on the frozen trunk (the seed's QLoRA; needs trunk_strategy
+    frozen, excludes cache); unset: the trunk stays exactly as trained."""
     cache: ActivationCacheConfig | None = None
     """Cache the frozen trunk's output per input row (needs trunk_strategy frozen);
     unset: the trunk runs at every step."""
@@ -82,18 +121,36 @@ class ProgressiveConfig(RackConfig):
 
     model_config = ConfigDict(
         json_schema_extra=cel.rules(
+            cel.rule(f"!has(self.cache) || {_FROZEN}", _CACHE_NEEDS_FROZEN, fieldPath=".cache"),
             cel.rule(
-                "!has(self.cache) || !has(self.trunk_strategy) || self.trunk_strategy == 'frozen'",
-                _CACHE_NEEDS_FROZEN,
-                fieldPath=".cache",
-            )
+                f"!has(self.trunk_precision) || self.trunk_precision == 'fp32' || {_FROZEN}",
+                _PRECISION_NEEDS_FROZEN,
+                fieldPath=".trunk_precision",
+            ),
+            cel.rule(
+                f"!has(self.trunk_adapters) || {_FROZEN}",
+                _ADAPTERS_NEED_FROZEN,
+                fieldPath=".trunk_adapters",
+            ),
+            cel.rule(
+                "!has(self.trunk_adapters) || !has(self.cache)",
+                _ADAPTERS_CHANGE_CACHE,
+                fieldPath=".trunk_adapters",
+            ),
         )
     )
 
     @model_validator(mode="after")
-    def _cache_needs_frozen(self) -> Self:
-        if self.cache is not None and self.trunk_strategy != "frozen":
+    def _trunk_options_fit(self) -> Self:
+        frozen = self.trunk_strategy == "frozen"
+        if self.cache is not None and not frozen:
             raise ValueError(_CACHE_NEEDS_FROZEN)
+        if self.trunk_precision != "fp32" and not frozen:
+            raise ValueError(_PRECISION_NEEDS_FROZEN)
+        if self.trunk_adapters is not None and not frozen:
+            raise ValueError(_ADAPTERS_NEED_FROZEN)
+        if self.trunk_adapters is not None and self.cache is not None:
+            raise ValueError(_ADAPTERS_CHANGE_CACHE)
         return self
 
     def stage_at(self, step: int, stacks: int) -> int:

@@ -17,7 +17,7 @@ from kubetrain_core.config import ConfigError
 from kubetrain_trainer.data.base import Batch
 from kubetrain_trainer.models import lora
 from kubetrain_trainer.models.adapters import Generation, ModelAdapter
-from kubetrain_trainer.parallel import unwrap
+from kubetrain_trainer.parallel import shard_units, unwrap
 from kubetrain_trainer.pretrained import local_dir
 
 
@@ -69,6 +69,23 @@ class CausalLMAdapter(ModelAdapter):
                 model.enable_input_require_grads()  # type: ignore[operator]
         model.config.use_cache = False  # type: ignore[union-attr]  # no KV cache in training
         return lora.wrap(model, cfg, self.task_type)
+
+    def set_depth(self, model: nn.Module, blocks: int, cached: int = 0) -> None:
+        """Blocks past the first `blocks` pass the hidden states through untouched
+        (transformers 5's decoder blocks take them first and return them),
+        so they cost nothing and take no gradient. A cached trunk needs the model to
+        start after its blocks, which a transformers forward cannot."""
+        if cached:
+            raise ConfigError(
+                "training.progressive.cache",
+                [f"model.adapter {self.cfg.adapter!r} cannot start its forward after the"
+                 " cached trunk: remove cache (the native transformer supports it)"],
+            )  # fmt: skip
+        for i, block in enumerate(shard_units(model)):
+            if i < blocks:
+                block.__dict__.pop("forward", None)  # its class's forward again
+            else:
+                setattr(block, "forward", _pass_through)  # noqa: B010 - an instance's method
 
     def _attention(self) -> str:
         wanted = self.cfg.attn_implementation
@@ -133,6 +150,7 @@ class Seq2SeqLMAdapter(CausalLMAdapter):
     The decoder reads the targets shifted right, as the model itself prepares them."""
 
     auto_class = "AutoModelForSeq2SeqLM"
+    set_depth = ModelAdapter.set_depth  # an encoder and a decoder: not one rack
     task_type = "SEQ_2_SEQ_LM"
 
     def build_model(self) -> nn.Module:
@@ -173,6 +191,8 @@ class MaskedLMAdapter(CausalLMAdapter):
     inputs and the original tokens as targets at the selected positions."""
 
     auto_class = "AutoModelForMaskedLM"
+    # BERT lists its embeddings among its blocks (_no_split_modules): no rack of stacks
+    set_depth = ModelAdapter.set_depth
     task_type = None  # peft has no masked-LM task: a plain PeftModel
 
     @torch.no_grad()
@@ -182,3 +202,7 @@ class MaskedLMAdapter(CausalLMAdapter):
         raise ConfigError(
             "evaluation.metrics", ["a masked LM fills in tokens; it does not generate text"]
         )
+
+
+def _pass_through(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    return hidden_states

@@ -30,7 +30,7 @@ from kubetrain_trainer.pretrained import local_dir
 ADAPTER_DIR = "adapter"
 
 
-def _peft() -> Any:
+def peft_module() -> Any:
     # bitsandbytes, imported by peft, warns on CPU that an optional kernel package (which
     # would download from a hub) is missing: expected here, and nothing is downloaded.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -70,7 +70,7 @@ def wrap(model: nn.Module, cfg: ModelConfig, task_type: str | None) -> nn.Module
     lora = cfg.lora
     if lora is None:
         return model
-    peft = _peft()
+    peft = peft_module()
     if cfg.quantization is not None:
         model = peft.prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing
@@ -122,7 +122,7 @@ def save_adapter(
     """The peft adapter directory; `weights`: the whole state dict of a sharded model."""
     save: Any = model.save_pretrained
     if weights is not None:
-        save(str(directory), state_dict=_peft().get_peft_model_state_dict(model, weights))
+        save(str(directory), state_dict=peft_module().get_peft_model_state_dict(model, weights))
     else:
         save(str(directory))
 
@@ -136,6 +136,6 @@ def merged(cfg: ModelConfig, auto_class: str, adapter_dir: Path) -> nn.Module:
     base = getattr(transformers, auto_class).from_pretrained(
         str(local_dir(cfg.pretrained, "model.pretrained")), local_files_only=True
     )
-    with_adapter = _peft().PeftModel.from_pretrained(base, str(adapter_dir))
+    with_adapter = peft_module().PeftModel.from_pretrained(base, str(adapter_dir))
     model: nn.Module = with_adapter.merge_and_unload()
     return model

@@ -109,12 +109,26 @@ class TrainingStrategy(ABC):
         then look for them: find_unused_parameters)."""
         return False
 
+    @classmethod
+    def export_weights(
+        cls, model: nn.Module, loop: TrainingLoopConfig, weights: dict[str, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor] | None:
+        """The weights an export writes, from the model's (`weights`: the whole state
+        dict of a sharded model, else None: the model's own); default: those."""
+        del model, loop
+        return weights
+
     # ---- what the loop reports and exports ----------------------------------------
 
     def position(self, step: int) -> dict[str, int]:
         """Where step index `step` is in the strategy's own schedule (stage, ...), for
         the metrics; default: nothing to say."""
         return {}
+
+    def before_restore(self) -> None:
+        """A rollback is about to load a checkpoint into the model: undo what the
+        strategy changed in it since (a stage's set-up); default: nothing."""
+        return
 
     def export_parts(self, weights: dict[str, torch.Tensor], directory: Path) -> None:
         """Write what the strategy adds to the exported model directory (`weights`: the

@@ -30,6 +30,13 @@ from kubetrain_trainer.data.base import Batch
 from kubetrain_trainer.strategies.activation_cache import ActivationCache
 from kubetrain_trainer.strategies.base import StepOutput
 from kubetrain_trainer.strategies.rack import RackStrategy
+from kubetrain_trainer.strategies.trunk import (
+    DTYPES,
+    TrunkPrecision,
+    add_adapters,
+    is_adapter,
+    plain_weights,
+)
 
 
 class ProgressiveStrategy(RackStrategy):
@@ -46,7 +53,8 @@ class ProgressiveStrategy(RackStrategy):
     @classmethod
     def configure_model(cls, model: nn.Module, loop: TrainingLoopConfig) -> None:
         options = cls.rack_options(loop)
-        stacks = cls.build_rack(model, loop).stacks
+        rack = cls.build_rack(model, loop)
+        stacks = rack.stacks
         last_start = (stacks - 1) * options.stage_steps
         if loop.max_steps is not None and loop.max_steps <= last_start:
             raise ConfigError(
@@ -56,6 +64,24 @@ class ProgressiveStrategy(RackStrategy):
                     f" above {last_start} to reach the last stack (it is {loop.max_steps})"
                 ],
             )
+        if options.trunk_adapters is not None:  # the last stack never joins the trunk
+            add_adapters(rack.blocks[: -rack.blocks_per_stack], options.trunk_adapters)
+
+    @classmethod
+    def lr_scales(cls, model: nn.Module, loop: TrainingLoopConfig) -> dict[str, float]:
+        adapters = cls.rack_options(loop).trunk_adapters
+        if adapters is None:
+            return {}
+        return {n: adapters.lr_scale for n, _ in model.named_parameters() if is_adapter(n)}
+
+    @classmethod
+    def export_weights(
+        cls, model: nn.Module, loop: TrainingLoopConfig, weights: dict[str, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor] | None:
+        options = cls.rack_options(loop)
+        if options.trunk_adapters is None and options.trunk_precision == "fp32":
+            return weights
+        return plain_weights(model, weights if weights is not None else model.state_dict())
 
     @classmethod
     def group_tags(cls, model: nn.Module, loop: TrainingLoopConfig) -> dict[str, int]:
@@ -78,6 +104,10 @@ class ProgressiveStrategy(RackStrategy):
         self.stage: int | None = None  # the stage the model is set up for
         cache = self.options.cache
         self.cache = ActivationCache(cache.max_mib * 2**20) if cache else None
+        self.precision = TrunkPrecision(DTYPES[self.options.trunk_precision])
+        # A model that cannot run a stage fails now, not at that stage's first step.
+        per_stack = self.rack.blocks_per_stack
+        self.adapter.set_depth(self.raw, per_stack, per_stack if cache else 0)
         # Every parameter gets its optimizer state now, as DCP gives it at a resume, so
         # that every checkpoint holds all of it; a stage's first step makes its stack's
         # state fresh (_refresh), so a stack starts like a new optimizer either way.
@@ -104,7 +134,9 @@ class ProgressiveStrategy(RackStrategy):
             if frozen:
                 trunk = self.rack.trunk(stage)
                 for name, param in self.raw.named_parameters():
-                    param.requires_grad_(name not in trunk)
+                    # A stack's adapters train while it is in the trunk, its weights before.
+                    param.requires_grad_((name in trunk) == is_adapter(name))
+                self.precision.store(self.rack.blocks[: stage * per_stack])
             self.stage = stage
         # evaluate() leaves every module in train mode: the trunk goes back to eval.
         if frozen and stage and (changed or self.rack.blocks[0].training):
@@ -112,6 +144,9 @@ class ProgressiveStrategy(RackStrategy):
             self.raw.training = True  # the root's own flag: gradient checkpointing reads it
             for block in self.rack.stack_blocks(stage):
                 block.train()
+            for name, module in self.raw.named_modules():
+                if name.endswith(".lora_dropout"):  # the adapters train with their dropout
+                    module.train()
 
     def prepare(self, batch: Batch, key: tuple[str | int, ...]) -> Batch:
         batch = super().prepare(batch, key)
@@ -140,6 +175,11 @@ class ProgressiveStrategy(RackStrategy):
                 for value in self.optimizer.state.get(param, {}).values():
                     if isinstance(value, torch.Tensor):
                         value.zero_()
+
+    def before_restore(self) -> None:
+        # The checkpoint may be from an earlier stage, whose stacks were not stored yet.
+        self.precision.release()
+        self.stage = None
 
     def evaluate(self, split: str, max_batches: int) -> float:
         if self.stage is None:  # resumed at the end: the whole rack
