@@ -262,15 +262,19 @@ class CycledBatches(FixedBatches):
         return [super(CycledBatches, self).train_batch(1000 + i, 0) for i in range(n)]
 
 
-def _cached(cache: bool) -> ProgressiveStrategy:
-    options: dict[str, Any] = {"cache": {"max_mib": 1}} if cache else {}
+def _cached(cache: bool, precision: str = "fp32") -> ProgressiveStrategy:
+    options: dict[str, Any] = {"trunk_precision": precision}
+    options |= {"cache": {"max_mib": 1}} if cache else {}
     strategy = _built(ProgressiveStrategy, _loop(**options), dropout=0.3)
     strategy.dataset = CycledBatches()  # type: ignore[assignment]
     return strategy
 
 
-def test_the_activation_cache_runs_the_trunk_once_per_row_with_the_same_losses() -> None:
-    cached, plain = _cached(True), _cached(False)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_activation_cache_runs_the_trunk_once_per_row_with_the_same_losses(
+    precision: str,
+) -> None:
+    cached, plain = _cached(True, precision), _cached(False, precision)
     # From stage 1 on, block 0 is in the trunk: it runs only when the trunk does.
     trunk_rows: list[int] = []
     cached.rack.blocks[0].register_forward_hook(
