@@ -61,6 +61,12 @@ def _trainer(**trainer: Any) -> dict[str, Any]:
     return _spec(trainer=trainer)
 
 
+def _progressive(**options: Any) -> dict[str, Any]:
+    """Strategy progressive with training.progressive's stage_steps and `options`."""
+    progressive = {"stage_steps": 100, **options}
+    return _trainer(training={"strategy": "progressive", "progressive": progressive})
+
+
 def _time_steps(steps: int, fractions: dict[int, float]) -> dict[str, Any]:
     """pretrain_mlm on the native encoder with seed 003's time-step masking."""
     mlm = {"time_steps": {"num_time_steps": steps, "mask_fractions": fractions}}
@@ -230,7 +236,7 @@ CASES = [
     ),
     Case(
         "progressive",
-        _trainer(training={"strategy": "progressive", "progressive": {"stage_steps": 100}}),
+        _progressive(),
         None,
     ),
     Case(
@@ -269,82 +275,32 @@ CASES = [
     ),
     Case(
         "progressive-cache-needs-frozen",
-        _trainer(
-            training={
-                "strategy": "progressive",
-                "progressive": {
-                    "stage_steps": 100,
-                    "trunk_strategy": "scaled_lr",
-                    "cache": {"max_mib": 64},
-                },
-            }
-        ),
+        _progressive(trunk_strategy="scaled_lr", cache={"max_mib": 64}),
         "only a frozen trunk keeps constant",
     ),
     Case(
         "progressive-quantised-trunk-adapters",
-        _trainer(
-            training={
-                "strategy": "progressive",
-                "progressive": {
-                    "stage_steps": 100,
-                    "trunk_precision": "bf16",
-                    "trunk_adapters": {"r": 4, "alpha": 8, "lr_scale": 2.0},
-                },
-            }
-        ),
+        _progressive(trunk_precision="bf16", trunk_adapters={"r": 4, "alpha": 8, "lr_scale": 2.0}),
         None,
     ),
     Case(
         "progressive-precision-needs-frozen",
-        _trainer(
-            training={
-                "strategy": "progressive",
-                "progressive": {
-                    "stage_steps": 100,
-                    "trunk_strategy": "scaled_lr",
-                    "trunk_precision": "fp16",
-                },
-            }
-        ),
+        _progressive(trunk_strategy="scaled_lr", trunk_precision="fp16"),
         "which only a frozen trunk can be",
     ),
     Case(
         "progressive-adapters-need-frozen",
-        _trainer(
-            training={
-                "strategy": "progressive",
-                "progressive": {
-                    "stage_steps": 100,
-                    "trunk_strategy": "scaled_lr",
-                    "trunk_adapters": {"r": 4},
-                },
-            }
-        ),
+        _progressive(trunk_strategy="scaled_lr", trunk_adapters={"r": 4}),
         "adapt a frozen trunk",
     ),
     Case(
         "progressive-adapters-exclude-cache",
-        _trainer(
-            training={
-                "strategy": "progressive",
-                "progressive": {
-                    "stage_steps": 100,
-                    "trunk_adapters": {"r": 4},
-                    "cache": {"max_mib": 64},
-                },
-            }
-        ),
+        _progressive(trunk_adapters={"r": 4}, cache={"max_mib": 64}),
         "cannot be cached",
     ),
     Case(
         "progressive-trunk-precision-kind",
-        _trainer(
-            training={
-                "strategy": "progressive",
-                "progressive": {"stage_steps": 100, "trunk_precision": "int3"},
-            }
-        ),
+        _progressive(trunk_precision="int3"),
         "bf16",
     ),
     Case(
