@@ -276,11 +276,10 @@ class Trainer:
         copies it into the checkpoint store; returns where it is. Every rank calls it:
         a sharded model's weights are gathered first."""
         parts = self.parts
-        whole = parts.strategy.export_weights(
-            parts.raw_model, self.cfg.training, full_state_dict(parts.raw_model)
-        )
+        whole = full_state_dict(parts.raw_model)  # a collective
         if not self.dist.is_main:
             return None
+        whole = parts.strategy.export_weights(parts.raw_model, self.cfg.training, whole)
         directory = write_export(
             parts.raw_model, parts.dataset.tokenizer, self.cfg, self.run_dir / "export", whole
         )

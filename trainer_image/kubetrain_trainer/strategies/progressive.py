@@ -28,14 +28,14 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 from kubetrain_core.config import ConfigError, ProgressiveConfig, TrainingLoopConfig
 from kubetrain_trainer.data.base import Batch
 from kubetrain_trainer.strategies.activation_cache import ActivationCache
-from kubetrain_trainer.strategies.base import StepOutput
+from kubetrain_trainer.strategies.base import AMP_DTYPES, StepOutput
 from kubetrain_trainer.strategies.rack import RackStrategy
 from kubetrain_trainer.strategies.trunk import (
-    DTYPES,
     TrunkPrecision,
     add_adapters,
     is_adapter,
     plain_weights,
+    train_adapter_dropout,
 )
 
 
@@ -104,7 +104,7 @@ class ProgressiveStrategy(RackStrategy):
         self.stage: int | None = None  # the stage the model is set up for
         cache = self.options.cache
         self.cache = ActivationCache(cache.max_mib * 2**20) if cache else None
-        self.precision = TrunkPrecision(DTYPES[self.options.trunk_precision])
+        self.precision = TrunkPrecision(AMP_DTYPES.get(self.options.trunk_precision, torch.float32))
         # A model that cannot run a stage fails now, not at that stage's first step.
         per_stack = self.rack.blocks_per_stack
         self.adapter.set_depth(self.raw, per_stack, per_stack if cache else 0)
@@ -144,9 +144,7 @@ class ProgressiveStrategy(RackStrategy):
             self.raw.training = True  # the root's own flag: gradient checkpointing reads it
             for block in self.rack.stack_blocks(stage):
                 block.train()
-            for name, module in self.raw.named_modules():
-                if name.endswith(".lora_dropout"):  # the adapters train with their dropout
-                    module.train()
+            train_adapter_dropout(self.raw)
 
     def prepare(self, batch: Batch, key: tuple[str | int, ...]) -> Batch:
         batch = super().prepare(batch, key)

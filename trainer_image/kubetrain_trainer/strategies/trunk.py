@@ -27,7 +27,7 @@ from kubetrain_trainer.models.lora import peft_module
 ADAPTER = ".lora_"  # in the names of the adapters' parameters (peft's)
 _BASE = ".base_layer"  # peft's wrapped layer, in the names of its parameters
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_DROPOUT = ".lora_dropout"  # peft's dropout on an adapter's input
 
 
 def is_adapter(name: str) -> bool:
@@ -52,13 +52,21 @@ def add_adapters(blocks: list[nn.Module], options: TrunkAdaptersConfig) -> None:
         block.requires_grad_(True)  # peft leaves only the adapters trainable
 
 
+def train_adapter_dropout(model: nn.Module) -> None:
+    """The adapters' dropout in train mode (in a trunk otherwise in eval mode)."""
+    for name, module in model.named_modules():
+        if name.endswith(_DROPOUT):
+            module.train()
+
+
 def _linear(module: nn.Module) -> bool:
     """A layer peft's LoRA adapts: nn.Linear, or transformers' Conv1D (GPT-2)."""
     return type(module) is nn.Linear or type(module).__name__ == "Conv1D"
 
 
 class TrunkPrecision:
-    """Stores blocks' weights (not their adapters) in `dtype` and runs them in it."""
+    """Stores blocks' weights (not their adapters) in `dtype` and runs them in it;
+    float32: blocks stay as built."""
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
